@@ -1,0 +1,93 @@
+"""auth_service's command and event handlers: register, login, logout, get-me, user.banned.
+
+Handlers are application code: a validated payload, the verified caller (or None for public
+commands) and a connection inside the command's transaction. The runner has already checked the
+token, the session, the ban and the policy before any of these run.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from auth_service import repository
+from auth_service.issuer import TokenIssuer
+from auth_service.passwords import hash_password, needs_rehash, verify_password
+from auth_service.sessions import close_all_sessions, close_session, open_session
+from shared.commands import GetMe, Login, Logout, Register
+from shared.envelope import current_message
+from shared.errors import Forbidden, TooManyRequests, Unauthorized
+from shared.outbox import add_event
+from shared.revocation import UserBanned, record_ban
+from shared.settings import Settings
+from shared.tokens import Caller
+
+WRONG_CREDENTIALS = "Wrong email or password"
+
+
+class AuthHandlers:
+    """Handlers bound to what they need: the pool (for failure records), issuer and settings."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, issuer: TokenIssuer) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._issuer = issuer
+
+    async def register(self, cmd: Register, _caller: None, conn: asyncpg.Connection) -> dict[str, Any]:
+        account = await repository.create_user(conn, cmd.email, cmd.display_name, await hash_password(cmd.password))
+        await add_event(conn, "user.registered", {"user_id": str(account["id"]), "display_name": account["display_name"]})
+        return repository.account_view(account)
+
+    async def login(self, cmd: Login, _caller: None, conn: asyncpg.Connection) -> dict[str, Any]:
+        ctx = current_message()
+        address = ctx.client_address if ctx else None
+        await self._check_rate_limit(conn, cmd.email, address)
+        account = await repository.find_by_email(conn, cmd.email)
+        valid = await verify_password(account["password_hash"] if account else None, cmd.password)
+        if account is None or not valid:
+            await self._record_failure(cmd.email, address)
+            raise Unauthorized(WRONG_CREDENTIALS)
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM banned_accounts WHERE user_id = $1)", account["id"]):
+            raise Forbidden("Your account is banned")
+        if needs_rehash(account["password_hash"]):
+            await repository.set_password_hash(conn, account["id"], await hash_password(cmd.password))
+        await repository.clear_login_failures(conn, cmd.email)
+        issued = await open_session(conn, self._issuer, account, self._settings.access_token_ttl_seconds)
+        return {
+            "access_token": issued.token,
+            "token_type": "Bearer",
+            "expires_in": issued.expires_at - issued.issued_at,
+        }
+
+    async def logout(self, _cmd: Logout, caller: Caller, conn: asyncpg.Connection) -> None:
+        await close_session(conn, caller.session_id, caller.subject)
+
+    async def get_me(self, _cmd: GetMe, caller: Caller, conn: asyncpg.Connection) -> dict[str, Any]:
+        return repository.account_view(await repository.get_account(conn, caller.subject))
+
+    async def on_user_banned(self, event: UserBanned, conn: asyncpg.Connection) -> None:
+        """A ban ends every session of the account and refuses its future logins."""
+        await record_ban(conn, event.user_id)
+        await close_all_sessions(conn, event.user_id)
+
+    async def _check_rate_limit(self, conn: asyncpg.Connection, email: str, address: str | None) -> None:
+        window = timedelta(seconds=self._settings.login_window_seconds)
+        limits = [("account_key", email, self._settings.login_max_failures_per_account)]
+        if address:
+            limits.append(("address", address, self._settings.login_max_failures_per_address))
+        for column, value, limit in limits:
+            count, oldest = await repository.failures_since(conn, column, value, window)
+            if count >= limit and oldest is not None:
+                wait = (oldest + window - datetime.now(UTC)).total_seconds()
+                raise TooManyRequests(
+                    "Too many failed sign-in attempts; try again later", retry_after=max(1, math.ceil(wait))
+                )
+
+    async def _record_failure(self, email: str, address: str | None) -> None:
+        # On its own connection: the command's transaction rolls back with the 401 it raises,
+        # and the failure must still count.
+        async with self._pool.acquire() as conn:
+            await repository.record_login_failure(conn, email, address)

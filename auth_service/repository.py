@@ -1,0 +1,135 @@
+"""SQL of auth_service: accounts, sessions and login failures. `$n` parameters only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from shared.errors import Conflict, NotFound
+
+ACCOUNT_COLUMNS = "id, kind, email, service_name, display_name, password_hash, role"
+
+
+async def create_user(conn: asyncpg.Connection, email: str, display_name: str, password_hash: str) -> asyncpg.Record:
+    try:
+        row = await conn.fetchrow(
+            f"INSERT INTO accounts (id, kind, email, display_name, password_hash) VALUES ($1, 'user', $2, $3, $4)"
+            f" RETURNING {ACCOUNT_COLUMNS}",
+            uuid4(),
+            email,
+            display_name,
+            password_hash,
+        )
+    except asyncpg.UniqueViolationError:
+        raise Conflict("An account with that email already exists") from None
+    assert row is not None
+    return row
+
+
+async def find_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = $1", email)
+
+
+async def get_account(conn: asyncpg.Connection, account_id: UUID) -> asyncpg.Record:
+    row = await conn.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
+    if row is None:
+        raise NotFound("No such account")
+    return row
+
+
+async def set_password_hash(conn: asyncpg.Connection, account_id: UUID, password_hash: str) -> None:
+    await conn.execute("UPDATE accounts SET password_hash = $2 WHERE id = $1", account_id, password_hash)
+
+
+async def set_role(conn: asyncpg.Connection, account_id: UUID, role: str) -> None:
+    await conn.execute("UPDATE accounts SET role = $2 WHERE id = $1", account_id, role)
+
+
+async def upsert_service_account(conn: asyncpg.Connection, name: str, role: str) -> tuple[asyncpg.Record, bool]:
+    """The service account called `name` with `role`; True when its role changed."""
+    existing = await conn.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE service_name = $1 FOR UPDATE", name)
+    if existing is None:
+        row = await conn.fetchrow(
+            f"INSERT INTO accounts (id, kind, service_name, display_name, role) VALUES ($1, 'service', $2, $2, $3)"
+            f" RETURNING {ACCOUNT_COLUMNS}",
+            uuid4(),
+            name,
+            role,
+        )
+        assert row is not None
+        return row, False
+    if existing["role"] != role:
+        await set_role(conn, existing["id"], role)
+        return await get_account(conn, existing["id"]), True
+    return existing, False
+
+
+async def create_session(
+    conn: asyncpg.Connection, session_id: UUID, account_id: UUID, token_id: str, expires_at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO sessions (id, account_id, token_id, expires_at) VALUES ($1, $2, $3, $4)",
+        session_id,
+        account_id,
+        token_id,
+        expires_at,
+    )
+
+
+async def mark_session_revoked(conn: asyncpg.Connection, session_id: UUID) -> None:
+    await conn.execute("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", session_id)
+
+
+async def active_sessions(conn: asyncpg.Connection, account_id: UUID) -> list[UUID]:
+    rows = await conn.fetch(
+        "SELECT id FROM sessions WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > now() FOR UPDATE",
+        account_id,
+    )
+    return [r["id"] for r in rows]
+
+
+async def find_session(conn: asyncpg.Connection, session_or_token_id: str) -> asyncpg.Record | None:
+    """A session by its id (`sid`) or by the id of its token (`jti`)."""
+    try:
+        session_id: UUID | None = UUID(session_or_token_id)
+    except ValueError:
+        session_id = None
+    return await conn.fetchrow(
+        "SELECT id, account_id, revoked_at FROM sessions WHERE id = $1 OR token_id = $2",
+        session_id,
+        session_or_token_id,
+    )
+
+
+async def record_login_failure(conn: asyncpg.Connection, account_key: str, address: str | None) -> None:
+    await conn.execute("INSERT INTO login_failures (account_key, address) VALUES ($1, $2)", account_key, address)
+
+
+async def clear_login_failures(conn: asyncpg.Connection, account_key: str) -> None:
+    await conn.execute("DELETE FROM login_failures WHERE account_key = $1", account_key)
+
+
+async def failures_since(conn: asyncpg.Connection, column: str, value: str, window: timedelta) -> tuple[int, datetime | None]:
+    """How many failures `column` (account_key or address) had in the window, and the oldest one."""
+    if column not in ("account_key", "address"):
+        raise ValueError(column)
+    row = await conn.fetchrow(
+        f"SELECT count(*) AS n, min(failed_at) AS oldest FROM login_failures WHERE {column} = $1 AND failed_at > $2",
+        value,
+        datetime.now(UTC) - window,
+    )
+    assert row is not None
+    return int(row["n"]), row["oldest"]
+
+
+def account_view(row: asyncpg.Record) -> dict[str, Any]:
+    """An account as the API shows it: never the hash."""
+    return {
+        "id": str(row["id"]),
+        "email": row["email"],
+        "display_name": row["display_name"],
+        "role": row["role"],
+    }

@@ -1,0 +1,46 @@
+"""The gateway application factory: resources in cleanup contexts, routes, middlewares."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway.broker_link import BrokerLink
+from gateway.keys import BROKER, HTTP, JWKS, METRICS, SETTINGS, VERIFIER
+from gateway.metrics import GatewayMetrics
+from gateway.middlewares import error_middleware, metrics_middleware, request_id_middleware
+from gateway.routes import setup_routes
+from shared.settings import Settings
+from shared.tokens import JwksKeySource, TokenVerifier
+
+
+async def http_ctx(app: web.Application) -> AsyncIterator[None]:
+    session = aiohttp.ClientSession()
+    settings = app[SETTINGS]
+    app[HTTP] = session
+    app[JWKS] = JwksKeySource(settings.auth_jwks_url, session)
+    app[VERIFIER] = TokenVerifier(app[JWKS], issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    yield
+    await session.close()
+
+
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    link = BrokerLink(app[SETTINGS].amqp_url, rpc_timeout=app[SETTINGS].rpc_timeout_seconds)
+    link.start()
+    app[BROKER] = link
+    yield
+    await link.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_message_bytes,
+        middlewares=[request_id_middleware, metrics_middleware, error_middleware],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = GatewayMetrics()
+    app.cleanup_ctx.extend([http_ctx, broker_ctx])
+    setup_routes(app)
+    return app

@@ -1,0 +1,18 @@
+"""Typed application keys of the gateway app (no string keys on `app`)."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from gateway.broker_link import BrokerLink
+from gateway.metrics import GatewayMetrics
+from shared.settings import Settings
+from shared.tokens import JwksKeySource, TokenVerifier
+
+SETTINGS = web.AppKey("settings", Settings)
+BROKER = web.AppKey("broker", BrokerLink)
+VERIFIER = web.AppKey("verifier", TokenVerifier)
+JWKS = web.AppKey("jwks", JwksKeySource)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+METRICS = web.AppKey("metrics", GatewayMetrics)

@@ -1,0 +1,72 @@
+"""Gateway middlewares: request ids, metrics, and the one table from errors to problem+json."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from uuid import uuid4
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.keys import METRICS
+from shared.errors import AppError
+from shared.problems import problem, problem_from_error
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+#: aiohttp's own HTTP errors (unknown route, wrong method, body too large) as problem details.
+_HTTP_DETAILS = {
+    404: "There is nothing at this address",
+    405: "This method is not allowed here",
+    413: "The request body is too large",
+}
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Take the client's X-Request-ID if it is sane, else make one; echo it back."""
+    offered = request.headers.get("X-Request-ID", "")
+    request[REQUEST_ID] = offered if _SAFE_REQUEST_ID.match(offered) else uuid4().hex
+    response = await handler(request)
+    response.headers["X-Request-ID"] = request[REQUEST_ID]
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.get(REQUEST_ID, "")
+    try:
+        return await handler(request)
+    except AppError as exc:
+        return problem_from_error(exc, request_id=request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = _HTTP_DETAILS.get(exc.status, exc.reason)
+        response = problem(exc.status, exc.reason, detail, request_id=request_id)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("unhandled error in the gateway", extra={"request_id": request_id})
+        return problem(500, "Internal Server Error", "Something went wrong on our side", request_id=request_id)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        metrics = request.app[METRICS]
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)

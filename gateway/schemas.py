@@ -1,0 +1,53 @@
+"""Response bodies of the HTTP API, as pydantic models: they document the API (OpenAPI) and the
+tests check real responses against them."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel
+
+
+class Account(BaseModel):
+    id: UUID
+    email: str | None
+    display_name: str
+    role: Literal["user", "admin"]
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+
+
+class Post(BaseModel):
+    id: UUID
+    author_id: UUID
+    title: str
+    body: str
+    created_at: str
+
+
+class PostPage(BaseModel):
+    items: list[Post]
+    next_cursor: str | None
+
+
+class UserProfile(BaseModel):
+    id: UUID
+    display_name: str
+    banned: bool
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str | None = None
+
+
+class BanRequest(BaseModel):
+    reason: str | None = None

@@ -1,0 +1,1 @@
+"""posts_service: posts; create-post, delete-post, and reads."""

@@ -1,0 +1,124 @@
+"""Sending a command and waiting for its reply: RPC over RabbitMQ direct reply-to.
+
+The gateway uses this, and so can any internal service holding a service token. Commands are
+published persistent, with publisher confirms and `mandatory`, so a command no queue would take is
+an immediate 503 rather than silence; every call has a timeout (504). Replies arrive on the
+pseudo-queue `amq.rabbitmq.reply-to` of the same channel and are matched by correlation id.
+Payloads are JSON, never pickle; a remote error comes back as the same `AppError` it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from uuid import uuid4
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+
+from shared.broker import COMMANDS_EXCHANGE
+from shared.envelope import build_command
+from shared.errors import AppError, GatewayTimeout, InternalError, ServiceUnavailable, error_from_dict
+
+REPLY_QUEUE = "amq.rabbitmq.reply-to"
+
+
+class CommandClient:
+    """Sends commands and awaits replies. One per process; safe for concurrent calls."""
+
+    def __init__(self, connection: AbstractConnection, *, timeout: float) -> None:
+        self._connection = connection
+        self._timeout = timeout
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+
+    async def start(self) -> None:
+        # Kept as attributes: a robust connection restores only the channels and consumers it can
+        # still reach, and the reply consumer must come back after a broker restart.
+        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._exchange = await self._channel.declare_exchange(
+            COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        reply_queue = await self._channel.get_queue(REPLY_QUEUE, ensure=False)
+        await reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def close(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ServiceUnavailable("The gateway is shutting down"))
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._channel is not None and not self._channel.is_closed and not self._connection.is_closed
+
+    async def call(
+        self,
+        command: str,
+        payload: dict[str, Any],
+        *,
+        token: str | None = None,
+        message_id: str | None = None,
+        request_id: str | None = None,
+        client_address: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send `command` and return its result, or raise the AppError the service replied with."""
+        if self._exchange is None or not self.ready:
+            raise ServiceUnavailable("The message broker is unavailable", retry_after=5)
+        correlation_id = uuid4().hex
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        timeout = self._timeout if timeout is None else timeout
+        message = build_command(
+            command,
+            payload,
+            token=token,
+            message_id=message_id,
+            reply_to=REPLY_QUEUE,
+            correlation_id=correlation_id,
+            request_id=request_id,
+            client_address=client_address,
+        )
+        try:
+            try:
+                await asyncio.wait_for(self._exchange.publish(message, routing_key=command, mandatory=True), timeout)
+            except aio_pika.exceptions.PublishError:
+                raise ServiceUnavailable(f"No service is accepting {command!r} commands", retry_after=5) from None
+            except (aio_pika.exceptions.AMQPError, ConnectionError, TimeoutError, RuntimeError):
+                raise ServiceUnavailable("The message broker is unavailable", retry_after=5) from None
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise GatewayTimeout(f"The {command!r} command got no reply within {timeout:g} s") from None
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is None or future.done():
+            return  # a reply that came after its caller gave up
+        try:
+            reply = json.loads(message.body)
+        except ValueError:
+            future.set_exception(InternalError("The service sent an unreadable reply"))
+            return
+        if isinstance(reply, dict) and reply.get("ok") is True:
+            future.set_result(reply.get("result"))
+        elif isinstance(reply, dict) and reply.get("ok") is False:
+            future.set_exception(error_from_dict(reply.get("error")))
+        else:
+            future.set_exception(InternalError("The service sent an unreadable reply"))
+
+
+def raise_for_reply(reply: Any) -> Any:
+    """Decode a raw reply dict into its result, or raise its AppError (for callers not using call())."""
+    if isinstance(reply, dict) and reply.get("ok") is True:
+        return reply.get("result")
+    raise error_from_dict(reply.get("error") if isinstance(reply, dict) else None)
+
+
+__all__ = ["CommandClient", "REPLY_QUEUE", "raise_for_reply", "AppError"]

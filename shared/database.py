@@ -1,0 +1,51 @@
+"""PostgreSQL access: the pool every service uses, pinned to the service's own schema.
+
+Each service lives in one schema (`auth`, `users`, `posts`) of the database `DATABASE_URL` names.
+The pool sets `search_path` to that schema alone, so a service's SQL cannot touch another's
+tables even by accident, and two services can share a database without sharing state.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+#: Errors that mean "the database is not reachable right now", not "this command is wrong".
+TRANSIENT_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=lambda value: json.dumps(value, default=str), decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections see only `schema`."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"search_path": schema, "application_name": f"{schema}_service"},
+        init=_init_connection,
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool
+
+
+def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
+    return dict(record) if record is not None else None

@@ -1,0 +1,106 @@
+"""The message envelope: how a command, a reply and its metadata look on the wire.
+
+A command is a JSON body with `content_type`, `message_id`, `type` (the command name), and
+optionally `reply_to`/`correlation_id`; the caller's token rides in the `authorization` header and
+nowhere else. A reply is `{"ok": true, "result": ...}` or `{"ok": false, "error": {...}}`.
+While a service processes a message, `current_message()` gives its metadata (the request id for
+logs, the client address for rate limits) without threading it through every call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import aio_pika
+
+from shared.errors import AppError
+
+CONTENT_TYPE = "application/json"
+AUTHORIZATION_HEADER = "authorization"
+REQUEST_ID_HEADER = "x-request-id"
+CLIENT_ADDRESS_HEADER = "x-client-address"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContext:
+    """What a service knows about the message it is handling, besides the payload."""
+
+    command: str
+    message_id: str | None
+    request_id: str
+    client_address: str | None = None
+
+
+_current: contextvars.ContextVar[MessageContext | None] = contextvars.ContextVar("current_message", default=None)
+
+
+def current_message() -> MessageContext | None:
+    return _current.get()
+
+
+def set_current_message(ctx: MessageContext | None) -> contextvars.Token[MessageContext | None]:
+    return _current.set(ctx)
+
+
+def reset_current_message(token: contextvars.Token[MessageContext | None]) -> None:
+    _current.reset(token)
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
+
+
+def ok_reply(result: Any) -> bytes:
+    return encode({"ok": True, "result": result})
+
+
+def error_reply(error: AppError) -> bytes:
+    return encode({"ok": False, "error": error.to_dict()})
+
+
+def build_command(
+    command: str,
+    payload: dict[str, Any],
+    *,
+    token: str | None = None,
+    message_id: str | None = None,
+    reply_to: str | None = None,
+    correlation_id: str | None = None,
+    request_id: str | None = None,
+    client_address: str | None = None,
+    expiration: float | None = None,
+) -> aio_pika.Message:
+    """A command message as the contract defines it; persistent, so a broker restart keeps it."""
+    headers: dict[str, Any] = {}
+    if token is not None:
+        headers[AUTHORIZATION_HEADER] = f"Bearer {token}"
+    if request_id is not None:
+        headers[REQUEST_ID_HEADER] = request_id
+    if client_address is not None:
+        headers[CLIENT_ADDRESS_HEADER] = client_address
+    return aio_pika.Message(
+        encode(payload),
+        content_type=CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id or str(uuid4()),
+        type=command,
+        reply_to=reply_to,
+        correlation_id=correlation_id,
+        headers=headers,
+        expiration=expiration,
+    )
+
+
+def header_text(headers: dict[str, Any] | None, name: str) -> str | None:
+    """A header as text, whether the broker handed it over as str or bytes."""
+    value = (headers or {}).get(name)
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None

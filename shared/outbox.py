@@ -1,0 +1,150 @@
+"""The transactional outbox: events are written with their change and relayed afterwards.
+
+A handler calls `add_event(conn, "post.deleted", {...})` inside the command's transaction, so the
+event exists if and only if the change committed. `OutboxRelay` publishes pending rows to the
+`events` exchange with publisher confirms and deletes them only once the broker has confirmed;
+a crash in between publishes the event again, and consumers drop the duplicate by `event_id`.
+A NOTIFY wakes the relay at commit, so events usually leave within milliseconds; a poll every
+`poll_seconds` catches anything a lost notification or a restart left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import aio_pika
+import asyncpg
+
+from shared.broker import EVENTS_EXCHANGE
+from shared.database import TRANSIENT_DATABASE_ERRORS
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "outbox"
+
+
+async def add_event(conn: asyncpg.Connection, routing_key: str, data: dict[str, Any]) -> UUID:
+    """Record an event in the current transaction; it is published after commit."""
+    event_id = uuid4()
+    body = {"event_id": str(event_id), "occurred_at": datetime.now(UTC).isoformat(), **data}
+    await conn.execute(
+        "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)", event_id, routing_key, body
+    )
+    await conn.execute("SELECT pg_notify($1, current_schema())", NOTIFY_CHANNEL)
+    return event_id
+
+
+class OutboxRelay:
+    """Moves committed events from this schema's outbox to the broker, in order, at least once."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dsn: str,
+        schema: str,
+        channel: aio_pika.abc.AbstractChannel,
+        *,
+        poll_seconds: float = 1.0,
+        batch_size: int = 200,
+    ) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._schema = schema
+        self._channel = channel
+        self._poll = poll_seconds
+        self._batch = batch_size
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.published = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        try:
+            while not self._stopping:
+                try:
+                    while await self.relay_batch() == self._batch:
+                        pass
+                except (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError) as exc:
+                    log.warning("outbox relay paused", extra={"error": str(exc) or type(exc).__name__})
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            listener.cancel()
+
+    async def stop(self) -> None:
+        """Flush what is pending, then let `run` end."""
+        self._stopping = True
+        try:
+            await self.relay_batch()
+        except (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError):
+            log.warning("outbox not flushed at shutdown; it will be relayed on the next start")
+        self._wake.set()
+
+    async def relay_batch(self) -> int:
+        """Publish one batch of pending events; returns how many went out."""
+        exchange = await self._channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
+        async with self._pool.acquire() as conn, conn.transaction():
+            # SKIP LOCKED lets two instances of a service relay side by side without doubling up.
+            rows = await conn.fetch(
+                "SELECT position, event_id, routing_key, body FROM outbox"
+                " ORDER BY position LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch,
+            )
+            if not rows:
+                return 0
+            confirmations = [
+                exchange.publish(
+                    aio_pika.Message(
+                        json.dumps(row["body"]).encode(),
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=str(row["event_id"]),
+                        type=row["routing_key"],
+                    ),
+                    routing_key=row["routing_key"],
+                    mandatory=False,
+                )
+                for row in rows
+            ]
+            # Confirms are pipelined: all publishes go out, then we wait for every ack.
+            await asyncio.gather(*confirmations)
+            await conn.execute("DELETE FROM outbox WHERE position = ANY($1::bigint[])", [r["position"] for r in rows])
+        self.published += len(rows)
+        return len(rows)
+
+    async def pending(self) -> int:
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM outbox"))
+
+    async def _listen(self) -> None:
+        """Wake the relay on NOTIFY from any process writing to this schema's outbox."""
+        while not self._stopping:
+            try:
+                conn = await asyncpg.connect(self._dsn)
+            except TRANSIENT_DATABASE_ERRORS:
+                await asyncio.sleep(self._poll)
+                continue
+            try:
+                def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+                    if payload == self._schema:
+                        self._wake.set()
+
+                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+                while not self._stopping and not conn.is_closed():
+                    await asyncio.sleep(self._poll)
+            except TRANSIENT_DATABASE_ERRORS:
+                pass
+            finally:
+                if not conn.is_closed():
+                    await conn.close()

@@ -1,0 +1,87 @@
+"""Revoked sessions and banned accounts, as each service knows them.
+
+Every service keeps its own copy in its own schema, filled from `session.revoked` and
+`user.banned` events (and directly by the service that revokes or bans), so a logout or ban holds
+everywhere within a second and survives restarts. These tables only ever grow: no event can
+un-revoke a session or unban an account.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict
+
+from shared.errors import Forbidden, Unauthorized
+from shared.outbox import add_event
+from shared.tokens import Caller
+
+
+async def check_caller(conn: asyncpg.Connection, caller: Caller) -> None:
+    """401 if the caller's session was revoked, 403 if the account is banned."""
+    row = await conn.fetchrow(
+        "SELECT EXISTS (SELECT 1 FROM revoked_sessions WHERE session_id = $1) AS revoked,"
+        "       EXISTS (SELECT 1 FROM banned_accounts WHERE user_id = $2) AS banned",
+        caller.session_id,
+        caller.subject,
+    )
+    assert row is not None
+    if row["banned"]:
+        raise Forbidden("Your account is banned")
+    if row["revoked"]:
+        raise Unauthorized("Your session has ended; sign in again")
+
+
+async def revoke_session(conn: asyncpg.Connection, session_id: UUID, user_id: UUID) -> bool:
+    """Revoke a session here and tell every other service; False if it was already revoked."""
+    inserted = await conn.fetchval(
+        "INSERT INTO revoked_sessions (session_id, user_id) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING RETURNING true",
+        session_id,
+        user_id,
+    )
+    if inserted:
+        await add_event(conn, "session.revoked", {"session_id": str(session_id), "user_id": str(user_id)})
+    return bool(inserted)
+
+
+async def record_ban(conn: asyncpg.Connection, user_id: UUID) -> bool:
+    """Remember that an account is banned; False if it already was."""
+    return bool(
+        await conn.fetchval(
+            "INSERT INTO banned_accounts (user_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", user_id
+        )
+    )
+
+
+class Event(BaseModel):
+    """Fields every event carries. Unknown fields are ignored: they can grant nothing."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: UUID
+    occurred_at: str
+
+
+class SessionRevoked(Event):
+    session_id: UUID
+    user_id: UUID
+
+
+class UserBanned(Event):
+    user_id: UUID
+    by: UUID | None = None
+    reason: str | None = None
+
+
+async def on_session_revoked(event: SessionRevoked, conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO revoked_sessions (session_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        event.session_id,
+        event.user_id,
+    )
+
+
+async def on_user_banned(event: UserBanned, conn: asyncpg.Connection) -> None:
+    await record_ban(conn, event.user_id)

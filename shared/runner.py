@@ -1,0 +1,368 @@
+"""The one consumer runner: every message of every service goes through here.
+
+For a command:   decode -> verify token -> validate payload -> (in one transaction:) check session
+                 and ban -> claim message_id -> authorize (policy) -> handle -> save reply
+                 -> commit -> reply -> ack.
+For an event:    decode -> validate -> (in one transaction:) skip if seen -> handle -> commit -> ack.
+
+A message that is not JSON, names an unknown command or carries a malformed payload gets an error
+reply and is dead-lettered with the reason; a refused command gets its error reply and is acked
+(refusing it *is* handling it). A database outage is waited out with backoff while the message
+stays unacked, so nothing accepted is lost and nothing spins. Anything else that escapes a handler
+is a bug: the caller gets a bare 500, the message is dead-lettered, and the consumer keeps going.
+Service code never sees aio-pika: handlers get a payload, a caller and a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+from uuid import uuid4
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from pydantic import ValidationError
+
+from shared import idempotency
+from shared.broker import DEAD_LETTER_EXCHANGE
+from shared.commands import parse_payload
+from shared.database import TRANSIENT_DATABASE_ERRORS
+from shared.envelope import (
+    AUTHORIZATION_HEADER,
+    CLIENT_ADDRESS_HEADER,
+    REQUEST_ID_HEADER,
+    MessageContext,
+    error_reply,
+    header_text,
+    ok_reply,
+    reset_current_message,
+    set_current_message,
+)
+from shared.errors import AppError, BadRequest, Forbidden, InternalError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
+from shared.metrics import ServiceMetrics
+from shared.outbox import OutboxRelay
+from shared.revocation import check_caller
+from shared.routes import CommandRoute, EventRoute, check_routes
+from shared.tokens import Caller, TokenVerifier, bearer_token
+
+log = logging.getLogger(__name__)
+
+DENIALS = (Unauthorized, Forbidden, NotFound)
+
+
+class Malformed(Exception):
+    """The message cannot be a command at all; it is answered and dead-lettered."""
+
+    def __init__(self, error: AppError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+class _Requeue(Exception):
+    """Give the message back to the broker (we are shutting down mid-outage)."""
+
+
+class MessageProcessor:
+    """Runs commands and events against a service's routes. Knows nothing of sockets."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        commands: list[CommandRoute],
+        events: list[EventRoute],
+        pool: asyncpg.Pool,
+        verifier: TokenVerifier,
+        metrics: ServiceMetrics,
+        relay: OutboxRelay | None,
+        max_message_bytes: int,
+        token_ttl_seconds: int,
+    ) -> None:
+        self.service = service
+        self.commands = check_routes(commands)
+        self.events = {route.routing_key: route for route in events}
+        self._pool = pool
+        self._verifier = verifier
+        self._metrics = metrics
+        self._relay = relay
+        self._max_bytes = max_message_bytes
+        self._anonymous_ttl = token_ttl_seconds
+        self._dead_letter_channel: AbstractChannel | None = None
+        self.stopping = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def attach_dead_letter_channel(self, channel: AbstractChannel) -> None:
+        self._dead_letter_channel = channel
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def on_command(self, message: AbstractIncomingMessage) -> None:
+        self._enter()
+        started = time.perf_counter()
+        name = message.type or message.routing_key or "unknown"
+        headers = dict(message.headers or {})
+        ctx = MessageContext(
+            command=name,
+            message_id=message.message_id,
+            request_id=header_text(headers, REQUEST_ID_HEADER) or message.message_id or uuid4().hex,
+            client_address=header_text(headers, CLIENT_ADDRESS_HEADER),
+        )
+        token = set_current_message(ctx)
+        outcome = "ok"
+        try:
+            try:
+                route, caller, payload = await self._admit(message, headers)
+                result = await self._execute(route, caller, payload, message)
+            except Malformed as exc:
+                outcome = str(exc.error.status)
+                await self._reply(message, error_reply(exc.error))
+                await self._dead_letter(message, f"{exc.error.status} {exc.error.title}: {exc.error.detail}")
+            except AppError as exc:
+                outcome = str(exc.status)
+                await self._reply(message, error_reply(exc))
+                await message.ack()
+            except _Requeue:
+                outcome = "requeued"
+                await message.nack(requeue=True)
+            except Exception as exc:  # a bug in a handler must not kill the consumer
+                outcome = "500"
+                log.exception("command failed unexpectedly")
+                await self._reply(message, error_reply(InternalError()))
+                await self._dead_letter(message, f"unhandled {type(exc).__name__}")
+            else:
+                await self._reply(message, ok_reply(result))
+                await message.ack()
+        except aio_pika.exceptions.AMQPError:
+            # The channel died under us; the broker redelivers the unacked message.
+            outcome = "broker_lost"
+            log.warning("lost the broker while answering a command; it will be redelivered")
+        finally:
+            self._metrics.commands.labels(name, outcome).inc()
+            self._metrics.command_seconds.labels(name).observe(time.perf_counter() - started)
+            reset_current_message(token)
+            self._leave()
+
+    async def _admit(
+        self, message: AbstractIncomingMessage, headers: dict[str, Any]
+    ) -> tuple[CommandRoute, Caller | None, Any]:
+        """Decide what the message is and who sent it; nothing here touches the database."""
+        name = message.type or message.routing_key
+        if message.type and message.routing_key and message.type != message.routing_key:
+            raise Malformed(Unprocessable("The message type does not match its routing key"))
+        route = self.commands.get(name or "")
+        if route is None:
+            raise Malformed(Unprocessable(f"Unknown command {name!r}"))
+        if len(message.body) > self._max_bytes:
+            raise Malformed(PayloadTooLarge(f"The payload is over {self._max_bytes} bytes"))
+        if message.content_type not in (None, "", "application/json"):
+            raise Malformed(BadRequest("The content type must be application/json"))
+        caller: Caller | None = None
+        if route.policy.needs_token:
+            try:
+                caller = await self._verifier.verify(bearer_token(header_text(headers, AUTHORIZATION_HEADER)))
+            except AppError as exc:
+                self._decide(route.name, None, "denied", exc.detail)
+                raise
+        try:
+            payload = parse_payload(route.payload, message.body)
+        except AppError as exc:
+            raise Malformed(exc) from None
+        return route, caller, payload
+
+    async def _execute(
+        self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage
+    ) -> Any:
+        delay = 0.2
+        while True:
+            try:
+                return await self._execute_once(route, caller, payload, message)
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                if self.stopping:
+                    raise _Requeue() from exc
+                log.warning(
+                    "database unavailable; holding the command and retrying",
+                    extra={"error": str(exc) or type(exc).__name__, "retry_in": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _execute_once(
+        self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage
+    ) -> Any:
+        key = self._idempotency_key(route, caller, message)
+        async with self._pool.acquire() as conn, conn.transaction():
+            try:
+                if caller is not None:
+                    await check_caller(conn, caller)
+                if key is not None:
+                    subject, message_key, expires_at = key
+                    stored = await idempotency.claim(conn, subject, message_key, route.name, expires_at)
+                    if not idempotency.is_new(stored):
+                        self._decide(route.name, caller, "replayed", "repeat of an executed message_id")
+                        return stored
+                await route.policy.authorize(caller, payload, conn)
+            except DENIALS as exc:
+                self._decide(route.name, caller, "denied", exc.detail)
+                raise
+            self._decide(route.name, caller, "allowed", f"policy {route.policy.name}")
+            result = await route.handler(payload, caller, conn)
+            if key is not None:
+                await idempotency.save_reply(conn, key[0], key[1], result)
+        if self._relay is not None:
+            self._relay.wake()
+        return result
+
+    def _idempotency_key(
+        self, route: CommandRoute, caller: Caller | None, message: AbstractIncomingMessage
+    ) -> tuple[Any, str, int] | None:
+        if not route.replays or not message.message_id:
+            return None
+        if caller is not None:
+            return caller.subject, message.message_id, caller.expires_at
+        key = idempotency.anonymous_key(message.message_id, message.body)
+        return idempotency.ANONYMOUS, key, int(time.time()) + self._anonymous_ttl
+
+    def _decide(self, command: str, caller: Caller | None, decision: str, reason: str) -> None:
+        self._metrics.decisions.labels(command, decision).inc()
+        log.info(
+            "authorization decision",
+            extra={
+                "decision": decision,
+                "caller": caller.describe() if caller else "anonymous",
+                "reason": reason,
+            },
+        )
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def on_event(self, message: AbstractIncomingMessage) -> None:
+        self._enter()
+        key = message.routing_key or ""
+        ctx = MessageContext(command=f"event:{key}", message_id=message.message_id, request_id=message.message_id or uuid4().hex)
+        token = set_current_message(ctx)
+        outcome = "ok"
+        try:
+            try:
+                route = self.events.get(key)
+                if route is None:
+                    raise Malformed(Unprocessable(f"Unknown event {key!r}"))
+                try:
+                    event = route.model.model_validate_json(message.body)
+                except ValidationError:
+                    raise Malformed(Unprocessable(f"Malformed {key!r} event")) from None
+                await self._apply_event(route, event)
+            except Malformed as exc:
+                outcome = "malformed"
+                await self._dead_letter(message, exc.error.detail)
+            except _Requeue:
+                outcome = "requeued"
+                await message.nack(requeue=True)
+            except Exception as exc:
+                outcome = "failed"
+                log.exception("event handler failed unexpectedly")
+                await self._dead_letter(message, f"unhandled {type(exc).__name__}")
+            else:
+                await message.ack()
+        except aio_pika.exceptions.AMQPError:
+            outcome = "broker_lost"
+        finally:
+            self._metrics.events.labels(key, outcome).inc()
+            reset_current_message(token)
+            self._leave()
+
+    async def _apply_event(self, route: EventRoute, event: Any) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    first = await conn.fetchval(
+                        "INSERT INTO seen_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+                        event.event_id,
+                    )
+                    if first:
+                        await route.handler(event, conn)
+                if self._relay is not None:
+                    self._relay.wake()
+                return
+            except TRANSIENT_DATABASE_ERRORS as exc:
+                if self.stopping:
+                    raise _Requeue() from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # -- replies, dead letters, bookkeeping --------------------------------------------------
+
+    async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
+        if not message.reply_to:
+            return
+        channel = message.channel
+        # Replies to direct reply-to must not be mandatory: RabbitMQ would both deliver and return them.
+        await channel.basic_publish(
+            body,
+            exchange="",
+            routing_key=message.reply_to,
+            properties=aio_pika.Message(
+                b"", content_type="application/json", correlation_id=message.correlation_id
+            ).properties,
+            mandatory=False,
+        )
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Park the message in `<queue>.dead` with the reason, then ack it."""
+        queue = f"{self.service}.events" if message.exchange == "events" else f"{self.service}.commands"
+        self._metrics.dead_lettered.labels(queue).inc()
+        log.warning("dead-lettering a message", extra={"reason": reason, "queue": queue})
+        headers = dict(message.headers or {})
+        if AUTHORIZATION_HEADER in headers:
+            headers[AUTHORIZATION_HEADER] = "Bearer [redacted]"  # a parked message must not hold a live credential
+        headers.update(
+            {
+                "x-dead-letter-reason": reason,
+                "x-original-exchange": message.exchange or "",
+                "x-original-routing-key": message.routing_key or "",
+            }
+        )
+        channel = self._dead_letter_channel
+        try:
+            if channel is None:
+                raise RuntimeError("no dead-letter channel")
+            exchange = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
+            await exchange.publish(
+                aio_pika.Message(
+                    message.body,
+                    headers=headers,
+                    content_type=message.content_type,
+                    message_id=message.message_id,
+                    type=message.type,
+                    correlation_id=message.correlation_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=queue,
+                mandatory=False,
+            )
+        except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError):
+            # Let RabbitMQ dead-letter it through the queue's own policy instead (reason: rejected).
+            await message.reject(requeue=False)
+            return
+        await message.ack()
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False

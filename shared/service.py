@@ -1,0 +1,198 @@
+"""Start-up and shutdown of a service process, the same for every service.
+
+A service's `__main__` is one call: `run_service(NAME, MIGRATIONS, wire)`, where `wire` builds its
+routes from settings and a pool. This module migrates the schema, opens the pool and the broker
+connection, declares the topology, runs the outbox relay and the probe server, consumes, and on
+SIGTERM stops consuming, lets in-flight messages finish, flushes the outbox and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import aio_pika
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from shared import idempotency
+from shared.broker import (
+    COMMANDS_EXCHANGE,
+    EVENTS_EXCHANGE,
+    command_queue_name,
+    declare_exchanges,
+    declare_service_queue,
+    event_queue_name,
+)
+from shared.database import TRANSIENT_DATABASE_ERRORS, create_pool
+from shared.logs import configure_logging
+from shared.metrics import ServiceMetrics
+from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
+from shared.outbox import OutboxRelay
+from shared.probes import build_probe_app
+from shared.routes import CommandRoute, EventRoute, check_routes
+from shared.runner import MessageProcessor
+from shared.settings import Settings
+from shared.tokens import JwksKeySource, KeySource, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SHUTDOWN_DEADLINE_SECONDS = 10.0
+
+
+@dataclass
+class Wiring:
+    """What a service contributes: its routes, and optionally its own keys and HTTP routes."""
+
+    commands: list[CommandRoute]
+    events: list[EventRoute]
+    http_port: int
+    key_source: KeySource | None = None
+    http_routes: list[web.RouteDef] = field(default_factory=list)
+
+
+WireFn = Callable[[Settings, asyncpg.Pool], Awaitable[Wiring]]
+
+
+def run_service(name: str, migrations: Path, wire: WireFn) -> None:
+    settings = Settings.from_env()
+    configure_logging(f"{name}_service", settings.log_level)
+    try:
+        asyncio.run(serve(name, migrations, wire, settings))
+    except KeyboardInterrupt:
+        pass
+
+
+async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    await _retry_until_up("database", lambda: migrate(
+        settings.database_url, name, [MigrationSource("platform", PLATFORM_MIGRATIONS), MigrationSource(name, migrations)]
+    ), stop)
+    pool = await create_pool(settings.database_url, name)
+    http = aiohttp.ClientSession()
+    metrics = ServiceMetrics()
+    try:
+        wiring = await wire(settings, pool)
+        check_routes(wiring.commands)  # refuse to start with an undeclared policy
+        keys = wiring.key_source or JwksKeySource(settings.auth_jwks_url, http)
+        verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+
+        connection = await _retry_until_up("broker", lambda: aio_pika.connect_robust(settings.amqp_url), stop)
+        # References to channels and queues are kept for the life of the process: connect_robust
+        # restores only what is still referenced after a broker restart.
+        consume_channel = await connection.channel(publisher_confirms=False)
+        await consume_channel.set_qos(prefetch_count=settings.prefetch_count)
+        confirm_channel = await connection.channel(publisher_confirms=True)
+        await declare_exchanges(confirm_channel)
+        command_queue = await declare_service_queue(
+            consume_channel, command_queue_name(name), COMMANDS_EXCHANGE, [r.name for r in wiring.commands]
+        )
+        event_queue = await declare_service_queue(
+            consume_channel, event_queue_name(name), EVENTS_EXCHANGE, [r.routing_key for r in wiring.events]
+        )
+
+        relay = OutboxRelay(pool, settings.database_url, name, confirm_channel)
+        processor = MessageProcessor(
+            service=name,
+            commands=wiring.commands,
+            events=wiring.events,
+            pool=pool,
+            verifier=verifier,
+            metrics=metrics,
+            relay=relay,
+            max_message_bytes=settings.max_message_bytes,
+            token_ttl_seconds=settings.access_token_ttl_seconds,
+        )
+        processor.attach_dead_letter_channel(confirm_channel)
+
+        async def database_ready() -> str | None:
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            return None
+
+        async def broker_ready() -> str | None:
+            if connection.is_closed or consume_channel.is_closed:
+                return "the broker connection is down"
+            return None
+
+        async def outbox_gauge() -> str | None:
+            metrics.outbox_pending.set(await relay.pending())
+            return None
+
+        probe_app = build_probe_app(
+            {"database": database_ready, "broker": broker_ready, "outbox": outbox_gauge}, metrics, wiring.http_routes
+        )
+        runner = web.AppRunner(probe_app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, settings.http_host, wiring.http_port).start()
+
+        background = [
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+            asyncio.create_task(_purge_idempotency_records(pool, stop), name="idempotency-purge"),
+        ]
+        command_tag = await command_queue.consume(processor.on_command)
+        event_tag = await event_queue.consume(processor.on_event)
+        log.info("service started", extra={"commands": sorted(processor.commands), "http_port": wiring.http_port})
+
+        await stop.wait()
+        log.info("stopping: no new messages, finishing in-flight ones")
+        processor.stopping = True
+        for queue, tag in ((command_queue, command_tag), (event_queue, event_tag)):
+            try:
+                await queue.cancel(tag)
+            except aio_pika.exceptions.AMQPError:
+                pass
+        if not await processor.wait_idle(SHUTDOWN_DEADLINE_SECONDS):
+            log.warning("shutdown deadline passed with messages in flight; they will be redelivered")
+        await relay.stop()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await runner.cleanup()
+        await connection.close()
+    finally:
+        await http.close()
+        await pool.close()
+    log.info("service stopped")
+
+
+async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+    """Keep trying to reach a dependency at start-up, so the stack can start in any order."""
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+            if stop.is_set():
+                raise
+            log.warning(f"waiting for the {what}", extra={"error": str(exc) or type(exc).__name__, "retry_in": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _purge_idempotency_records(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as conn:
+                await idempotency.purge_expired(conn)
+        except TRANSIENT_DATABASE_ERRORS:
+            pass
+        try:
+            await asyncio.wait_for(stop.wait(), 60)
+        except TimeoutError:
+            pass

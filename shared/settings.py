@@ -1,0 +1,118 @@
+"""Settings read once from the environment into a frozen object.
+
+Every process builds one `Settings` at start-up with `Settings.from_env()` and passes it into the
+factories that need it; nothing reads `os.environ` anywhere else. Bad values fail fast with a
+message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+class ConfigurationError(ValueError):
+    """An environment variable holds a value the system cannot run with."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigurationError(f"{name} must be a {' or '.join(schemes)} URL, got {value!r}")
+    return value
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip()
+    if not value:
+        raise ConfigurationError(f"{name} must not be empty")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a process of this system is configured with."""
+
+    amqp_url: str
+    database_url: str
+    gateway_host: str
+    gateway_port: int
+    http_host: str
+    auth_http_port: int
+    users_http_port: int
+    posts_http_port: int
+    auth_jwks_url: str
+    auth_signing_key_file: str | None
+    jwt_issuer: str
+    jwt_audience: str
+    access_token_ttl_seconds: int
+    rpc_timeout_seconds: float
+    prefetch_count: int
+    max_message_bytes: int
+    login_max_failures_per_account: int
+    login_max_failures_per_address: int
+    login_window_seconds: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        log_level = env.get("LOG_LEVEL", "INFO").upper()
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigurationError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+        key_file = env.get("AUTH_SIGNING_KEY_FILE") or None
+        return cls(
+            amqp_url=_url(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", ("amqp", "amqps")),
+            database_url=_url(
+                env, "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres", ("postgresql", "postgres")
+            ),
+            gateway_host=_text(env, "GATEWAY_HOST", "127.0.0.1"),
+            gateway_port=_int(env, "GATEWAY_PORT", 8080, low=0, high=65535),
+            http_host=_text(env, "HTTP_HOST", "127.0.0.1"),
+            auth_http_port=_int(env, "AUTH_HTTP_PORT", 8081, low=0, high=65535),
+            users_http_port=_int(env, "USERS_HTTP_PORT", 8082, low=0, high=65535),
+            posts_http_port=_int(env, "POSTS_HTTP_PORT", 8083, low=0, high=65535),
+            auth_jwks_url=_url(
+                env, "AUTH_JWKS_URL", "http://127.0.0.1:8081/.well-known/jwks.json", ("http", "https")
+            ),
+            auth_signing_key_file=key_file,
+            jwt_issuer=_text(env, "JWT_ISSUER", "auth_service"),
+            jwt_audience=_text(env, "JWT_AUDIENCE", "posts-platform"),
+            access_token_ttl_seconds=_int(env, "ACCESS_TOKEN_TTL_SECONDS", 900, low=1, high=86_400),
+            rpc_timeout_seconds=_float(env, "RPC_TIMEOUT_SECONDS", 10.0, low=0.1, high=300.0),
+            prefetch_count=_int(env, "PREFETCH_COUNT", 32, low=1, high=10_000),
+            max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1_048_576, low=1024, high=64 * 1_048_576),
+            login_max_failures_per_account=_int(env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 5, low=1, high=10_000),
+            login_max_failures_per_address=_int(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, low=1, high=100_000),
+            login_window_seconds=_int(env, "LOGIN_WINDOW_SECONDS", 300, low=1, high=86_400),
+            log_level=log_level,
+        )

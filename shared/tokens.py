@@ -1,0 +1,211 @@
+"""Access-token verification: who is calling.
+
+`TokenVerifier.verify` turns a bearer token into a `Caller` or raises `Unauthorized`. It pins the
+algorithm (EdDSA only) and the type (`at+jwt`), requires every claim of the contract, checks
+issuer, audience and expiry, and finds the key by `kid` in a JWKS it caches. Whether the session
+is still alive and the account not banned is a database question answered in `revocation.py`;
+whether the caller may do a given thing is `authorization.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from uuid import UUID
+
+import aiohttp
+import jwt
+from jwt.exceptions import InvalidTokenError, PyJWKError
+
+from shared.errors import Unauthorized
+
+log = logging.getLogger(__name__)
+
+ALGORITHM = "EdDSA"
+TOKEN_TYPE = "at+jwt"
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "role", "iat", "exp", "jti")
+ROLES = ("user", "admin")
+#: Clock skew tolerated between the host that signed and the host that verifies.
+LEEWAY_SECONDS = 5
+
+Role = Literal["user", "admin"]
+SubjectKind = Literal["user", "service"]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A verified caller. Only a token signed by auth_service can produce one."""
+
+    subject: UUID
+    session_id: UUID
+    role: Role
+    token_id: str
+    expires_at: int
+    kind: SubjectKind = "user"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def describe(self) -> str:
+        """How the caller shows in logs and the audit trail."""
+        return f"{self.kind}:{self.subject}"
+
+
+class KeySource(Protocol):
+    """Where verification keys come from, by `kid`."""
+
+    async def get(self, kid: str) -> jwt.PyJWK | None: ...
+
+
+class StaticKeySource:
+    """Keys held in memory; auth_service verifies with its own keys this way."""
+
+    def __init__(self, keys: dict[str, jwt.PyJWK]) -> None:
+        self._keys = dict(keys)
+
+    async def get(self, kid: str) -> jwt.PyJWK | None:
+        return self._keys.get(kid)
+
+
+def parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
+    """The Ed25519 keys of a JWKS document, by kid; keys of any other kind are skipped."""
+    keys: dict[str, jwt.PyJWK] = {}
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        return keys
+    for entry in document["keys"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
+            continue
+        if entry.get("kty") != "OKP" or entry.get("crv") != "Ed25519":
+            continue
+        try:
+            keys[entry["kid"]] = jwt.PyJWK(entry, algorithm=ALGORITHM)
+        except PyJWKError:
+            log.warning("skipping an unreadable key in the JWKS", extra={"kid": entry["kid"]})
+    return keys
+
+
+class JwksKeySource:
+    """A JWKS fetched over HTTP and cached as key objects.
+
+    An unknown `kid` triggers one refetch (at most once per `min_refresh_seconds`, so forged kids
+    cannot make us hammer auth_service). A failed refresh keeps the keys we had: unlike
+    PyJWKClient, a blip at auth_service never turns every valid token into a 401.
+    """
+
+    def __init__(self, url: str, session: aiohttp.ClientSession, *, min_refresh_seconds: float = 1.0) -> None:
+        self._url = url
+        self._session = session
+        self._min_refresh = min_refresh_seconds
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._last_attempt = float("-inf")
+        self._lock = asyncio.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._keys)
+
+    async def get(self, kid: str) -> jwt.PyJWK | None:
+        key = self._keys.get(kid)
+        if key is None:
+            await self.refresh(force=False)
+            key = self._keys.get(kid)
+        return key
+
+    async def refresh(self, *, force: bool = True) -> bool:
+        """Fetch the JWKS again; True when the cache now holds at least one key."""
+        async with self._lock:
+            now = time.monotonic()
+            if not force and now - self._last_attempt < self._min_refresh:
+                return self.loaded
+            self._last_attempt = now
+            try:
+                timeout = aiohttp.ClientTimeout(total=3)
+                async with self._session.get(self._url, timeout=timeout) as response:
+                    response.raise_for_status()
+                    document = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.warning("could not refresh the JWKS; keeping the cached keys", extra={"error": str(exc)})
+                return self.loaded
+            keys = parse_jwks(document)
+            if keys:
+                self._keys = keys
+            else:
+                log.warning("the JWKS had no usable key; keeping the cached keys")
+            return self.loaded
+
+
+class TokenVerifier:
+    """Checks signature, algorithm, type, issuer, audience, expiry and claims of a token."""
+
+    def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audience = audience
+
+    async def verify(self, token: str) -> Caller:
+        try:
+            header = jwt.get_unverified_header(token)
+        except InvalidTokenError:
+            raise Unauthorized("The access token is malformed") from None
+        if header.get("alg") != ALGORITHM:
+            raise Unauthorized("The access token uses an algorithm that is not accepted")
+        if header.get("typ") != TOKEN_TYPE:
+            raise Unauthorized("The access token is not an access token (typ must be at+jwt)")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("The access token names no signing key")
+        key = await self._keys.get(kid)
+        if key is None:
+            raise Unauthorized("The access token was signed by an unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": list(REQUIRED_CLAIMS), "verify_signature": True, "strict_aud": False},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The access token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("The access token is not meant for this system") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("The access token was not issued by auth_service") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"The access token lacks the {exc.claim!r} claim") from None
+        except InvalidTokenError:
+            raise Unauthorized("The access token is invalid") from None
+        return caller_from_claims(claims)
+
+
+def caller_from_claims(claims: dict[str, Any]) -> Caller:
+    """Build a Caller from verified claims, checking the shape of each one."""
+    try:
+        subject = UUID(str(claims["sub"]))
+        session_id = UUID(str(claims["sid"]))
+    except ValueError:
+        raise Unauthorized("The access token has a malformed subject or session") from None
+    role = claims["role"]
+    if role not in ROLES:
+        raise Unauthorized("The access token has an unknown role")
+    jti, exp = claims["jti"], claims["exp"]
+    if not isinstance(jti, str) or not jti or not isinstance(exp, int):
+        raise Unauthorized("The access token has malformed claims")
+    kind: SubjectKind = "service" if claims.get("sub_type") == "service" else "user"
+    return Caller(subject=subject, session_id=session_id, role=role, token_id=jti, expires_at=exp, kind=kind)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token from an `Authorization: Bearer …` value, or 401."""
+    if not authorization:
+        raise Unauthorized("You need to sign in to do this")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("The authorization must be 'Bearer <access token>'")
+    return token.strip()

@@ -1,0 +1,224 @@
+"""The deployment files agree with the contract.
+
+docker-compose.yml, the Dockerfile and the Procfile are how an operator starts the stack. These
+checks read them as plain files (no Docker, no fixtures) and catch a misspelt variable, a missing
+health check, a wrong start-up order or a service started with the wrong module before anyone
+runs `docker compose up`.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# In this project each compose service is named after the package it runs.
+APP_SERVICES = ("gateway", "auth_service", "users_service", "posts_service")
+INFRASTRUCTURE = ("postgres", "rabbitmq")
+
+CONTRACT_VARIABLES = frozenset(
+    {
+        "AMQP_URL",
+        "DATABASE_URL",
+        "GATEWAY_HOST",
+        "GATEWAY_PORT",
+        "AUTH_HTTP_PORT",
+        "USERS_HTTP_PORT",
+        "POSTS_HTTP_PORT",
+        "AUTH_JWKS_URL",
+        "AUTH_SIGNING_KEY_FILE",
+        "JWT_ISSUER",
+        "JWT_AUDIENCE",
+        "ACCESS_TOKEN_TTL_SECONDS",
+    }
+)
+ALLOWED_VARIABLES = CONTRACT_VARIABLES | {"HTTP_HOST", "LOG_LEVEL"}
+
+# Which variable holds each service's HTTP port, and its default from the contract.
+HTTP_PORTS: dict[str, tuple[str, int]] = {
+    "gateway": ("GATEWAY_PORT", 8080),
+    "auth_service": ("AUTH_HTTP_PORT", 8081),
+    "users_service": ("USERS_HTTP_PORT", 8082),
+    "posts_service": ("POSTS_HTTP_PORT", 8083),
+}
+
+
+@functools.cache
+def load_compose() -> dict[str, Any]:
+    path = ROOT / "docker-compose.yml"
+    assert path.is_file(), f"{path} is missing"
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(document, dict), "docker-compose.yml is not a YAML mapping"
+    return document
+
+
+def compose_service(name: str) -> dict[str, Any]:
+    services = load_compose().get("services") or {}
+    assert name in services, f"docker-compose.yml has no service {name!r} (found {sorted(services)})"
+    service = services[name]
+    assert isinstance(service, dict), f"service {name!r} is not a mapping"
+    return service
+
+
+def environment_of(service: dict[str, Any]) -> dict[str, str]:
+    """The service's environment as a mapping, whichever of the two compose forms it uses."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, dict):
+        return {str(key): "" if value is None else str(value) for key, value in raw.items()}
+    pairs = (str(item).partition("=") for item in raw)
+    return {key: value for key, _, value in pairs}
+
+
+def words(value: str | list[Any]) -> list[str]:
+    return value.split() if isinstance(value, str) else [str(part) for part in value]
+
+
+def healthcheck_text(service: dict[str, Any]) -> str:
+    test = (service.get("healthcheck") or {}).get("test") or []
+    return " ".join(words(test))
+
+
+@pytest.mark.parametrize("name", INFRASTRUCTURE)
+def test_infrastructure_has_a_healthcheck(name: str) -> None:
+    text = healthcheck_text(compose_service(name))
+    assert text, f"{name} has no healthcheck, so nothing can wait for it to be ready"
+    assert "NONE" not in text.split(), f"{name} disables its healthcheck"
+
+
+def test_postgres_healthcheck_uses_pg_isready() -> None:
+    text = healthcheck_text(compose_service("postgres"))
+    assert "pg_isready" in text, f"postgres healthcheck should run pg_isready, runs {text!r}"
+
+
+def test_rabbitmq_healthcheck_pings_the_node() -> None:
+    text = healthcheck_text(compose_service("rabbitmq"))
+    assert "rabbitmq-diagnostics" in text, f"rabbitmq healthcheck should run rabbitmq-diagnostics, runs {text!r}"
+
+
+def test_postgres_keeps_data_on_a_named_volume() -> None:
+    declared = load_compose().get("volumes") or {}
+    mounts = [str(mount) for mount in compose_service("postgres").get("volumes") or []]
+    named = [mount for mount in mounts if mount.partition(":")[0] in declared]
+    assert any(mount.endswith(":/var/lib/postgresql/data") for mount in named), (
+        f"postgres should mount a named volume at /var/lib/postgresql/data, mounts {mounts} "
+        f"with top-level volumes {sorted(declared)}"
+    )
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_is_built_from_the_repository_dockerfile(name: str) -> None:
+    build = compose_service(name).get("build")
+    assert build is not None, f"{name} has no build section; every service is built from ./Dockerfile"
+    if isinstance(build, str):
+        context, dockerfile = build, "Dockerfile"
+    else:
+        context, dockerfile = build.get("context"), build.get("dockerfile", "Dockerfile")
+    assert context in {".", "./"}, f"{name} is built from context {context!r}, expected the repository root '.'"
+    assert dockerfile == "Dockerfile", f"{name} is built from {dockerfile!r}, expected the shared Dockerfile"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_runs_its_own_package(name: str) -> None:
+    command = compose_service(name).get("command")
+    assert command is not None, f"{name} has no command, so it would run the image's default (the gateway)"
+    assert words(command) == ["python", "-m", name], f"{name} runs {command!r}, expected 'python -m {name}'"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_waits_for_healthy_dependencies(name: str) -> None:
+    depends_on = compose_service(name).get("depends_on") or {}
+    assert isinstance(depends_on, dict), (
+        f"{name} lists depends_on without conditions; it would start before its dependencies are ready"
+    )
+    needed = list(INFRASTRUCTURE) + ([] if name == "auth_service" else ["auth_service"])
+    for dependency in needed:
+        assert dependency in depends_on, f"{name} does not depend on {dependency}"
+        condition = (depends_on[dependency] or {}).get("condition")
+        assert condition == "service_healthy", (
+            f"{name} waits for {dependency} with condition {condition!r}, expected 'service_healthy'"
+        )
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_healthcheck_hits_its_healthz(name: str) -> None:
+    service = compose_service(name)
+    text = healthcheck_text(service)
+    assert text, f"{name} has no healthcheck"
+    variable, default = HTTP_PORTS[name]
+    port = environment_of(service).get(variable) or str(default)
+    assert f":{port}/healthz" in text, f"{name} healthcheck should request port {port} /healthz, runs {text!r}"
+    assert "python" in text.split(), f"{name} healthcheck should use python (the slim image has no curl), runs {text!r}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_reaches_broker_and_database_by_service_name(name: str) -> None:
+    environment = environment_of(compose_service(name))
+    for variable, host in (("AMQP_URL", "rabbitmq"), ("DATABASE_URL", "postgres")):
+        assert variable in environment, f"{name} does not set {variable}"
+        actual = urlsplit(environment[variable]).hostname
+        assert actual == host, f"{name} {variable} points at host {actual!r}, expected {host!r}"
+
+
+@pytest.mark.parametrize("name", ["gateway", "users_service", "posts_service"])
+def test_app_service_fetches_keys_from_auth_service(name: str) -> None:
+    url = environment_of(compose_service(name)).get("AUTH_JWKS_URL")
+    assert url, f"{name} does not set AUTH_JWKS_URL; the default 127.0.0.1 does not reach auth_service in a container"
+    parts = urlsplit(url)
+    assert (parts.hostname, parts.path) == ("auth_service", "/.well-known/jwks.json"), (
+        f"{name} AUTH_JWKS_URL is {url!r}, expected http://auth_service:<port>/.well-known/jwks.json"
+    )
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_listens_on_all_interfaces(name: str) -> None:
+    variable = "GATEWAY_HOST" if name == "gateway" else "HTTP_HOST"
+    value = environment_of(compose_service(name)).get(variable)
+    assert value == "0.0.0.0", f"{name} sets {variable}={value!r}; it must be 0.0.0.0 to be reachable in a container"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_uses_only_known_variables(name: str) -> None:
+    unknown = sorted(set(environment_of(compose_service(name))) - ALLOWED_VARIABLES)
+    assert not unknown, f"{name} sets variables the services do not read (typo?): {unknown}"
+
+
+def test_gateway_publishes_port_8080() -> None:
+    published: list[tuple[str, str]] = []
+    for port in compose_service("gateway").get("ports") or []:
+        if isinstance(port, dict):
+            published.append((str(port.get("published", "")), str(port.get("target", ""))))
+        else:
+            *outside, inside = str(port).split(":")
+            published.append((outside[-1] if outside else "", inside.partition("/")[0]))
+    assert ("8080", "8080") in published, f"gateway should publish 8080:8080, publishes {published}"
+
+
+def test_procfile_starts_every_service() -> None:
+    path = ROOT / "Procfile"
+    assert path.is_file(), f"{path} is missing"
+    commands: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            process, separator, command = line.partition(":")
+            assert separator, f"Procfile line {line!r} is not 'name: command'"
+            commands[process.strip()] = " ".join(command.split())
+    for package in APP_SERVICES:
+        assert f"python -m {package}" in commands.values(), (
+            f"Procfile does not run 'python -m {package}'; it runs {sorted(commands.values())}"
+        )
+
+
+def test_dockerfile_runs_as_non_root_user() -> None:
+    path = ROOT / "Dockerfile"
+    assert path.is_file(), f"{path} is missing"
+    users = re.findall(r"^\s*USER\s+(\S+)", path.read_text(encoding="utf-8"), flags=re.IGNORECASE | re.MULTILINE)
+    assert users, "Dockerfile has no USER instruction, so the services would run as root"
+    last = users[-1].partition(":")[0]
+    assert last not in {"root", "0"}, f"Dockerfile's final USER is {users[-1]!r}, the services would run as root"

@@ -1,0 +1,1 @@
+"""users_service: public user profiles, and `ban-user` for admins."""
