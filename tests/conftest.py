@@ -1,0 +1,122 @@
+"""Fixtures shared by the integration tests: real PostgreSQL, real RabbitMQ, real processes.
+
+One stack runs for the whole session (starting four processes per test would make the suite
+slow without testing anything more); each test makes its own users, so tests do not depend on
+each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aio_pika
+import aiohttp
+import asyncpg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from auth_service.keys import to_pem
+from support.accounts import User, make_admin, register
+from support.backends import Backends, provision
+from support.broker import BrokerProbe
+from support.forge import TokenForge
+from support.stack import Stack, stack_env
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+async def backends() -> AsyncIterator[Backends]:
+    provided = await provision()
+    yield provided
+    await provided.drop_database()  # type: ignore[attr-defined]
+    for cleanup in provided.cleanups:
+        cleanup()
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="session")
+async def stack(backends: Backends, signing_key: Ed25519PrivateKey, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    run_dir: Path = tmp_path_factory.mktemp("stack")
+    key_file = run_dir / "signing-key.pem"
+    key_file.write_text(to_pem(signing_key))
+    running = Stack(stack_env(backends.database_url, backends.amqp_url, key_file), run_dir)
+    # auth first: the others fetch its JWKS (they would retry, but this keeps start-up quiet).
+    running.start("auth")
+    await running.wait_ready("auth")
+    for service in ("users", "posts", "gateway"):
+        running.start(service)
+    try:
+        await running.wait_ready("gateway")
+        yield running
+    finally:
+        running.stop_all()
+
+
+@pytest.fixture(scope="session")
+async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=stack.gateway_url) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+async def db(backends: Backends, stack: Stack) -> AsyncIterator[asyncpg.Pool]:
+    """The run's database, for checking what a command did or did not change (schema-qualified SQL)."""
+    pool = await asyncpg.create_pool(backends.database_url, min_size=1, max_size=4)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def broker(backends: Backends, stack: Stack) -> AsyncIterator[BrokerProbe]:
+    connection = await aio_pika.connect_robust(backends.amqp_url)
+    probe = BrokerProbe(connection)
+    await probe.start()
+    yield probe
+    await connection.close()
+
+
+@pytest.fixture(scope="session")
+def forge(signing_key: Ed25519PrivateKey) -> TokenForge:
+    return TokenForge(signing_key, issuer="auth_service", audience="posts-platform")
+
+
+@pytest.fixture
+def new_user(http: aiohttp.ClientSession) -> Callable[..., Awaitable[User]]:
+    async def make(name: str = "user") -> User:
+        return await register(http, name)
+
+    return make
+
+
+@pytest.fixture
+def new_admin(http: aiohttp.ClientSession, stack: Stack) -> Callable[[], Awaitable[User]]:
+    async def make() -> User:
+        return await make_admin(http, stack)
+
+    return make
+
+
+async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 1.0, interval: float = 0.05) -> T:
+    """Poll `check` until it returns a truthy value; fail with its last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value or time.monotonic() >= deadline:
+            assert value, f"condition not met within {timeout} s (last value: {value!r})"
+            return value
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def wait_until() -> Callable[..., Awaitable[Any]]:
+    return eventually

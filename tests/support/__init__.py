@@ -1,0 +1,1 @@
+"""Test support: the backends, a running stack, a token forge and a raw broker client."""

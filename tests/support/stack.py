@@ -1,0 +1,120 @@
+"""The four services running as real processes (`python -m …`), pointed at the run's backends.
+
+Tests talk to them only as clients would: HTTP to the gateway, messages on the broker, and reads
+of the database to check what changed. Services can be stopped and started to test restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = {"auth": "auth_service", "users": "users_service", "posts": "posts_service", "gateway": "gateway"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['GATEWAY_PORT']}"
+
+    def http_url(self, service: str) -> str:
+        port = {"auth": "AUTH_HTTP_PORT", "users": "USERS_HTTP_PORT", "posts": "POSTS_HTTP_PORT", "gateway": "GATEWAY_PORT"}[service]
+        return f"http://127.0.0.1:{self.env[port]}"
+
+    def start(self, service: str) -> None:
+        log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the process
+        self.processes[service] = subprocess.Popen(
+            [sys.executable, "-m", PACKAGES[service]], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def stop(self, service: str, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        process = self.processes.pop(service, None)
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def stop_all(self) -> None:
+        for service in list(self.processes):
+            self.stop(service)
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """An operator command, exactly as an operator types it."""
+        return subprocess.run(
+            [sys.executable, "-m", "auth_service", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60
+        )
+
+    def logs(self, service: str, tail: int = 40) -> str:
+        path = self.log_dir / f"{service}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-tail:]) if path.exists() else ""
+
+    async def wait_ready(self, service: str = "gateway", timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        url = self.http_url(service) + "/readyz"
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                for name, process in self.processes.items():
+                    if process.poll() is not None:
+                        raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.logs(name)}")
+                try:
+                    async with http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                        if response.status == 200:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.2)
+        details = "\n".join(f"--- {name}\n{self.logs(name)}" for name in self.processes)
+        raise RuntimeError(f"{service} was not ready within {timeout} s\n{details}")
+
+
+def stack_env(database_url: str, amqp_url: str, key_file: Path) -> dict[str, str]:
+    auth_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_",))}
+    env.update(
+        {
+            "AMQP_URL": amqp_url,
+            "DATABASE_URL": database_url,
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(free_port()),
+            "AUTH_HTTP_PORT": str(auth_port),
+            "USERS_HTTP_PORT": str(free_port()),
+            "POSTS_HTTP_PORT": str(free_port()),
+            "AUTH_JWKS_URL": f"http://127.0.0.1:{auth_port}/.well-known/jwks.json",
+            "AUTH_SIGNING_KEY_FILE": str(key_file),
+            "JWT_ISSUER": "auth_service",
+            "JWT_AUDIENCE": "posts-platform",
+            "ACCESS_TOKEN_TTL_SECONDS": "900",
+            # Every test client is 127.0.0.1: the per-address limit is tested through the broker instead.
+            "LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
