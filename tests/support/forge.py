@@ -33,6 +33,7 @@ class TokenForge:
         self.audience = audience
 
     def claims(self, sub: str, sid: str, *, role: str = "user", ttl: int = 600, **overrides: Any) -> dict[str, Any]:
+        """Claims of a good token; an override of None leaves that claim out."""
         now = int(time.time())
         claims = {
             "iss": self.issuer, "aud": self.audience, "sub": sub, "sid": sid, "role": role,

@@ -1,0 +1,301 @@
+// Web UI for the posts gateway: sign up, log in/out, read, write and delete posts, and
+// (for admins) ban authors. Plain browser JavaScript, no build step, same-origin JSON API.
+// The server decides every permission; this page only shows what it answers.
+// All user-supplied text is written with textContent, never innerHTML.
+"use strict";
+
+const TOKEN_KEY = "access_token";
+const PAGE_SIZE = 20;
+const $ = (id) => document.getElementById(id);
+
+const state = { me: null, posts: [], nextCursor: null, loaded: false, generation: 0 };
+const authors = new Map(); // author_id -> Promise of {id, display_name, banned} or null
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// crypto.randomUUID only exists in secure contexts; fall back to getRandomValues elsewhere.
+function newIdempotencyKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+function problemMessage(res, data) {
+  let message =
+    (data && typeof data.detail === "string" && data.detail) ||
+    (data && typeof data.title === "string" && data.title) ||
+    `Request failed (${res.status})`;
+  const retryAfter = res.status === 429 ? res.headers.get("Retry-After") : null;
+  if (retryAfter) {
+    message += /^\d+$/.test(retryAfter.trim())
+      ? ` Try again in ${retryAfter.trim()} seconds.`
+      : ` Try again after ${retryAfter}.`;
+  }
+  return message;
+}
+
+// One JSON request. Resolves with the parsed body (null for 204); throws ApiError otherwise.
+async function api(method, path, { body, auth = false, idempotent = false } = {}) {
+  const headers = { Accept: "application/json, application/problem+json" };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (auth && token) headers.Authorization = `Bearer ${token}`;
+  if (idempotent) headers["Idempotency-Key"] = newIdempotencyKey();
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let res;
+  try {
+    res = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+    });
+  } catch {
+    throw new ApiError("Cannot reach the server", 0);
+  }
+  const data = res.status === 204 ? null : await res.json().catch(() => null);
+  if (res.ok) return data;
+  if (res.status === 401) signOutLocally();
+  throw new ApiError(problemMessage(res, data), res.status);
+}
+
+// ---- alert and notice regions ----
+
+function showAlert(message) {
+  $("alert").textContent = message;
+  $("alert").hidden = false;
+}
+
+function clearAlert() {
+  $("alert").textContent = "";
+  $("alert").hidden = true;
+}
+
+function setNotice(message) {
+  $("notice").textContent = message;
+  $("notice").hidden = !message;
+}
+
+// Runs one user action: the alert shows its failure, or is cleared on success.
+async function run(button, action) {
+  if (button) button.disabled = true;
+  setNotice("");
+  try {
+    await action();
+    clearAlert();
+  } catch (err) {
+    if (!(err instanceof ApiError)) console.error(err);
+    showAlert(err instanceof ApiError ? err.message : "Something went wrong");
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+// ---- session ----
+
+function signOutLocally() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.me = null;
+  renderSession();
+  renderPosts();
+}
+
+function renderSession() {
+  const me = state.me;
+  $("session-status").textContent = me ? `Signed in as ${me.display_name} (${me.role})` : "Not signed in";
+  $("logout-button").hidden = !me;
+  $("auth-forms").hidden = Boolean(me);
+  $("write-section").hidden = !me;
+}
+
+async function loadMe() {
+  try {
+    state.me = await api("GET", "/auth/me", { auth: true });
+  } catch (err) {
+    if (err.status === 403) signOutLocally(); // banned: the token is of no use
+    throw err;
+  }
+  renderSession();
+  renderPosts();
+}
+
+// ---- posts ----
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function getAuthor(id) {
+  if (!authors.has(id)) {
+    authors.set(id, api("GET", `/users/${encodeURIComponent(id)}`).catch(() => null));
+  }
+  return authors.get(id);
+}
+
+function formatTime(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleString();
+}
+
+function renderPost(post) {
+  const item = el("li", { class: "post", "data-testid": "post", "data-post-id": post.id });
+  const titleId = `title-${post.id}`;
+  item.append(el("h3", { id: titleId, class: "post-title", "data-testid": "post-title" }, post.title));
+
+  const meta = el("p", { class: "post-meta" }, "by ");
+  const author = el("span", { class: "post-author", "data-testid": "post-author", "data-author-id": post.author_id }, "…");
+  getAuthor(post.author_id).then((user) => {
+    if (!user) {
+      author.textContent = "unknown author";
+      return;
+    }
+    author.textContent = user.banned ? `${user.display_name} (banned)` : user.display_name;
+    author.dataset.banned = String(Boolean(user.banned));
+  });
+  meta.append(author);
+
+  const me = state.me;
+  if (me && me.role === "admin" && post.author_id !== me.id) {
+    const ban = el("button", { type: "button", class: "ban-author", "data-testid": "ban-author", "data-author-id": post.author_id, "aria-describedby": titleId }, "Ban author");
+    ban.addEventListener("click", () => run(ban, () => banAuthor(post.author_id)));
+    meta.append(" ", ban);
+  }
+  meta.append(" · ", el("time", { datetime: post.created_at, "data-testid": "post-created" }, formatTime(post.created_at)));
+  item.append(meta, el("p", { class: "post-body", "data-testid": "post-body" }, post.body));
+
+  if (me) {
+    const del = el("button", { type: "button", class: "delete-post", "data-testid": "delete-post", "aria-describedby": titleId }, "Delete");
+    del.addEventListener("click", () => run(del, () => deletePost(post.id)));
+    const actions = el("div", { class: "post-actions" });
+    actions.append(del);
+    item.append(actions);
+  }
+  return item;
+}
+
+function renderPosts() {
+  $("posts").replaceChildren(...state.posts.map(renderPost));
+  $("posts-empty").hidden = !state.loaded || state.posts.length > 0;
+  $("load-more").hidden = !state.nextCursor;
+}
+
+async function refreshPosts() {
+  const generation = ++state.generation;
+  authors.clear(); // pick up bans and renames
+  const page = await api("GET", `/posts?limit=${PAGE_SIZE}`);
+  if (generation !== state.generation) return; // a newer refresh won
+  state.posts = page.items;
+  state.nextCursor = page.next_cursor;
+  state.loaded = true;
+  renderPosts();
+}
+
+async function loadMore() {
+  if (!state.nextCursor) return;
+  const generation = state.generation;
+  const page = await api("GET", `/posts?limit=${PAGE_SIZE}&cursor=${encodeURIComponent(state.nextCursor)}`);
+  if (generation !== state.generation) return;
+  const seen = new Set(state.posts.map((p) => p.id));
+  state.posts.push(...page.items.filter((p) => !seen.has(p.id)));
+  state.nextCursor = page.next_cursor;
+  renderPosts();
+}
+
+async function deletePost(id) {
+  await api("DELETE", `/posts/${encodeURIComponent(id)}`, { auth: true, idempotent: true });
+  setNotice("Post deleted.");
+  await refreshPosts();
+}
+
+async function banAuthor(userId) {
+  const user = await api("POST", `/users/${encodeURIComponent(userId)}/ban`, { auth: true, idempotent: true, body: {} });
+  setNotice(`${user.display_name} is banned.`);
+  await refreshPosts();
+}
+
+// ---- forms and buttons ----
+
+function onSubmit(formId, action) {
+  const form = $(formId);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    run(form.querySelector("button[type=submit]"), () => action(form));
+  });
+}
+
+onSubmit("signup-form", async (form) => {
+  const user = await api("POST", "/auth/register", {
+    body: {
+      email: $("signup-email").value.trim(),
+      display_name: $("signup-display-name").value.trim(),
+      password: $("signup-password").value,
+    },
+  });
+  form.reset();
+  $("login-email").value = user.email;
+  setNotice(`Account created for ${user.email}. You can log in now.`);
+});
+
+onSubmit("login-form", async (form) => {
+  const result = await api("POST", "/auth/login", {
+    body: { email: $("login-email").value.trim(), password: $("login-password").value },
+  });
+  sessionStorage.setItem(TOKEN_KEY, result.access_token);
+  try {
+    await loadMe();
+  } catch (err) {
+    signOutLocally(); // never keep a token we could not confirm
+    throw err;
+  }
+  form.reset();
+});
+
+onSubmit("new-post-form", async (form) => {
+  await api("POST", "/posts", {
+    auth: true,
+    idempotent: true,
+    body: { title: $("new-post-title").value, body: $("new-post-body").value },
+  });
+  form.reset();
+  setNotice("Post published.");
+  await refreshPosts();
+});
+
+$("logout-button").addEventListener("click", (event) =>
+  run(event.currentTarget, async () => {
+    try {
+      await api("POST", "/auth/logout", { auth: true });
+    } finally {
+      signOutLocally();
+    }
+  })
+);
+
+$("load-more").addEventListener("click", (event) => run(event.currentTarget, loadMore));
+
+// ---- start ----
+
+renderSession();
+renderPosts();
+run(null, async () => {
+  let sessionError = null;
+  if (sessionStorage.getItem(TOKEN_KEY)) {
+    try {
+      await loadMe();
+    } catch (err) {
+      sessionError = err;
+    }
+  }
+  await refreshPosts();
+  if (sessionError) throw sessionError;
+});
