@@ -72,7 +72,7 @@ def _path_id(name: str) -> dict[str, Any]:
 def build_document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         Register, Login, CreatePost, schemas.BanRequest, schemas.Account, schemas.TokenResponse,
-        schemas.Post, schemas.PostPage, schemas.UserProfile, schemas.Problem,
+        schemas.Post, schemas.PostPage, schemas.UserProfile, schemas.Problem, schemas.AuditEntry, schemas.AuditPage,
     ]
     components: dict[str, Any] = {}
     for model in models:
@@ -102,6 +102,18 @@ def build_document() -> dict[str, Any]:
         "/users/{user_id}/ban": {
             "post": _op("Ban a user (admins only)", body=schemas.BanRequest, body_required=False, ok=(200, "The banned user", schemas.UserProfile),
                         errors=[400, 401, 403, 404, 409, 422], secured=True, params=[_path_id("user_id")]),
+        },
+        "/audit": {
+            "get": _op(
+                "Authorization decisions of one service, newest first (admins only)",
+                ok=(200, "A page of audit entries", schemas.AuditPage), errors=[401, 403, 422], secured=True,
+                params=[
+                    {"name": "service", "in": "query", "required": True, "schema": {"type": "string", "enum": ["auth", "users", "posts"]}},
+                    {"name": "decision", "in": "query", "required": False, "schema": {"type": "string", "enum": ["allowed", "denied", "replayed"]}},
+                    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+            )
         },
         "/.well-known/jwks.json": {"get": {"summary": "The public keys tokens are signed with", "responses": {"200": {"description": "A JWKS"}, "503": {"description": "Unavailable", "content": PROBLEM}}}},
         "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "Up"}}}},

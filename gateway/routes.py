@@ -20,6 +20,7 @@ def setup_routes(app: web.Application) -> None:
             web.delete("/posts/{post_id}", views.delete_post),
             web.get("/users/{user_id}", views.get_user),
             web.post("/users/{user_id}/ban", views.ban_user),
+            web.get("/audit", views.list_audit),
             web.get("/.well-known/jwks.json", views.jwks),
             web.get("/openapi.json", openapi.openapi_json),
             web.get("/docs", openapi.docs_page),

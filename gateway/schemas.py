@@ -51,3 +51,21 @@ class Problem(BaseModel):
 
 class BanRequest(BaseModel):
     reason: str | None = None
+
+
+class AuditEntry(BaseModel):
+    id: int
+    occurred_at: str
+    decision: Literal["allowed", "denied", "replayed"]
+    command: str
+    caller: str
+    caller_kind: Literal["user", "service", "anonymous"]
+    resource: str | None
+    reason: str
+    message_id: str | None
+    request_id: str | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: str | None

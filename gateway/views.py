@@ -21,6 +21,7 @@ from shared.commands import (
     BanUser, CreatePost, DeletePost, GetPost, GetUser, ListPosts, Login, Payload, Register,
     parse_payload, payload_from_mapping,
 )
+from shared.audit import ListAudit, audit_command_name
 from shared.errors import AppError, BadRequest, NotFound, ServiceUnavailable, Unprocessable
 from shared.tokens import bearer_token
 
@@ -161,6 +162,27 @@ async def ban_user(request: web.Request) -> web.Response:
         raise Unprocessable("user_id: is not a field of this request (it is in the path)")
     payload = parse_payload(BanUser, json.dumps({**body, "user_id": user_id}))
     return web.json_response(await send(request, "ban-user", payload.model_dump(mode="json"), token=token, mutating=True))
+
+
+# -- audit -----------------------------------------------------------------------------------
+
+AUDITED_SERVICES = ("auth", "users", "posts")
+
+
+async def list_audit(request: web.Request) -> web.Response:
+    """An admin reads one service's authorization decisions; the service itself checks the role."""
+    token = await authenticate(request)
+    service = request.query.get("service")
+    if service not in AUDITED_SERVICES:
+        raise Unprocessable(f"service: must be one of {', '.join(AUDITED_SERVICES)}")
+    query: dict[str, Any] = {k: request.query[k] for k in ("decision", "cursor") if k in request.query}
+    if "limit" in request.query:
+        try:
+            query["limit"] = int(request.query["limit"])
+        except ValueError:
+            raise Unprocessable("limit: must be a whole number from 1 to 100") from None
+    payload = payload_from_mapping(ListAudit, query).model_dump(mode="json")
+    return web.json_response(await send(request, audit_command_name(service), payload, token=token))
 
 
 # -- platform --------------------------------------------------------------------------------

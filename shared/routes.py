@@ -47,10 +47,21 @@ class EventRoute:
     model: type[BaseModel]
 
 
-def command(name: str, handler: CommandHandler, *, policy: Policy, replays: bool = True) -> CommandRoute:
-    if name not in COMMAND_PAYLOADS:
-        raise ValueError(f"{name!r} is not a command of the contract")
-    return CommandRoute(name, handler, policy, COMMAND_PAYLOADS[name], replays)
+def command(
+    name: str,
+    handler: CommandHandler,
+    *,
+    policy: Policy,
+    replays: bool = True,
+    payload: type[Payload] | None = None,
+) -> CommandRoute:
+    """A command route. Contract commands take their payload model from `COMMAND_PAYLOADS`;
+    platform commands (the audit trail) name theirs."""
+    if payload is None:
+        if name not in COMMAND_PAYLOADS:
+            raise ValueError(f"{name!r} is not a command of the contract")
+        payload = COMMAND_PAYLOADS[name]
+    return CommandRoute(name, handler, policy, payload, replays)
 
 
 def event(routing_key: str, handler: EventHandler, *, model: type[BaseModel]) -> EventRoute:

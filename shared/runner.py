@@ -26,7 +26,7 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
-from shared import idempotency
+from shared import audit, idempotency
 from shared.broker import DEAD_LETTER_EXCHANGE
 from shared.commands import parse_payload
 from shared.database import TRANSIENT_DATABASE_ERRORS
@@ -35,6 +35,7 @@ from shared.envelope import (
     CLIENT_ADDRESS_HEADER,
     REQUEST_ID_HEADER,
     MessageContext,
+    current_message,
     error_reply,
     header_text,
     ok_reply,
@@ -166,7 +167,7 @@ class MessageProcessor:
             try:
                 caller = await self._verifier.verify(bearer_token(header_text(headers, AUTHORIZATION_HEADER)))
             except AppError as exc:
-                self._decide(route.name, None, "denied", exc.detail)
+                await audit.record_alone(self._pool, self._decide("denied", route, None, None, exc.detail))
                 raise
         try:
             payload = parse_payload(route.payload, message.body)
@@ -195,24 +196,39 @@ class MessageProcessor:
         self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage
     ) -> Any:
         key = self._idempotency_key(route, caller, message)
-        async with self._pool.acquire() as conn, conn.transaction():
-            try:
-                if caller is not None:
-                    await check_caller(conn, caller)
+        audited = route.policy.needs_token  # PUBLIC commands make no decision
+        decision: audit.Decision | None = None
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                try:
+                    if caller is not None:
+                        await check_caller(conn, caller)
+                    if key is not None:
+                        subject, message_key, expires_at = key
+                        stored = await idempotency.claim(conn, subject, message_key, route.name, expires_at)
+                        if not idempotency.is_new(stored):
+                            decision = self._decide("replayed", route, caller, payload, "repeat of an executed message_id")
+                            if audited:
+                                await audit.record(conn, decision)
+                            return stored
+                    await route.policy.authorize(caller, payload, conn)
+                except DENIALS as exc:
+                    decision = self._decide("denied", route, caller, payload, exc.detail) if audited else None
+                    raise
+                if audited:
+                    decision = self._decide("allowed", route, caller, payload, f"policy {route.policy.name}")
+                result = await route.handler(payload, caller, conn)
                 if key is not None:
-                    subject, message_key, expires_at = key
-                    stored = await idempotency.claim(conn, subject, message_key, route.name, expires_at)
-                    if not idempotency.is_new(stored):
-                        self._decide(route.name, caller, "replayed", "repeat of an executed message_id")
-                        return stored
-                await route.policy.authorize(caller, payload, conn)
-            except DENIALS as exc:
-                self._decide(route.name, caller, "denied", exc.detail)
-                raise
-            self._decide(route.name, caller, "allowed", f"policy {route.policy.name}")
-            result = await route.handler(payload, caller, conn)
-            if key is not None:
-                await idempotency.save_reply(conn, key[0], key[1], result)
+                    await idempotency.save_reply(conn, key[0], key[1], result)
+                if decision is not None:
+                    await audit.record(conn, decision)
+        except AppError as exc:
+            # The transaction rolled back, and the audit row with it: write the decision on its own.
+            if decision is not None:
+                if decision.decision == "allowed":
+                    decision = decision.followed_by(f"{exc.status} {exc.detail}")
+                await audit.record_alone(self._pool, decision)
+            raise
         if self._relay is not None:
             self._relay.wake()
         return result
@@ -227,15 +243,14 @@ class MessageProcessor:
         key = idempotency.anonymous_key(message.message_id, message.body)
         return idempotency.ANONYMOUS, key, int(time.time()) + self._anonymous_ttl
 
-    def _decide(self, command: str, caller: Caller | None, decision: str, reason: str) -> None:
-        self._metrics.decisions.labels(command, decision).inc()
-        log.info(
-            "authorization decision",
-            extra={
-                "decision": decision,
-                "caller": caller.describe() if caller else "anonymous",
-                "reason": reason,
-            },
+    def _decide(
+        self, decision: audit.DecisionKind, route: CommandRoute, caller: Caller | None, payload: Any, reason: str
+    ) -> audit.Decision:
+        self._metrics.decisions.labels(route.name, decision).inc()
+        ctx = current_message()
+        return audit.decide(
+            decision, route.name, caller, payload, reason,
+            message_id=ctx.message_id if ctx else None, request_id=ctx.request_id if ctx else None,
         )
 
     # -- events -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import asyncpg
 from aiohttp import web
 
 from shared import idempotency
+from shared.audit import audit_command_name, audit_route
 from shared.broker import (
     COMMANDS_EXCHANGE,
     EVENTS_EXCHANGE,
@@ -100,7 +101,10 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         confirm_channel = await connection.channel(publisher_confirms=True)
         await declare_exchanges(confirm_channel)
         command_queue = await declare_service_queue(
-            consume_channel, command_queue_name(name), COMMANDS_EXCHANGE, [r.name for r in wiring.commands]
+            consume_channel,
+            command_queue_name(name),
+            COMMANDS_EXCHANGE,
+            [r.name for r in wiring.commands] + [audit_command_name(name)],
         )
         event_queue = await declare_service_queue(
             consume_channel, event_queue_name(name), EVENTS_EXCHANGE, [r.routing_key for r in wiring.events]
@@ -109,7 +113,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         relay = OutboxRelay(pool, settings.database_url, name, confirm_channel)
         processor = MessageProcessor(
             service=name,
-            commands=wiring.commands,
+            commands=[*wiring.commands, audit_route(name)],
             events=wiring.events,
             pool=pool,
             verifier=verifier,

@@ -1,0 +1,135 @@
+"""The audit trail: every authorization decision, in the deciding service's own table and log.
+
+A decision is `allowed`, `denied` or `replayed` (a repeated message_id answered from its stored
+reply). An allowed decision is written in the command's own transaction, so the trail and the
+effect commit together; a denial is written on its own, since the command's transaction rolls
+back. Commands under the PUBLIC policy make no decision and are not audited. Admins read the trail
+with the `list-audit.<service>` command (`GET /audit?service=…` at the gateway).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from pydantic import Field
+
+from shared.authorization import ADMIN
+from shared.commands import Payload
+from shared.database import TRANSIENT_DATABASE_ERRORS
+from shared.errors import Unprocessable
+from shared.routes import CommandRoute, command
+from shared.tokens import Caller
+
+log = logging.getLogger("audit")
+
+DecisionKind = Literal["allowed", "denied", "replayed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision: DecisionKind
+    command: str
+    caller: str
+    caller_kind: str
+    resource: str | None
+    reason: str
+    message_id: str | None
+    request_id: str | None
+
+    def followed_by(self, note: str) -> Decision:
+        return replace(self, reason=f"{self.reason}; then {note}")
+
+
+def decide(
+    decision: DecisionKind,
+    command_name: str,
+    caller: Caller | None,
+    payload: Any,
+    reason: str,
+    *,
+    message_id: str | None,
+    request_id: str | None,
+) -> Decision:
+    """Build a decision and write its log line."""
+    made = Decision(
+        decision=decision,
+        command=command_name,
+        caller=caller.describe() if caller else "anonymous",
+        caller_kind=caller.kind if caller else "anonymous",
+        resource=resource_of(payload),
+        reason=reason,
+        message_id=message_id,
+        request_id=request_id,
+    )
+    log.info(
+        "authorization decision",
+        extra={
+            "decision": made.decision, "caller": made.caller, "resource": made.resource,
+            "reason": made.reason, "message_id": made.message_id,
+        },
+    )
+    return made
+
+
+def resource_of(payload: Any) -> str | None:
+    """What the command acts on, as `post:<id>` or `user:<id>`, when its payload names it."""
+    for field_name, kind in (("post_id", "post"), ("user_id", "user")):
+        value = getattr(payload, field_name, None)
+        if value is not None:
+            return f"{kind}:{value}"
+    return None
+
+
+async def record(conn: asyncpg.Connection, decision: Decision) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (decision, command, caller, caller_kind, resource, reason, message_id, request_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        decision.decision, decision.command, decision.caller, decision.caller_kind,
+        decision.resource, decision.reason[:1000], decision.message_id, decision.request_id,
+    )
+
+
+async def record_alone(pool: asyncpg.Pool, decision: Decision) -> None:
+    """Write a decision outside any command transaction (denials). The log line already exists,
+    so a database outage here loses the row but never the record of the decision."""
+    try:
+        async with pool.acquire() as conn:
+            await record(conn, decision)
+    except TRANSIENT_DATABASE_ERRORS as exc:
+        log.warning("could not write an audit row", extra={"error": str(exc) or type(exc).__name__})
+
+
+class ListAudit(Payload):
+    decision: Literal["allowed", "denied", "replayed"] | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+    cursor: Annotated[str, Field(max_length=30)] | None = None
+
+
+async def list_audit(cmd: ListAudit, _caller: Caller, conn: asyncpg.Connection) -> dict[str, Any]:
+    """A page of the audit trail, newest first."""
+    before = None
+    if cmd.cursor is not None:
+        if not cmd.cursor.isdigit():
+            raise Unprocessable("cursor: is not a cursor this service gave out")
+        before = int(cmd.cursor)
+    rows = await conn.fetch(
+        "SELECT id, occurred_at, decision, command, caller, caller_kind, resource, reason, message_id, request_id"
+        " FROM audit_log WHERE ($1::text IS NULL OR decision = $1) AND ($2::bigint IS NULL OR id < $2)"
+        " ORDER BY id DESC LIMIT $3",
+        cmd.decision, before, cmd.limit + 1,
+    )
+    page = rows[: cmd.limit]
+    items = [{**dict(r), "occurred_at": r["occurred_at"].isoformat()} for r in page]
+    return {"items": items, "next_cursor": str(page[-1]["id"]) if len(rows) > cmd.limit else None}
+
+
+def audit_command_name(service: str) -> str:
+    return f"list-audit.{service}"
+
+
+def audit_route(service: str) -> CommandRoute:
+    """Every service serves its own trail, to admins only."""
+    return command(audit_command_name(service), list_audit, policy=ADMIN, payload=ListAudit, replays=False)
