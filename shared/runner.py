@@ -162,17 +162,19 @@ class MessageProcessor:
             raise Malformed(PayloadTooLarge(f"The payload is over {self._max_bytes} bytes"))
         if message.content_type not in (None, "", "application/json"):
             raise Malformed(BadRequest("The content type must be application/json"))
+        # The contract's order: decode, validate, then authorize. A malformed message is parked
+        # whoever sent it; a well-formed one is refused unless its token verifies.
+        try:
+            payload = parse_payload(route.payload, message.body)
+        except AppError as exc:
+            raise Malformed(exc) from None
         caller: Caller | None = None
         if route.policy.needs_token:
             try:
                 caller = await self._verifier.verify(bearer_token(header_text(headers, AUTHORIZATION_HEADER)))
             except AppError as exc:
-                await audit.record_alone(self._pool, self._decide("denied", route, None, None, exc.detail))
+                await audit.record_alone(self._pool, self._decide("denied", route, None, payload, exc.detail))
                 raise
-        try:
-            payload = parse_payload(route.payload, message.body)
-        except AppError as exc:
-            raise Malformed(exc) from None
         return route, caller, payload
 
     async def _execute(
@@ -332,9 +334,11 @@ class MessageProcessor:
         queue = f"{self.service}.events" if message.exchange == "events" else f"{self.service}.commands"
         self._metrics.dead_lettered.labels(queue).inc()
         log.warning("dead-lettering a message", extra={"reason": reason, "queue": queue})
-        headers = dict(message.headers or {})
-        if AUTHORIZATION_HEADER in headers:
-            headers[AUTHORIZATION_HEADER] = "Bearer [redacted]"  # a parked message must not hold a live credential
+        # A parked message must not hold a live credential, whatever the header's capitalisation.
+        headers = {
+            key: ("[redacted]" if key.lower() == AUTHORIZATION_HEADER else value)
+            for key, value in (message.headers or {}).items()
+        }
         headers.update(
             {
                 "x-dead-letter-reason": reason,
@@ -361,8 +365,11 @@ class MessageProcessor:
                 mandatory=False,
             )
         except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError):
-            # Let RabbitMQ dead-letter it through the queue's own policy instead (reason: rejected).
-            await message.reject(requeue=False)
+            # Not parked yet: hand it back and try again on redelivery. Rejecting it instead would
+            # let RabbitMQ park the original, credential and all.
+            log.warning("could not park the message; it will be redelivered")
+            await asyncio.sleep(1)
+            await message.nack(requeue=True)
             return
         await message.ack()
 
