@@ -27,6 +27,7 @@ from shared.broker import (
     COMMANDS_EXCHANGE,
     EVENTS_EXCHANGE,
     command_queue_name,
+    dead_letter_queue_name,
     declare_exchanges,
     declare_service_queue,
     event_queue_name,
@@ -148,6 +149,10 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         background = [
             asyncio.create_task(relay.run(), name="outbox-relay"),
             asyncio.create_task(_purge_idempotency_records(pool, stop), name="idempotency-purge"),
+            asyncio.create_task(
+                _watch_dead_letters(connection, [command_queue.name, event_queue.name], metrics, stop),
+                name="dead-letter-gauge",
+            ),
         ]
         command_tag = await command_queue.consume(processor.on_command)
         event_tag = await event_queue.consume(processor.on_event)
@@ -198,5 +203,26 @@ async def _purge_idempotency_records(pool: asyncpg.Pool, stop: asyncio.Event) ->
             pass
         try:
             await asyncio.wait_for(stop.wait(), 60)
+        except TimeoutError:
+            pass
+
+
+async def _watch_dead_letters(
+    connection: aio_pika.abc.AbstractRobustConnection, queues: list[str], metrics: ServiceMetrics, stop: asyncio.Event
+) -> None:
+    """Keep the dead_letter_queue_depth gauge current, so parked messages show on a dashboard."""
+    # A channel of its own: a failed passive declare closes the channel it ran on.
+    channel = await connection.channel()
+    while not stop.is_set():
+        for queue in queues:
+            try:
+                declared = await channel.declare_queue(dead_letter_queue_name(queue), passive=True)
+                metrics.dead_letter_depth.labels(dead_letter_queue_name(queue)).set(
+                    declared.declaration_result.message_count or 0
+                )
+            except aio_pika.exceptions.AMQPError:
+                pass  # the broker is away; the gauge keeps its last value
+        try:
+            await asyncio.wait_for(stop.wait(), 5)
         except TimeoutError:
             pass

@@ -1,0 +1,144 @@
+"""Operator commands for dead-lettered messages: list them, replay them, drop them.
+
+    python -m shared.dead_letters list   posts.commands
+    python -m shared.dead_letters replay posts.commands --id 6f1c…   (or --all)
+    python -m shared.dead_letters drop   posts.events --all
+
+QUEUE is the queue the messages died in (`<service>.commands` or `<service>.events`); they wait in
+`QUEUE.dead` with the reason in `x-dead-letter-reason`. Replay publishes a message back to the
+exchange and routing key it was first sent to. A parked command's token was redacted, so replaying
+an authenticated command gets a 401 unless the sender publishes it again with a fresh token: replay
+is for messages that failed for a reason since fixed (a bug, a missing service), not a way around
+authorization. Uses AMQP_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from shared.broker import dead_letter_queue_name
+from shared.settings import ConfigurationError, Settings
+
+EXAMPLES = """examples:
+  python -m shared.dead_letters list posts.commands
+  python -m shared.dead_letters replay posts.commands --id 6f1c2a9e-8c6b-4a63-9d2e-3f0e7b1a5c42
+  python -m shared.dead_letters drop posts.events --all
+"""
+PAST = {"replay": "replayed", "drop": "dropped"}
+_BOOKKEEPING = ("x-dead-letter-reason", "x-original-exchange", "x-original-routing-key", "x-death", "x-delivery-count",
+                "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason")
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def describe(message: AbstractIncomingMessage) -> str:
+    headers = message.headers or {}
+    reason = headers.get("x-dead-letter-reason") or headers.get("x-first-death-reason") or "unknown"
+    key = headers.get("x-original-routing-key") or message.routing_key
+    return (
+        f"{message.message_id or '-'}\ttype={message.type or '-'}\trouting_key={_text(key)}"
+        f"\tbytes={len(message.body)}\treason={_text(reason)}"
+    )
+
+
+def origin(message: AbstractIncomingMessage) -> tuple[str, str]:
+    """Where the message was first published: from our own headers, or RabbitMQ's x-death."""
+    headers = message.headers or {}
+    if "x-original-exchange" in headers:
+        return _text(headers["x-original-exchange"]), _text(headers["x-original-routing-key"])
+    deaths = headers.get("x-death") or []
+    if deaths and isinstance(deaths[0], dict):
+        keys = deaths[0].get("routing-keys") or [message.routing_key]
+        return _text(deaths[0].get("exchange", "")), _text(keys[0])
+    raise ValueError("the message does not say where it came from")
+
+
+async def _take_all(channel: AbstractChannel, queue_name: str) -> list[AbstractIncomingMessage]:
+    queue = await channel.declare_queue(dead_letter_queue_name(queue_name), passive=True)
+    taken = []
+    while (message := await queue.get(no_ack=False, fail=False)) is not None:
+        taken.append(message)
+    return taken
+
+
+async def run(action: str, queue_name: str, message_id: str | None, every: bool, amqp_url: str) -> list[str]:
+    lines: list[str] = []
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        messages = await _take_all(channel, queue_name)
+        for message in messages:
+            chosen = action != "list" and (every or message.message_id == message_id)
+            if not chosen:
+                await message.nack(requeue=True)
+                if action == "list":
+                    lines.append(describe(message))
+                continue
+            if action == "replay":
+                exchange_name, routing_key = origin(message)
+                headers = {k: v for k, v in (message.headers or {}).items() if k not in _BOOKKEEPING}
+                exchange = channel.default_exchange if exchange_name == "" else await channel.get_exchange(exchange_name, ensure=False)
+                await exchange.publish(
+                    aio_pika.Message(
+                        message.body, headers=headers, content_type=message.content_type, message_id=message.message_id,
+                        type=message.type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=routing_key,
+                )
+            await message.ack()
+            lines.append(f"{PAST[action]} {describe(message)}")
+    finally:
+        await connection.close()
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.dead_letters",
+        description="List, replay or drop dead-lettered messages (uses AMQP_URL).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("action", choices=["list", "replay", "drop"])
+    parser.add_argument("queue", help="the queue the messages died in, e.g. posts.commands")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--id", dest="message_id", help="only the message with this message_id")
+    which.add_argument("--all", action="store_true", help="every message in the dead-letter queue")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.action != "list" and not (args.all or args.message_id):
+        print("error: say which messages: --id MESSAGE_ID or --all", file=sys.stderr)
+        return 1
+    try:
+        settings = Settings.from_env()
+        lines = asyncio.run(run(args.action, args.queue, args.message_id, args.all, settings.amqp_url))
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        print(f"error: there is no dead-letter queue for {args.queue}", file=sys.stderr)
+        return 1
+    except (aio_pika.exceptions.AMQPError, OSError) as exc:
+        print(f"error: cannot reach the broker in AMQP_URL: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines) if lines else "no matching messages")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
