@@ -13,6 +13,7 @@ import logging
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
+from shared.broker import RECONNECT_SECONDS
 from shared.client import CommandClient
 from shared.errors import ServiceUnavailable
 
@@ -53,7 +54,7 @@ class BrokerLink:
         delay = 0.5
         while True:
             try:
-                self.connection = await aio_pika.connect_robust(self._url, timeout=5)
+                self.connection = await aio_pika.connect_robust(self._url, timeout=5, reconnect_interval=RECONNECT_SECONDS)
                 client = CommandClient(self.connection, timeout=self._rpc_timeout)
                 await client.start()
                 self._client = client

@@ -21,6 +21,8 @@ EVENTS_EXCHANGE = "events"
 DEAD_LETTER_EXCHANGE = "dead-letters"
 #: How many times a message may be delivered before RabbitMQ dead-letters it.
 DELIVERY_LIMIT = 5
+#: How soon a robust connection tries again after losing the broker.
+RECONNECT_SECONDS = 1.0
 
 
 def command_queue_name(service: str) -> str:

@@ -35,19 +35,46 @@ class CommandClient:
         self._exchange: AbstractExchange | None = None
 
     async def start(self) -> None:
-        # Kept as attributes: a robust connection restores only the channels and consumers it can
-        # still reach, and the reply consumer must come back after a broker restart.
-        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._exchange = await self._channel.declare_exchange(
-            COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
-        )
-        reply_queue = await self._channel.get_queue(REPLY_QUEUE, ensure=False)
+        await self._open()
+        # A robust connection restores its channels after a broker restart, but not the consumer
+        # of the direct reply-to pseudo-queue, so the client reopens its own channel instead.
+        reconnect = getattr(self._connection, "reconnect_callbacks", None)
+        if reconnect is not None:
+            reconnect.add(self._on_reconnect)
+        self._connection.close_callbacks.add(self._on_connection_lost)
+
+    async def _open(self) -> None:
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+        reply_queue = await channel.get_queue(REPLY_QUEUE, ensure=False)
         await reply_queue.consume(self._on_reply, no_ack=True)
+        self._channel, self._exchange = channel, exchange
+
+    async def _on_reconnect(self, *_: Any) -> None:
+        stale = self._channel
+        self._channel = None
+        if stale is not None and not stale.is_closed:
+            await stale.close()
+        try:
+            await self._open()
+        except (aio_pika.exceptions.AMQPError, ConnectionError, OSError):
+            pass  # the connection will call us again on its next successful reconnect
+
+    def _on_connection_lost(self, *_: Any) -> None:
+        # Replies to calls in flight would have come to the consumer that just died: answer
+        # their callers now rather than after the timeout.
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ServiceUnavailable("Lost the connection to the message broker", retry_after=5))
 
     async def close(self) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ServiceUnavailable("The gateway is shutting down"))
+        reconnect = getattr(self._connection, "reconnect_callbacks", None)
+        if reconnect is not None:
+            reconnect.discard(self._on_reconnect)
+        self._connection.close_callbacks.discard(self._on_connection_lost)
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 

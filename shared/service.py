@@ -25,6 +25,7 @@ from shared import idempotency
 from shared.audit import audit_command_name, audit_route
 from shared.broker import (
     COMMANDS_EXCHANGE,
+    RECONNECT_SECONDS,
     EVENTS_EXCHANGE,
     command_queue_name,
     dead_letter_queue_name,
@@ -94,7 +95,9 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         keys = wiring.key_source or JwksKeySource(settings.auth_jwks_url, http)
         verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
 
-        connection = await _retry_until_up("broker", lambda: aio_pika.connect_robust(settings.amqp_url), stop)
+        connection = await _retry_until_up(
+            "broker", lambda: aio_pika.connect_robust(settings.amqp_url, reconnect_interval=RECONNECT_SECONDS), stop
+        )
         # References to channels and queues are kept for the life of the process: connect_robust
         # restores only what is still referenced after a broker restart.
         consume_channel = await connection.channel(publisher_confirms=False)
