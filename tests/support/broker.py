@@ -22,9 +22,17 @@ class BrokerProbe:
         self.channel: AbstractChannel
 
     async def start(self) -> None:
+        await self._open()
+        # After a broker restart the robust connection comes back, but not the reply consumer.
+        self._connection.reconnect_callbacks.add(self._reopen)
+
+    async def _open(self) -> None:
         self.channel = await self._connection.channel()
         reply_queue = await self.channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
         await reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def _reopen(self, *_: Any) -> None:
+        await self._open()
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.pop(message.correlation_id or "", None)
