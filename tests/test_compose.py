@@ -2,22 +2,27 @@
 
 docker-compose.yml, the Dockerfile and the Procfile are how an operator starts the stack. These
 checks read them as plain files (no Docker, no fixtures) and catch a misspelt variable, a missing
-health check, a wrong start-up order or a service started with the wrong module before anyone
-runs `docker compose up`.
+health check, a wrong start-up order, a service started with the wrong module or one that shares
+another's broker user before anyone runs `docker compose up`.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import json
 import pathlib
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
+DEFINITIONS_IN_CONTAINER = "/etc/rabbitmq/definitions.json"
 
 # In this project each compose service is named after the package it runs.
 APP_SERVICES = ("gateway", "auth_service", "users_service", "posts_service")
@@ -76,6 +81,35 @@ def environment_of(service: dict[str, Any]) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
+def bind_mounts(service: dict[str, Any]) -> dict[str, pathlib.Path]:
+    """Container path -> host file, for the service's bind mounts in either compose form."""
+    mounts: dict[str, pathlib.Path] = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            source, target = str(volume.get("source", "")), str(volume.get("target", ""))
+        else:
+            source, _, rest = str(volume).partition(":")
+            target = rest.partition(":")[0]
+        if source.startswith((".", "/")):
+            mounts[target] = (ROOT / source).resolve()
+    return mounts
+
+
+@functools.cache
+def load_definitions() -> dict[str, Any]:
+    assert DEFINITIONS.is_file(), f"{DEFINITIONS} is missing"
+    return json.loads(DEFINITIONS.read_text(encoding="utf-8"))
+
+
+def password_matches(user: dict[str, Any], password: str) -> bool:
+    """RabbitMQ's sha256 scheme: base64(salt + sha256(salt + password)), with a 4-byte salt."""
+    assert user.get("hashing_algorithm") == "rabbit_password_hashing_sha256", (
+        f"broker user {user.get('name')!r} should use rabbit_password_hashing_sha256"
+    )
+    raw = base64.b64decode(user["password_hash"])
+    return len(raw) == 36 and hashlib.sha256(raw[:4] + password.encode()).digest() == raw[4:]
+
+
 def words(value: str | list[Any]) -> list[str]:
     return value.split() if isinstance(value, str) else [str(part) for part in value]
 
@@ -110,6 +144,49 @@ def test_postgres_keeps_data_on_a_named_volume() -> None:
         f"postgres should mount a named volume at /var/lib/postgresql/data, mounts {mounts} "
         f"with top-level volumes {sorted(declared)}"
     )
+
+
+def test_rabbitmq_imports_the_definitions_at_boot() -> None:
+    rabbitmq = compose_service("rabbitmq")
+    mounts = bind_mounts(rabbitmq)
+    assert mounts.get(DEFINITIONS_IN_CONTAINER) == DEFINITIONS, (
+        f"rabbitmq should mount {DEFINITIONS.relative_to(ROOT)} at {DEFINITIONS_IN_CONTAINER}, mounts {mounts}"
+    )
+    configs = [
+        source for target, source in mounts.items()
+        if target == "/etc/rabbitmq/rabbitmq.conf" or (target.startswith("/etc/rabbitmq/conf.d/") and target.endswith(".conf"))
+    ]
+    loads = [
+        config for config in configs
+        if config.is_file() and f"load_definitions = {DEFINITIONS_IN_CONTAINER}" in config.read_text(encoding="utf-8").splitlines()
+    ]
+    assert loads, f"no mounted rabbitmq config file says 'load_definitions = {DEFINITIONS_IN_CONTAINER}' (mounted: {configs})"
+    defaults = sorted(key for key in environment_of(rabbitmq) if key.startswith("RABBITMQ_DEFAULT_"))
+    assert not defaults, f"rabbitmq sets {defaults}: a default user would be an all-powerful account beside the least-privilege ones"
+
+
+def test_broker_users_are_exactly_the_app_services_and_none_is_tagged() -> None:
+    users = {user["name"]: user for user in load_definitions().get("users", [])}
+    assert sorted(users) == sorted(APP_SERVICES), f"definitions.json should define one user per process, defines {sorted(users)}"
+    tagged = {name: user.get("tags") for name, user in users.items() if user.get("tags") not in ([], "")}
+    assert not tagged, f"process users need no tags (management, administrator...): {tagged}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_connects_to_the_broker_as_its_own_user(name: str) -> None:
+    url = urlsplit(environment_of(compose_service(name)).get("AMQP_URL", ""))
+    assert url.username == name, f"{name} connects to RabbitMQ as {url.username!r}; each process has its own user, named after it"
+    users = {user["name"]: user for user in load_definitions().get("users", [])}
+    assert name in users, f"definitions.json has no user {name!r}"
+    assert password_matches(users[name], unquote(url.password or "")), (
+        f"{name}'s AMQP_URL password does not match its password_hash in definitions.json"
+    )
+    vhost = unquote(url.path.removeprefix("/")) or "/"
+    assert vhost in [v["name"] for v in load_definitions().get("vhosts", [])], f"definitions.json does not define vhost {vhost!r}"
+    granted = [p for p in load_definitions().get("permissions", []) if (p["user"], p["vhost"]) == (name, vhost)]
+    assert len(granted) == 1, f"definitions.json should grant {name} permissions on vhost {vhost!r} once, grants {granted}"
+    topics = [p for p in load_definitions().get("topic_permissions", []) if (p["user"], p["vhost"]) == (name, vhost)]
+    assert [p["exchange"] for p in topics] == ["events"], f"{name} should have topic permissions on 'events' only, has {topics}"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
