@@ -27,7 +27,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
 from shared import audit, idempotency
-from shared.broker import DEAD_LETTER_EXCHANGE
+from shared.broker import (
+    COMMANDS_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    EVENTS_EXCHANGE,
+    command_queue_name,
+    event_queue_name,
+)
 from shared.commands import parse_payload
 from shared.database import TRANSIENT_DATABASE_ERRORS
 from shared.envelope import (
@@ -122,7 +128,9 @@ class MessageProcessor:
             except Malformed as exc:
                 outcome = str(exc.error.status)
                 await self._reply(message, error_reply(exc.error))
-                await self._dead_letter(message, f"{exc.error.status} {exc.error.title}: {exc.error.detail}")
+                await self._dead_letter(
+                    message, command_queue_name(self.service), f"{exc.error.status} {exc.error.title}: {exc.error.detail}"
+                )
             except AppError as exc:
                 outcome = str(exc.status)
                 await self._reply(message, error_reply(exc))
@@ -134,7 +142,7 @@ class MessageProcessor:
                 outcome = "500"
                 log.exception("command failed unexpectedly")
                 await self._reply(message, error_reply(InternalError()))
-                await self._dead_letter(message, f"unhandled {type(exc).__name__}")
+                await self._dead_letter(message, command_queue_name(self.service), f"unhandled {type(exc).__name__}")
             else:
                 await self._reply(message, ok_reply(result))
                 await message.ack()
@@ -152,6 +160,10 @@ class MessageProcessor:
         self, message: AbstractIncomingMessage, headers: dict[str, Any]
     ) -> tuple[CommandRoute, Caller | None, Any]:
         """Decide what the message is and who sent it; nothing here touches the database."""
+        if message.exchange != COMMANDS_EXCHANGE:
+            # Broker permissions cannot stop a service writing to the default exchange (it needs
+            # that for replies), which reaches any queue by name: only `commands` is trusted.
+            raise Malformed(Unprocessable("A command must be published to the commands exchange"))
         name = message.type or message.routing_key
         if message.type and message.routing_key and message.type != message.routing_key:
             raise Malformed(Unprocessable("The message type does not match its routing key"))
@@ -266,6 +278,9 @@ class MessageProcessor:
         try:
             try:
                 route = self.events.get(key)
+                if message.exchange != EVENTS_EXCHANGE:
+                    # Only `events` carries topic permissions on who may publish which key.
+                    raise Malformed(Unprocessable("An event must be published to the events exchange"))
                 if route is None:
                     raise Malformed(Unprocessable(f"Unknown event {key!r}"))
                 try:
@@ -275,14 +290,14 @@ class MessageProcessor:
                 await self._apply_event(route, event)
             except Malformed as exc:
                 outcome = "malformed"
-                await self._dead_letter(message, exc.error.detail)
+                await self._dead_letter(message, event_queue_name(self.service), exc.error.detail)
             except _Requeue:
                 outcome = "requeued"
                 await message.nack(requeue=True)
             except Exception as exc:
                 outcome = "failed"
                 log.exception("event handler failed unexpectedly")
-                await self._dead_letter(message, f"unhandled {type(exc).__name__}")
+                await self._dead_letter(message, event_queue_name(self.service), f"unhandled {type(exc).__name__}")
             else:
                 await message.ack()
         except aio_pika.exceptions.AMQPError:
@@ -329,9 +344,8 @@ class MessageProcessor:
             mandatory=False,
         )
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def _dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
         """Park the message in `<queue>.dead` with the reason, then ack it."""
-        queue = f"{self.service}.events" if message.exchange == "events" else f"{self.service}.commands"
         self._metrics.dead_lettered.labels(queue).inc()
         log.warning("dead-lettering a message", extra={"reason": reason, "queue": queue})
         # A parked message must not hold a live credential, whatever the header's capitalisation.
