@@ -93,6 +93,8 @@ async function run(button, action) {
   } catch (err) {
     if (!(err instanceof ApiError)) console.error(err);
     showAlert(err instanceof ApiError ? err.message : "Something went wrong");
+    // A 403 may mean this account was just banned: ask again, and a banned account is signed out.
+    if (err.status === 403 && state.me) loadMe().catch(() => {});
   } finally {
     if (button) button.disabled = false;
   }
@@ -103,6 +105,7 @@ async function run(button, action) {
 function signOutLocally() {
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
+  authors.clear(); // re-read the authors too (a ban may be why we are signed out)
   renderSession();
   renderPosts();
 }
@@ -192,12 +195,17 @@ function renderPosts() {
 async function refreshPosts() {
   const generation = ++state.generation;
   authors.clear(); // pick up bans and renames
-  const page = await api("GET", `/posts?limit=${PAGE_SIZE}`);
-  if (generation !== state.generation) return; // a newer refresh won
-  state.posts = page.items;
-  state.nextCursor = page.next_cursor;
-  state.loaded = true;
-  renderPosts();
+  $("posts").setAttribute("aria-busy", "true");
+  try {
+    const page = await api("GET", `/posts?limit=${PAGE_SIZE}`);
+    if (generation !== state.generation) return; // a newer refresh won
+    state.posts = page.items;
+    state.nextCursor = page.next_cursor;
+    state.loaded = true;
+    renderPosts();
+  } finally {
+    if (generation === state.generation) $("posts").setAttribute("aria-busy", "false");
+  }
 }
 
 async function loadMore() {
