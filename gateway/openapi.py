@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from gateway import schemas
 from shared.commands import CreatePost, Login, Register
+from shared.idempotency import IDEMPOTENCY_KEY_PATTERN
 
 REF = "#/components/schemas/{model}"
 PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -43,6 +44,7 @@ def _op(
     errors: list[int],
     body: type[BaseModel] | None = None,
     secured: bool = False,
+    mutating: bool = False,
     params: list[dict[str, Any]] | None = None,
     body_required: bool = True,
 ) -> dict[str, Any]:
@@ -55,13 +57,23 @@ def _op(
         op["requestBody"] = {"required": body_required, "content": _json(body)}
     if secured:
         op["security"] = [{"bearerAuth": []}]
-        op.setdefault("parameters", []).append(
-            {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 200},
-             "description": "A retry with the same key and caller returns the first result and has no second effect."}
-        )
+    if mutating:
+        op.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
+        # A malformed Idempotency-Key is a 422; one already used for another command is a 409.
+        responses.setdefault("422", {"description": _ERRORS[422], "content": PROBLEM})
+        responses.setdefault("409", {"description": _ERRORS[409], "content": PROBLEM})
     if params:
         op.setdefault("parameters", []).extend(params)
     return op
+
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+    "description": "A retry with the same key and caller returns the first result and has no second effect.",
+}
 
 
 def _path_id(name: str) -> dict[str, Any]:
@@ -80,9 +92,9 @@ def build_document() -> dict[str, Any]:
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
     paths = {
-        "/auth/register": {"post": _op("Create an account", body=Register, ok=(201, "The new account", schemas.Account), errors=[400, 409, 413, 422])},
+        "/auth/register": {"post": _op("Create an account", body=Register, ok=(201, "The new account", schemas.Account), errors=[400, 409, 413, 422], mutating=True)},
         "/auth/login": {"post": _op("Sign in", body=Login, ok=(200, "An access token", schemas.TokenResponse), errors=[400, 401, 403, 422, 429])},
-        "/auth/logout": {"post": _op("Sign out; the session is revoked everywhere", ok=(204, "Signed out", None), errors=[401], secured=True)},
+        "/auth/logout": {"post": _op("Sign out; the session is revoked everywhere", ok=(204, "Signed out", None), errors=[401], secured=True, mutating=True)},
         "/auth/me": {"get": _op("The signed-in account", ok=(200, "The account", schemas.Account), errors=[401, 403], secured=True)},
         "/posts": {
             "get": _op(
@@ -92,16 +104,16 @@ def build_document() -> dict[str, Any]:
                     {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
                 ],
             ),
-            "post": _op("Write a post", body=CreatePost, ok=(201, "The new post", schemas.Post), errors=[400, 401, 403, 413, 422], secured=True),
+            "post": _op("Write a post", body=CreatePost, ok=(201, "The new post", schemas.Post), errors=[400, 401, 403, 413, 422], secured=True, mutating=True),
         },
         "/posts/{post_id}": {
             "get": _op("One post", ok=(200, "The post", schemas.Post), errors=[404], params=[_path_id("post_id")]),
-            "delete": _op("Delete a post (its author or an admin)", ok=(204, "Deleted", None), errors=[401, 403, 404], secured=True, params=[_path_id("post_id")]),
+            "delete": _op("Delete a post (its author or an admin)", ok=(204, "Deleted", None), errors=[401, 403, 404], secured=True, mutating=True, params=[_path_id("post_id")]),
         },
         "/users/{user_id}": {"get": _op("A public profile", ok=(200, "The profile", schemas.UserProfile), errors=[404], params=[_path_id("user_id")])},
         "/users/{user_id}/ban": {
             "post": _op("Ban a user (admins only)", body=schemas.BanRequest, body_required=False, ok=(200, "The banned user", schemas.UserProfile),
-                        errors=[400, 401, 403, 404, 409, 422], secured=True, params=[_path_id("user_id")]),
+                        errors=[400, 401, 403, 404, 409, 422], secured=True, mutating=True, params=[_path_id("user_id")]),
         },
         "/audit": {
             "get": _op(
@@ -111,7 +123,7 @@ def build_document() -> dict[str, Any]:
                     {"name": "service", "in": "query", "required": True, "schema": {"type": "string", "enum": ["auth", "users", "posts"]}},
                     {"name": "decision", "in": "query", "required": False, "schema": {"type": "string", "enum": ["allowed", "denied", "replayed"]}},
                     {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
-                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}},
                 ],
             )
         },

@@ -3,10 +3,10 @@ tests check real responses against them."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Account(BaseModel):
@@ -50,7 +50,11 @@ class Problem(BaseModel):
 
 
 class BanRequest(BaseModel):
-    reason: str | None = None
+    """The body of POST /users/{id}/ban; the user id is in the path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(max_length=500)] | None = None
 
 
 class AuditEntry(BaseModel):

@@ -8,6 +8,7 @@ same pydantic models the services use, so a bad body is a 422 without touching t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -22,11 +23,11 @@ from shared.commands import (
     parse_payload, payload_from_mapping,
 )
 from shared.audit import ListAudit, audit_command_name
+from shared.idempotency import IDEMPOTENCY_KEY_PATTERN
 from shared.errors import AppError, BadRequest, NotFound, ServiceUnavailable, Unprocessable
 from shared.tokens import bearer_token
 
 STATIC = Path(__file__).with_name("static")
-MAX_IDEMPOTENCY_KEY = 200
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -42,8 +43,8 @@ def idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise Unprocessable(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters")
+    if not re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key):
+        raise Unprocessable("Idempotency-Key must be 1 to 200 visible ASCII characters")
     return key
 
 

@@ -19,6 +19,9 @@ import asyncpg
 
 from shared.errors import Conflict
 
+#: What an Idempotency-Key may be: 1 to 200 visible ASCII characters.
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,200}$"
+
 #: The subject idempotency records use for commands without a token (register).
 ANONYMOUS = UUID(int=0)
 
