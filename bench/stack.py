@@ -1,0 +1,105 @@
+"""The stack under test: started by the harness on a fresh database and vhost, or already running.
+
+Like the test suite, a started stack gets its own PostgreSQL database and RabbitMQ vhost (named
+`zt_bench_<id>`, dropped afterwards), random ports and a freshly generated signing key, so it
+never sees another stack on the machine. A running stack is described by its URLs and, where
+known, its pids (`--pid gateway=1234`) for CPU and memory figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from auth_service.keys import to_pem
+from bench.processes import ProcessSet, free_port
+
+SERVICES = {"auth": "auth_service", "users": "users_service", "posts": "posts_service", "gateway": "gateway"}
+
+
+@dataclass
+class Stack:
+    gateway_url: str
+    amqp_url: str
+    database_name: str | None
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+def with_path(url: str, path: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+
+
+class Backends:
+    """This run's database and vhost on the given servers; `drop()` removes both."""
+
+    def __init__(self, admin_database_url: str, admin_amqp_url: str) -> None:
+        self.name = f"zt_bench_{uuid4().hex[:10]}"
+        self._admin_database_url, self._admin_amqp_url = admin_database_url, admin_amqp_url
+        self.database_url = with_path(admin_database_url, "/" + self.name)
+        self.amqp_url = with_path(admin_amqp_url, "/" + self.name)
+
+    async def create(self) -> None:
+        if shutil.which("rabbitmqctl") is None:
+            raise RuntimeError("rabbitmqctl is needed to create a vhost; or pass --gateway-url for a running stack")
+        conn = await asyncpg.connect(self._admin_database_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            await conn.close()
+        user = urllib.parse.unquote(urllib.parse.urlsplit(self._admin_amqp_url).username or "guest")
+        for args in (["add_vhost", self.name], ["set_permissions", "-p", self.name, user, ".*", ".*", ".*"]):
+            await asyncio.to_thread(subprocess.run, ["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+    async def drop(self) -> None:
+        await asyncio.to_thread(
+            subprocess.run, ["rabbitmqctl", "delete_vhost", self.name], check=False, capture_output=True, timeout=120
+        )
+        conn = await asyncpg.connect(self._admin_database_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+def service_env(backends: Backends, run_dir: Path) -> dict[str, str]:
+    key_file = run_dir / "signing-key.pem"
+    key_file.write_text(to_pem(Ed25519PrivateKey.generate()))
+    auth_port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "AMQP_URL": backends.amqp_url,
+            "DATABASE_URL": backends.database_url,
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(free_port()),
+            "AUTH_HTTP_PORT": str(auth_port),
+            "USERS_HTTP_PORT": str(free_port()),
+            "POSTS_HTTP_PORT": str(free_port()),
+            "AUTH_JWKS_URL": f"http://127.0.0.1:{auth_port}/.well-known/jwks.json",
+            "AUTH_SIGNING_KEY_FILE": str(key_file),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+async def start_stack(processes: ProcessSet, backends: Backends, run_dir: Path) -> Stack:
+    """The four services as production runs them (default settings), ready to serve."""
+    env = service_env(backends, run_dir)
+    processes.start("auth", SERVICES["auth"], env=env)
+    await processes.wait_ok(f"http://127.0.0.1:{env['AUTH_HTTP_PORT']}/readyz")
+    for name in ("users", "posts", "gateway"):
+        processes.start(name, SERVICES[name], env=env)
+    gateway_url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+    await processes.wait_ok(gateway_url + "/readyz")
+    return Stack(gateway_url, backends.amqp_url, backends.name, {n: processes.pid(n) for n in SERVICES})
