@@ -27,7 +27,8 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
-    link = BrokerLink(app[SETTINGS].amqp_url, rpc_timeout=app[SETTINGS].rpc_timeout_seconds)
+    settings = app[SETTINGS]
+    link = BrokerLink(settings.amqp_url, rpc_timeout=settings.rpc_timeout_seconds, topology=settings.broker_topology)
     link.start()
     app[BROKER] = link
     yield

@@ -2,7 +2,9 @@
 
 The gateway starts and answers even when the broker is down: requests that need it get 503 with
 `Retry-After` straight away instead of hanging, and the link comes up by itself when the broker
-returns (aio-pika's robust connection then restores the reply consumer).
+returns (aio-pika's robust connection then restores the reply consumer). With
+`BROKER_TOPOLOGY=verify` it only checks that the `commands` exchange exists, and keeps trying
+until an admin has created it.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from aio_pika.abc import AbstractRobustConnection
 from shared.broker import RECONNECT_SECONDS
 from shared.client import CommandClient
 from shared.errors import ServiceUnavailable
+from shared.settings import BrokerTopology
+from shared.topology import TopologyError
 
 log = logging.getLogger(__name__)
 
 
 class BrokerLink:
-    def __init__(self, url: str, *, rpc_timeout: float) -> None:
+    def __init__(self, url: str, *, rpc_timeout: float, topology: BrokerTopology = "declare") -> None:
         self._url = url
         self._rpc_timeout = rpc_timeout
+        self._topology: BrokerTopology = topology
         self.connection: AbstractRobustConnection | None = None
         self._client: CommandClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -53,14 +58,18 @@ class BrokerLink:
     async def _connect_forever(self) -> None:
         delay = 0.5
         while True:
+            connection = None
             try:
-                self.connection = await aio_pika.connect_robust(self._url, timeout=5, reconnect_interval=RECONNECT_SECONDS)
-                client = CommandClient(self.connection, timeout=self._rpc_timeout)
+                connection = await aio_pika.connect_robust(self._url, timeout=5, reconnect_interval=RECONNECT_SECONDS)
+                client = CommandClient(connection, timeout=self._rpc_timeout, topology=self._topology)
                 await client.start()
-                self._client = client
+                self.connection, self._client = connection, client
                 log.info("connected to the broker")
                 return
-            except (aio_pika.exceptions.AMQPError, ConnectionError, OSError, TimeoutError) as exc:
-                log.warning("broker unreachable; retrying", extra={"error": str(exc) or type(exc).__name__, "retry_in": delay})
+            except (aio_pika.exceptions.AMQPError, ConnectionError, OSError, TimeoutError, TopologyError) as exc:
+                if connection is not None:  # connected, but the client could not start: do not leak it
+                    await connection.close()
+                what = "broker topology incomplete" if isinstance(exc, TopologyError) else "broker unreachable"
+                log.warning(f"{what}; retrying", extra={"error": str(exc) or type(exc).__name__, "retry_in": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

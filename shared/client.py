@@ -5,6 +5,8 @@ published persistent, with publisher confirms and `mandatory`, so a command no q
 an immediate 503 rather than silence; every call has a timeout (504). Replies arrive on the
 pseudo-queue `amq.rabbitmq.reply-to` of the same channel and are matched by correlation id.
 Payloads are JSON, never pickle; a remote error comes back as the same `AppError` it was.
+With `topology="verify"` the client only checks that `commands` exists (shared/topology), so its
+broker user needs nothing but write on `commands`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 from shared.broker import COMMANDS_EXCHANGE
 from shared.envelope import build_command
 from shared.errors import AppError, GatewayTimeout, InternalError, ServiceUnavailable, error_from_dict
+from shared.settings import BrokerTopology
+from shared.topology import TopologyError, open_exchange
 
 REPLY_QUEUE = "amq.rabbitmq.reply-to"
 
@@ -27,9 +31,10 @@ REPLY_QUEUE = "amq.rabbitmq.reply-to"
 class CommandClient:
     """Sends commands and awaits replies. One per process; safe for concurrent calls."""
 
-    def __init__(self, connection: AbstractConnection, *, timeout: float) -> None:
+    def __init__(self, connection: AbstractConnection, *, timeout: float, topology: BrokerTopology = "declare") -> None:
         self._connection = connection
         self._timeout = timeout
+        self._topology: BrokerTopology = topology
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -45,7 +50,7 @@ class CommandClient:
 
     async def _open(self) -> None:
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+        exchange = await open_exchange(channel, COMMANDS_EXCHANGE, self._topology)
         reply_queue = await channel.get_queue(REPLY_QUEUE, ensure=False)
         await reply_queue.consume(self._on_reply, no_ack=True)
         self._channel, self._exchange = channel, exchange
@@ -57,7 +62,7 @@ class CommandClient:
             await stale.close()
         try:
             await self._open()
-        except (aio_pika.exceptions.AMQPError, ConnectionError, OSError):
+        except (aio_pika.exceptions.AMQPError, ConnectionError, OSError, TopologyError):
             pass  # the connection will call us again on its next successful reconnect
 
     def _on_connection_lost(self, *_: Any) -> None:

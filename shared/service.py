@@ -2,7 +2,8 @@
 
 A service's `__main__` is one call: `run_service(NAME, MIGRATIONS, wire)`, where `wire` builds its
 routes from settings and a pool. This module migrates the schema, opens the pool and the broker
-connection, declares the topology, runs the outbox relay and the probe server, consumes, and on
+connection, declares the topology or, with `BROKER_TOPOLOGY=verify`, checks that it exists (a
+missing piece stops the process), runs the outbox relay and the probe server, consumes, and on
 SIGTERM stops consuming, lets in-flight messages finish, flushes the outbox and closes.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +25,7 @@ from aiohttp import web
 
 from shared import idempotency
 from shared.audit import audit_command_name, audit_route
-from shared.broker import (
-    COMMANDS_EXCHANGE,
-    RECONNECT_SECONDS,
-    EVENTS_EXCHANGE,
-    command_queue_name,
-    dead_letter_queue_name,
-    declare_exchanges,
-    declare_service_queue,
-    event_queue_name,
-)
+from shared.broker import RECONNECT_SECONDS, dead_letter_queue_name
 from shared.database import TRANSIENT_DATABASE_ERRORS, create_pool
 from shared.logs import configure_logging
 from shared.metrics import ServiceMetrics
@@ -43,6 +36,7 @@ from shared.routes import CommandRoute, EventRoute, check_routes
 from shared.runner import MessageProcessor
 from shared.settings import Settings
 from shared.tokens import JwksKeySource, KeySource, TokenVerifier
+from shared.topology import TopologyError, check_wiring, open_service_queues
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +66,9 @@ def run_service(name: str, migrations: Path, wire: WireFn) -> None:
         asyncio.run(serve(name, migrations, wire, settings))
     except KeyboardInterrupt:
         pass
+    except TopologyError as exc:
+        log.error(f"cannot start: {exc}")
+        sys.exit(1)
 
 
 async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *, stop: asyncio.Event | None = None) -> None:
@@ -92,6 +89,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
     try:
         wiring = await wire(settings, pool)
         check_routes(wiring.commands)  # refuse to start with an undeclared policy
+        check_wiring(name, [r.name for r in wiring.commands] + [audit_command_name(name)], [r.routing_key for r in wiring.events])
         keys = wiring.key_source or JwksKeySource(settings.auth_jwks_url, http)
         verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
 
@@ -103,16 +101,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         consume_channel = await connection.channel(publisher_confirms=False)
         await consume_channel.set_qos(prefetch_count=settings.prefetch_count)
         confirm_channel = await connection.channel(publisher_confirms=True)
-        await declare_exchanges(confirm_channel)
-        command_queue = await declare_service_queue(
-            consume_channel,
-            command_queue_name(name),
-            COMMANDS_EXCHANGE,
-            [r.name for r in wiring.commands] + [audit_command_name(name)],
-        )
-        event_queue = await declare_service_queue(
-            consume_channel, event_queue_name(name), EVENTS_EXCHANGE, [r.routing_key for r in wiring.events]
-        )
+        command_queue, event_queue = await open_service_queues(consume_channel, name, settings.broker_topology)
 
         relay = OutboxRelay(pool, settings.database_url, name, confirm_channel)
         processor = MessageProcessor(

@@ -10,7 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, cast
 from urllib.parse import urlsplit
+
+#: How a process meets the broker topology (shared/topology): create it, or only check it exists.
+BrokerTopology = Literal["declare", "verify"]
+BROKER_TOPOLOGIES: tuple[BrokerTopology, ...] = ("declare", "verify")
 
 
 class ConfigurationError(ValueError):
@@ -82,6 +87,7 @@ class Settings:
     login_max_failures_per_address: int
     login_window_seconds: int
     log_level: str
+    broker_topology: BrokerTopology
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +96,9 @@ class Settings:
         if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigurationError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
         key_file = env.get("AUTH_SIGNING_KEY_FILE") or None
+        topology = (env.get("BROKER_TOPOLOGY") or "declare").strip().lower()
+        if topology not in BROKER_TOPOLOGIES:
+            raise ConfigurationError(f"BROKER_TOPOLOGY must be declare or verify, got {topology!r}")
         return cls(
             amqp_url=_url(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", ("amqp", "amqps")),
             database_url=_url(
@@ -115,4 +124,5 @@ class Settings:
             login_max_failures_per_address=_int(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, low=1, high=100_000),
             login_window_seconds=_int(env, "LOGIN_WINDOW_SECONDS", 300, low=1, high=86_400),
             log_level=log_level,
+            broker_topology=cast(BrokerTopology, topology),
         )

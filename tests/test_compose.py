@@ -44,7 +44,7 @@ CONTRACT_VARIABLES = frozenset(
         "ACCESS_TOKEN_TTL_SECONDS",
     }
 )
-ALLOWED_VARIABLES = CONTRACT_VARIABLES | {"HTTP_HOST", "LOG_LEVEL"}
+ALLOWED_VARIABLES = CONTRACT_VARIABLES | {"HTTP_HOST", "LOG_LEVEL", "BROKER_TOPOLOGY"}
 
 # Which variable holds each service's HTTP port, and its default from the contract.
 HTTP_PORTS: dict[str, tuple[str, int]] = {
@@ -187,6 +187,23 @@ def test_app_service_connects_to_the_broker_as_its_own_user(name: str) -> None:
     assert len(granted) == 1, f"definitions.json should grant {name} permissions on vhost {vhost!r} once, grants {granted}"
     topics = [p for p in load_definitions().get("topic_permissions", []) if (p["user"], p["vhost"]) == (name, vhost)]
     assert [p["exchange"] for p in topics] == ["events"], f"{name} should have topic permissions on 'events' only, has {topics}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_app_service_only_verifies_the_broker_topology(name: str) -> None:
+    value = environment_of(compose_service(name)).get("BROKER_TOPOLOGY")
+    assert value == "verify", (
+        f"{name} sets BROKER_TOPOLOGY={value!r}; definitions.json creates the topology at boot and the "
+        "least-privilege users may not declare it, so every process must run with BROKER_TOPOLOGY=verify"
+    )
+
+
+def test_no_process_user_may_configure_or_read_an_exchange() -> None:
+    """Verify mode's grants: nothing to declare, bind or delete, and no read on `commands` to bind from."""
+    for permission in load_definitions().get("permissions", []):
+        assert permission["configure"] == "^$", f"{permission['user']} may configure {permission['configure']!r}"
+        for exchange in ("commands", "events", "dead-letters", "amq.default"):
+            assert not re.search(permission["read"], exchange), f"{permission['user']} may read (bind from) {exchange!r}"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)

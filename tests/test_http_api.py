@@ -280,31 +280,42 @@ async def test_list_posts_is_newest_first(http: aiohttp.ClientSession, new_user)
     assert times == sorted(times, reverse=True)
 
 
-async def test_list_posts_pages_through_everything_once(http: aiohttp.ClientSession, new_user) -> None:
-    user: User = await new_user("pager")
-    created = [await create_post(http, user, f"post {i}") for i in range(5)]
+async def walk_pages(http: aiohttp.ClientSession, limit: int, *, until: Callable[[list[Post]], bool], max_pages: int) -> list[Post]:
+    """Follow next_cursor from the first page until `until(seen)` or the last page."""
     seen: list[Post] = []
     cursor: str | None = None
-    for _ in range(500):
-        params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+    for _ in range(max_pages):
+        params = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
         async with http.get("/posts", params=params) as response:
             assert response.status == 200, await response.text()
             page = PostPage.model_validate(await response.json())
-        assert len(page.items) <= 2
+        assert len(page.items) <= limit
         if page.next_cursor is not None:
-            assert len(page.items) == 2
+            assert len(page.items) == limit
         seen.extend(page.items)
         cursor = page.next_cursor
-        if cursor is None:
-            break
-    else:
-        raise AssertionError("pagination never ended")
+        if cursor is None or until(seen):
+            return seen
+    raise AssertionError(f"pagination did not end within {max_pages} pages")
+
+
+async def test_list_posts_pages_through_everything_once(http: aiohttp.ClientSession, new_user) -> None:
+    user: User = await new_user("pager")
+    created = [await create_post(http, user, f"post {i}") for i in range(5)]
+
+    # Small pages from the top until all five of mine have shown up (they are the newest).
+    seen = await walk_pages(http, 2, until=lambda s: sum(str(p.author_id) == user.id for p in s) == 5, max_pages=50)
     ids = [p.id for p in seen]
     assert len(ids) == len(set(ids)), "a post appeared on two pages"
     times = [datetime.fromisoformat(p.created_at) for p in seen]
     assert times == sorted(times, reverse=True)
-    mine = [p.id for p in seen if str(p.author_id) == user.id]
-    assert mine == [p.id for p in reversed(created)]
+    assert [p.id for p in seen if str(p.author_id) == user.id] == [p.id for p in reversed(created)]
+
+    # Large pages all the way to the end: the last page says so, and nothing repeats.
+    everything = await walk_pages(http, 100, until=lambda _: False, max_pages=10_000)
+    all_ids = [p.id for p in everything]
+    assert len(all_ids) == len(set(all_ids))
+    assert {p.id for p in seen} <= set(all_ids)
 
 
 async def test_list_posts_bad_query_is_422(http: aiohttp.ClientSession) -> None:

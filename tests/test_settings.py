@@ -21,6 +21,13 @@ def test_defaults_are_the_contracts() -> None:
     assert s.access_token_ttl_seconds == 900
 
 
+def test_the_broker_topology_is_declared_unless_told_to_verify() -> None:
+    assert Settings.from_env({}).broker_topology == "declare"
+    assert Settings.from_env({"BROKER_TOPOLOGY": ""}).broker_topology == "declare"
+    assert Settings.from_env({"BROKER_TOPOLOGY": "verify"}).broker_topology == "verify"
+    assert Settings.from_env({"BROKER_TOPOLOGY": "declare"}).broker_topology == "declare"
+
+
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings.from_env({}).gateway_port = 1  # type: ignore[misc]
@@ -38,6 +45,8 @@ def test_settings_are_frozen() -> None:
         ("JWT_AUDIENCE", "  "),
         ("LOG_LEVEL", "LOUD"),
         ("RPC_TIMEOUT_SECONDS", "soon"),
+        ("BROKER_TOPOLOGY", "create"),
+        ("BROKER_TOPOLOGY", "passive"),
     ],
 )
 def test_a_bad_value_fails_fast_naming_the_variable(name: str, value: str) -> None:

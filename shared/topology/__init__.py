@@ -1,0 +1,175 @@
+"""The broker topology, defined once: the exchanges, each service's queues and every binding.
+
+    python -m shared.topology declare            as an admin (AMQP_URL): create all of it; idempotent
+    python -m shared.topology definitions FILE   rewrite FILE's exchanges, queues and bindings from it
+
+A process applies it in one of two modes (`BROKER_TOPOLOGY`):
+
+- `declare` (development, the test suite): it declares the exchanges, its own queues and their
+  bindings, so its broker user needs configure, and read on `commands` to bind;
+- `verify` (production): the topology already exists (`declare` above, or the definitions file at
+  broker boot) and the process only passive-declares the exchanges and its own queues, which needs
+  no permission. Its user then has no configure, so it cannot delete a shared exchange, and no read
+  on `commands`, so it cannot bind its queue to another service's commands and read their tokens.
+
+A service refuses to start when its wiring handles other commands or events than `ROUTES` sends
+it (`check_wiring`), and a test holds deploy/rabbitmq/definitions.json to `as_definitions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from shared.audit import audit_command_name
+from shared.broker import (
+    COMMANDS_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    DELIVERY_LIMIT,
+    EVENTS_EXCHANGE,
+    command_queue_name,
+    dead_letter_queue_name,
+    event_queue_name,
+)
+from shared.settings import BrokerTopology
+
+EXCHANGES = {
+    COMMANDS_EXCHANGE: aio_pika.ExchangeType.DIRECT,
+    EVENTS_EXCHANGE: aio_pika.ExchangeType.TOPIC,
+    DEAD_LETTER_EXCHANGE: aio_pika.ExchangeType.DIRECT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """The commands a service's command queue takes (its `list-audit.<service>` added) and the events it hears."""
+
+    commands: tuple[str, ...]
+    events: tuple[str, ...]
+
+
+#: By service name, the prefix of its queues.
+ROUTES = {
+    "auth": Routes(("register", "login", "logout", "get-me"), ("session.revoked", "user.banned")),
+    "users": Routes(("get-user", "ban-user"), ("user.registered", "user.banned", "session.revoked")),
+    "posts": Routes(("create-post", "get-post", "list-posts", "delete-post"), ("session.revoked", "user.banned")),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    exchange: str
+    queue: str
+    routing_key: str
+
+
+class TopologyError(RuntimeError):
+    """The broker lacks part of the topology, or a service's wiring disagrees with `ROUTES`."""
+
+
+def command_keys(service: str) -> tuple[str, ...]:
+    return (*ROUTES[service].commands, audit_command_name(service))
+
+
+def queues(service: str) -> list[Queue]:
+    """The service's quorum queues, each dead-letter queue before the queue that dead-letters into it."""
+    found = []
+    for name in (command_queue_name(service), event_queue_name(service)):
+        found.append(Queue(dead_letter_queue_name(name), {"x-queue-type": "quorum"}))
+        found.append(Queue(name, {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": name,
+            "x-delivery-limit": DELIVERY_LIMIT,
+        }))
+    return found
+
+
+def bindings(service: str) -> list[Binding]:
+    commands, events = command_queue_name(service), event_queue_name(service)
+    return [
+        *(Binding(DEAD_LETTER_EXCHANGE, dead_letter_queue_name(queue), queue) for queue in (commands, events)),
+        *(Binding(COMMANDS_EXCHANGE, commands, key) for key in command_keys(service)),
+        *(Binding(EVENTS_EXCHANGE, events, key) for key in ROUTES[service].events),
+    ]
+
+
+def check_wiring(service: str, commands: Iterable[str], events: Iterable[str]) -> None:
+    """Refuse a service whose wiring handles other commands or events than its queues are bound to."""
+    wired = (sorted(commands), sorted(events))
+    routed = (sorted(command_keys(service)), sorted(ROUTES[service].events)) if service in ROUTES else None
+    if wired != routed:
+        raise TopologyError(
+            f"{service}'s wiring handles (commands, events) {wired}, but shared/topology/__init__.py routes it {routed}: "
+            "change ROUTES too, then run `python -m shared.topology definitions deploy/rabbitmq/definitions.json`"
+        )
+
+
+async def declare(channel: AbstractChannel, services: Iterable[str]) -> dict[str, AbstractQueue]:
+    """Declare the exchanges, the services' queues and their bindings (needs configure: an admin or a developer)."""
+    for name, kind in EXCHANGES.items():
+        await channel.declare_exchange(name, kind, durable=True)
+    declared: dict[str, AbstractQueue] = {}
+    for service in services:
+        for queue in queues(service):
+            declared[queue.name] = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+        for binding in bindings(service):
+            await declared[binding.queue].bind(binding.exchange, routing_key=binding.routing_key)
+    return declared
+
+
+async def verify(channel: AbstractChannel, service: str) -> dict[str, AbstractQueue]:
+    """Passive declares of the exchanges and the service's queues: they need no permission and create nothing."""
+    try:
+        for name in EXCHANGES:
+            await channel.declare_exchange(name, passive=True)
+        return {queue.name: await channel.declare_queue(queue.name, passive=True) for queue in queues(service)}
+    except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+        raise _missing(exc) from None
+
+
+async def open_service_queues(channel: AbstractChannel, service: str, mode: BrokerTopology) -> tuple[AbstractQueue, AbstractQueue]:
+    """The service's command and event queues, declared or verified according to `mode`."""
+    found = await (declare(channel, [service]) if mode == "declare" else verify(channel, service))
+    return found[command_queue_name(service)], found[event_queue_name(service)]
+
+
+async def open_exchange(channel: AbstractChannel, name: str, mode: BrokerTopology) -> AbstractExchange:
+    try:
+        return await channel.declare_exchange(name, EXCHANGES[name], durable=True, passive=mode == "verify")
+    except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+        raise _missing(exc) from None
+
+
+def _missing(exc: Exception) -> TopologyError:
+    reason = exc.args[-1] if exc.args else exc
+    return TopologyError(f"the broker topology is incomplete ({reason}): an admin creates it with `python -m shared.topology declare`")
+
+
+def as_definitions(vhost: str) -> dict[str, list[dict[str, Any]]]:
+    """The exchanges, queues and bindings in RabbitMQ's definitions format."""
+    return {
+        "exchanges": [
+            {"name": name, "vhost": vhost, "type": kind.value, "durable": True, "auto_delete": False, "internal": False, "arguments": {}}
+            for name, kind in EXCHANGES.items()
+        ],
+        "queues": [
+            {"name": queue.name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": queue.arguments}
+            for service in ROUTES for queue in queues(service)
+        ],
+        "bindings": [
+            {"source": binding.exchange, "vhost": vhost, "destination": binding.queue, "destination_type": "queue",
+             "routing_key": binding.routing_key, "arguments": {}}
+            for service in ROUTES for binding in bindings(service)
+        ],
+    }
