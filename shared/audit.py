@@ -83,12 +83,17 @@ def resource_of(payload: Any) -> str | None:
     return None
 
 
+def _text(value: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL; an audit row must never fail to be written for it."""
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
 async def record(conn: asyncpg.Connection, decision: Decision) -> None:
     await conn.execute(
         "INSERT INTO audit_log (decision, command, caller, caller_kind, resource, reason, message_id, request_id)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        decision.decision, decision.command, decision.caller, decision.caller_kind,
-        decision.resource, decision.reason[:1000], decision.message_id, decision.request_id,
+        decision.decision, _text(decision.command), decision.caller, decision.caller_kind,
+        _text(decision.resource), _text(decision.reason[:1000]), _text(decision.message_id), _text(decision.request_id),
     )
 
 

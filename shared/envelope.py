@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -93,6 +94,25 @@ def build_command(
         headers=headers,
         expiration=expiration,
     )
+
+
+#: What a message_id may be (the gateway's Idempotency-Key becomes one): visible ASCII, 1 to 200.
+MESSAGE_ID = re.compile(r"[!-~]{1,200}")
+#: What a request id may be when it is carried into logs and the audit trail.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def valid_message_id(value: str | None) -> bool:
+    return value is not None and MESSAGE_ID.fullmatch(value) is not None
+
+
+def request_id_for(offered: str | None, message_id: str | None) -> str:
+    """The request id to log under: the sender's if it is sane, else the message id, else a new one."""
+    if offered is not None and REQUEST_ID.fullmatch(offered):
+        return offered
+    if message_id is not None and REQUEST_ID.fullmatch(message_id):
+        return message_id
+    return uuid4().hex
 
 
 def header_text(headers: dict[str, Any] | None, name: str) -> str | None:

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from typing import Any
-from uuid import uuid4
 
 import aio_pika
 import asyncpg
@@ -45,8 +44,10 @@ from shared.envelope import (
     error_reply,
     header_text,
     ok_reply,
+    request_id_for,
     reset_current_message,
     set_current_message,
+    valid_message_id,
 )
 from shared.errors import AppError, BadRequest, Forbidden, InternalError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
 from shared.metrics import ServiceMetrics
@@ -113,10 +114,12 @@ class MessageProcessor:
         started = time.perf_counter()
         name = message.type or message.routing_key or "unknown"
         headers = dict(message.headers or {})
+        # Ids from the wire reach logs, the audit trail and the idempotency table only when sane.
+        message_id = message.message_id if valid_message_id(message.message_id) else None
         ctx = MessageContext(
             command=name,
-            message_id=message.message_id,
-            request_id=header_text(headers, REQUEST_ID_HEADER) or message.message_id or uuid4().hex,
+            message_id=message_id,
+            request_id=request_id_for(header_text(headers, REQUEST_ID_HEADER), message_id),
             client_address=header_text(headers, CLIENT_ADDRESS_HEADER),
         )
         token = set_current_message(ctx)
@@ -160,6 +163,8 @@ class MessageProcessor:
         self, message: AbstractIncomingMessage, headers: dict[str, Any]
     ) -> tuple[CommandRoute, Caller | None, Any]:
         """Decide what the message is and who sent it; nothing here touches the database."""
+        if message.message_id is not None and not valid_message_id(message.message_id):
+            raise Malformed(BadRequest("message_id must be 1 to 200 visible ASCII characters"))
         if message.exchange != COMMANDS_EXCHANGE:
             # Broker permissions cannot stop a service writing to the default exchange (it needs
             # that for replies), which reaches any queue by name: only `commands` is trusted.
@@ -272,7 +277,8 @@ class MessageProcessor:
     async def on_event(self, message: AbstractIncomingMessage) -> None:
         self._enter()
         key = message.routing_key or ""
-        ctx = MessageContext(command=f"event:{key}", message_id=message.message_id, request_id=message.message_id or uuid4().hex)
+        message_id = message.message_id if valid_message_id(message.message_id) else None
+        ctx = MessageContext(command=f"event:{key}", message_id=message_id, request_id=request_id_for(None, message_id))
         token = set_current_message(ctx)
         outcome = "ok"
         try:
