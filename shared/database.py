@@ -24,6 +24,9 @@ TRANSIENT_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    # What asyncpg raises when a connection dies in the middle of an operation (seen when the
+    # server shuts down under load): the connection's state machine, not the command, is broken.
+    asyncpg.InternalClientError,
 )
 
 

@@ -78,7 +78,7 @@ async def db(backends: Backends, stack: Stack) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(scope="session")
 async def broker(backends: Backends, stack: Stack) -> AsyncIterator[BrokerProbe]:
-    connection = await aio_pika.connect_robust(backends.amqp_url)
+    connection = await aio_pika.connect_robust(backends.amqp_url, reconnect_interval=1)
     probe = BrokerProbe(connection)
     await probe.start()
     yield probe

@@ -34,6 +34,12 @@ class BrokerProbe:
     async def _reopen(self, *_: Any) -> None:
         await self._open()
 
+    async def ready(self, timeout: float = 30) -> None:
+        """Wait out a broker restart: the connection comes back, then `_reopen` gives a new channel."""
+        async with asyncio.timeout(timeout):
+            while self.channel.is_closed or self._connection.is_closed:
+                await asyncio.sleep(0.1)
+
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.pop(message.correlation_id or "", None)
         if future is not None and not future.done():
@@ -70,6 +76,7 @@ class BrokerProbe:
             correlation_id=correlation_id,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
+        await self.ready()
         exchange = await self.channel.get_exchange("commands", ensure=False)
         await exchange.publish(message, routing_key=command, mandatory=False)
         if not reply:
@@ -77,6 +84,7 @@ class BrokerProbe:
         return await asyncio.wait_for(future, timeout)
 
     async def event(self, routing_key: str, body: dict[str, Any] | bytes) -> None:
+        await self.ready()
         exchange = await self.channel.get_exchange("events", ensure=False)
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         await exchange.publish(
