@@ -120,3 +120,24 @@ async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 1.0,
 @pytest.fixture(scope="session")
 def wait_until() -> Callable[..., Awaitable[Any]]:
     return eventually
+
+
+# -- figures of the fault tests ---------------------------------------------------------------
+# The fault tests print what they sent and saw (commands, effects, events, duplicates suppressed).
+# Their output is kept here and shown at the end of every run, CI's included, pass or fail.
+
+_FIGURES: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and "fault" in report.keywords and report.capstdout.strip():
+        _FIGURES.append((report.nodeid, report.capstdout.strip()))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FIGURES:
+        terminalreporter.section("fault test figures")
+        for nodeid, text in _FIGURES:
+            terminalreporter.write_line(f"{nodeid}:")
+            for line in text.splitlines():
+                terminalreporter.write_line(f"    {line}")
