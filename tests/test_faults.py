@@ -298,6 +298,7 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(
     assert sent == total and unique == total
     assert "shutdown deadline passed" not in shutdown_log
     assert exit_code == 0, f"posts_service exited with {exit_code} on SIGTERM:\n{shutdown_log[-3000:]}"
+    assert outbox_at_exit == 0, "a graceful shutdown flushes the outbox relay before it exits"
 
 
 # -- two instances, every command twice -----------------------------------------------------------
