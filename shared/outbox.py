@@ -60,6 +60,8 @@ class OutboxRelay:
         self._batch = batch_size
         self._wake = asyncio.Event()
         self._stopping = False
+        self._finished = asyncio.Event()
+        self._finished.set()  # not running yet: nothing to wait for
         self.published = 0
 
     def wake(self) -> None:
@@ -67,6 +69,7 @@ class OutboxRelay:
 
     async def run(self) -> None:
         listener = asyncio.create_task(self._listen())
+        self._finished.clear()
         try:
             while not self._stopping:
                 try:
@@ -81,15 +84,22 @@ class OutboxRelay:
                 self._wake.clear()
         finally:
             listener.cancel()
+            self._finished.set()
 
-    async def stop(self) -> None:
-        """Flush what is pending, then let `run` end."""
+    async def stop(self, deadline: float = 5.0) -> None:
+        """Let `run` finish the batch it holds, then flush everything pending (within `deadline`).
+
+        Flushing while `run` still held its rows would skip them (SKIP LOCKED) and leave them behind.
+        """
         self._stopping = True
-        try:
-            await self.relay_batch()
-        except (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError):
-            log.warning("outbox not flushed at shutdown; it will be relayed on the next start")
         self._wake.set()
+        try:
+            async with asyncio.timeout(deadline):
+                await self._finished.wait()
+                while await self.relay_batch():
+                    pass
+        except (TimeoutError, *TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError):
+            log.warning("outbox not flushed at shutdown; it will be relayed on the next start")
 
     async def relay_batch(self) -> int:
         """Publish one batch of pending events; returns how many went out."""
