@@ -5,7 +5,9 @@ from aiohttp import web
 from gateway.app import create_app
 from shared.logs import configure_logging
 from shared.settings import Settings
+from shared.tracing import configure_tracing
 
 settings = Settings.from_env()
-configure_logging("gateway", settings.log_level)
+tracing = configure_tracing("gateway")  # before create_app: the instrumentation wraps web.Application
+configure_logging("gateway", settings.log_level, trace_ids=tracing)
 web.run_app(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, access_log=None, print=None)

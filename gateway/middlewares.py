@@ -1,4 +1,5 @@
-"""Gateway middlewares: request ids, metrics, and the one table from errors to problem+json."""
+"""Gateway middlewares: request ids and the request's log line, metrics, and the one table from
+errors to problem+json."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.keys import METRICS
+from shared import logs
 from shared.errors import AppError
 from shared.problems import problem, problem_from_error
 
@@ -29,12 +31,29 @@ _HTTP_DETAILS = {
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Take the client's X-Request-ID if it is sane, else make one; echo it back."""
+    """Take the client's X-Request-ID if it is sane, else make one; bind it to every log line
+    written for the request and echo it back. One line per request: INFO when it failed (status
+    400 and up), DEBUG otherwise, so a busy gateway does not pay for a line per success."""
     offered = request.headers.get("X-Request-ID", "")
-    request[REQUEST_ID] = offered if _SAFE_REQUEST_ID.match(offered) else uuid4().hex
-    response = await handler(request)
-    response.headers["X-Request-ID"] = request[REQUEST_ID]
-    return response
+    request_id = request[REQUEST_ID] = offered if _SAFE_REQUEST_ID.match(offered) else uuid4().hex
+    bound = logs.bind(request_id=request_id)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+        response.headers["X-Request-ID"] = request_id
+        level = logging.INFO if response.status >= 400 else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "request failed" if response.status >= 400 else "request",
+                extra={
+                    "method": request.method, "path": request.path, "status": response.status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+        return response
+    finally:
+        logs.unbind(bound)
 
 
 @web.middleware

@@ -1,49 +1,104 @@
-"""Structured logging: one JSON object per line, with the request id of the message at hand."""
+"""Structured logging with structlog: one JSON object per line on stderr.
+
+Every line has `time` (ISO 8601, UTC), `level`, `service`, `logger` and `message`, then whatever is
+bound to the current context, then the line's own extras. The runner binds `request_id` and
+`command` while a service handles a message, and the gateway binds `request_id` while it handles
+a request, so every line written meanwhile carries them: lines from this project's modules, which
+log through the standard `logging` module, from structlog loggers, and from third-party
+libraries alike, since all of them end in the one handler configured here.
+"""
 
 from __future__ import annotations
 
-import json
+import contextvars
 import logging
 import sys
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
-from shared.envelope import current_message
+import structlog
+from structlog.typing import EventDict, Processor
 
+#: Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_FIRST = ("time", "level", "service", "logger", "message")
+
+#: What `bind` returns and `unbind` takes back.
+Bound = Mapping[str, contextvars.Token[Any]]
 
 
-class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self._service = service
+def bind(**values: Any) -> Bound:
+    """Add `values` to every log line written in this context (this task and those it starts)."""
+    return structlog.contextvars.bind_contextvars(**values)
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "service": self._service,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        ctx = current_message()
-        if ctx is not None:
-            entry["request_id"] = ctx.request_id
-            entry["command"] = ctx.command
+
+def unbind(bound: Bound) -> None:
+    structlog.contextvars.reset_contextvars(**bound)
+
+
+def _add_extras(_logger: Any, _method: str, event: EventDict) -> EventDict:
+    record: logging.LogRecord | None = event.get("_record")
+    if record is not None:
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+                event[key] = value
+    return event
 
 
-def configure_logging(service: str, level: str) -> None:
+def _add_trace_ids(_logger: Any, _method: str, event: EventDict) -> EventDict:
+    from opentelemetry import trace  # only imported when tracing is on
+
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        event["trace_id"] = format(span.trace_id, "032x")
+        event["span_id"] = format(span.span_id, "016x")
+    return event
+
+
+def _first_keys_first(_logger: Any, _method: str, event: EventDict) -> EventDict:
+    """Put the keys every line has at the front, so lines read alike."""
+    return {**{key: event.pop(key) for key in _FIRST if key in event}, **event}
+
+
+def configure_logging(service: str, level: str, *, trace_ids: bool = False) -> None:
+    """Send every log line of the process, as JSON, to stderr. With `trace_ids`, lines written
+    inside a traced operation also carry its `trace_id` and `span_id`."""
+
+    def add_service(_logger: Any, _method: str, event: EventDict) -> EventDict:
+        event["service"] = service
+        return event
+
+    common: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+        add_service,
+    ]
+    if trace_ids:
+        common.append(_add_trace_ids)
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*common, _add_extras],  # lines from the standard logging module
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.EventRenamer("message"),
+            structlog.processors.format_exc_info,
+            _first_keys_first,
+            structlog.processors.JSONRenderer(default=str),
+        ],
+    )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # structlog loggers (`structlog.get_logger(__name__)`) hand their lines to the same handler.
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, *common, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
     # aio-pika and aiormq are chatty at INFO during reconnects; their warnings still show.
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)

@@ -27,6 +27,9 @@ class ServiceMetrics:
         self.events = Counter("events_consumed_total", "Events consumed, by routing key and outcome", ["routing_key", "outcome"], registry=r)
         self.dead_lettered = Counter("dead_lettered_total", "Messages this process dead-lettered", ["queue"], registry=r)
         self.outbox_pending = Gauge("outbox_pending_events", "Events committed but not yet relayed", registry=r)
+        self.outbox_lag = Gauge(
+            "outbox_oldest_event_age_seconds", "Age of the oldest event not yet relayed; 0 when the outbox is empty", registry=r
+        )
         self.dead_letter_depth = Gauge("dead_letter_queue_depth", "Messages waiting in a dead-letter queue", ["queue"], registry=r)
 
     def render(self) -> bytes:

@@ -133,9 +133,14 @@ class OutboxRelay:
         self.published += len(rows)
         return len(rows)
 
-    async def pending(self) -> int:
+    async def backlog(self) -> tuple[int, float]:
+        """How many events wait to be relayed, and the age in seconds of the oldest (0 if none)."""
         async with self._pool.acquire() as conn:
-            return int(await conn.fetchval("SELECT count(*) FROM outbox"))
+            row = await conn.fetchrow(
+                "SELECT count(*) AS pending,"
+                " coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 AS age FROM outbox"
+            )
+        return int(row["pending"]), max(float(row["age"]), 0.0)
 
     async def _listen(self) -> None:
         """Wake the relay on NOTIFY from any process writing to this schema's outbox."""

@@ -25,7 +25,7 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
-from shared import audit, idempotency
+from shared import audit, idempotency, logs
 from shared.broker import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
@@ -123,6 +123,7 @@ class MessageProcessor:
             client_address=header_text(headers, CLIENT_ADDRESS_HEADER),
         )
         token = set_current_message(ctx)
+        bound = logs.bind(request_id=ctx.request_id, command=name)
         outcome = "ok"
         try:
             try:
@@ -156,6 +157,7 @@ class MessageProcessor:
         finally:
             self._metrics.commands.labels(name, outcome).inc()
             self._metrics.command_seconds.labels(name).observe(time.perf_counter() - started)
+            logs.unbind(bound)
             reset_current_message(token)
             self._leave()
 
@@ -280,6 +282,7 @@ class MessageProcessor:
         message_id = message.message_id if valid_message_id(message.message_id) else None
         ctx = MessageContext(command=f"event:{key}", message_id=message_id, request_id=request_id_for(None, message_id))
         token = set_current_message(ctx)
+        bound = logs.bind(request_id=ctx.request_id, command=ctx.command)
         outcome = "ok"
         try:
             try:
@@ -310,6 +313,7 @@ class MessageProcessor:
             outcome = "broker_lost"
         finally:
             self._metrics.events.labels(key, outcome).inc()
+            logs.unbind(bound)
             reset_current_message(token)
             self._leave()
 

@@ -37,12 +37,15 @@ from shared.runner import MessageProcessor
 from shared.settings import Settings
 from shared.tokens import JwksKeySource, KeySource, TokenVerifier
 from shared.topology import TopologyError, check_wiring, open_service_queues
+from shared.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 SHUTDOWN_DEADLINE_SECONDS = 10.0
+#: How often the gauges that need a query (outbox backlog, dead-letter depth) are refreshed.
+GAUGE_SECONDS = 5.0
 
 
 @dataclass
@@ -61,7 +64,8 @@ WireFn = Callable[[Settings, asyncpg.Pool], Awaitable[Wiring]]
 
 def run_service(name: str, migrations: Path, wire: WireFn) -> None:
     settings = Settings.from_env()
-    configure_logging(f"{name}_service", settings.log_level)
+    tracing = configure_tracing(f"{name}_service")  # before any aiohttp app or aio-pika queue exists
+    configure_logging(f"{name}_service", settings.log_level, trace_ids=tracing)
     try:
         asyncio.run(serve(name, migrations, wire, settings))
     except KeyboardInterrupt:
@@ -128,7 +132,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             return None
 
         async def outbox_gauge() -> str | None:
-            metrics.outbox_pending.set(await relay.pending())
+            await _observe_outbox(relay, metrics)
             return None
 
         probe_app = build_probe_app(
@@ -145,6 +149,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
                 _watch_dead_letters(connection, [command_queue.name, event_queue.name], metrics, stop),
                 name="dead-letter-gauge",
             ),
+            asyncio.create_task(_watch_outbox(relay, metrics, stop), name="outbox-gauges"),
         ]
         command_tag = await command_queue.consume(processor.on_command)
         event_tag = await event_queue.consume(processor.on_event)
@@ -208,13 +213,35 @@ async def _watch_dead_letters(
     while not stop.is_set():
         for queue in queues:
             try:
-                declared = await channel.declare_queue(dead_letter_queue_name(queue), passive=True)
+                # robust=False: a robust channel answers a repeated passive declare from its cache,
+                # with the message count of the first one.
+                declared = await channel.declare_queue(dead_letter_queue_name(queue), passive=True, robust=False)
                 metrics.dead_letter_depth.labels(dead_letter_queue_name(queue)).set(
                     declared.declaration_result.message_count or 0
                 )
             except aio_pika.exceptions.AMQPError:
                 pass  # the broker is away; the gauge keeps its last value
         try:
-            await asyncio.wait_for(stop.wait(), 5)
+            await asyncio.wait_for(stop.wait(), GAUGE_SECONDS)
+        except TimeoutError:
+            pass
+
+
+async def _observe_outbox(relay: OutboxRelay, metrics: ServiceMetrics) -> None:
+    pending, oldest_age = await relay.backlog()
+    metrics.outbox_pending.set(pending)
+    metrics.outbox_lag.set(oldest_age)
+
+
+async def _watch_outbox(relay: OutboxRelay, metrics: ServiceMetrics, stop: asyncio.Event) -> None:
+    """Keep outbox_pending_events and outbox_oldest_event_age_seconds current: a backlog that
+    grows or ages means the relay cannot reach the broker."""
+    while not stop.is_set():
+        try:
+            await _observe_outbox(relay, metrics)
+        except TRANSIENT_DATABASE_ERRORS:
+            pass  # the database is away; the gauges keep their last value
+        try:
+            await asyncio.wait_for(stop.wait(), GAUGE_SECONDS)
         except TimeoutError:
             pass

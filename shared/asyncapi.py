@@ -1,0 +1,287 @@
+"""The AsyncAPI 3.0 document of the broker side, built from the models that validate the messages.
+
+    python -m shared.asyncapi            print the document as the code defines it
+    python -m shared.asyncapi --write    rewrite asyncapi.yaml at the repository root
+
+Command payloads come from `shared.commands.COMMAND_PAYLOADS` and `shared.audit.ListAudit`, reply
+results from `gateway.schemas`, event bodies from the models their consumers validate them with
+(`post.created` and `post.deleted`, which no service consumes yet, are modelled here), and which
+service consumes what from `shared.topology`. tests/test_asyncapi.py fails when the committed
+asyncapi.yaml differs from this output, so the two cannot drift. Needs PyYAML (the `test` extras).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, NotRequired
+from uuid import UUID
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
+from pydantic.json_schema import JsonSchemaMode
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
+
+from gateway import schemas
+from shared.audit import ListAudit, audit_command_name
+from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, EVENTS_EXCHANGE
+from shared.commands import COMMAND_PAYLOADS
+from shared.envelope import AUTHORIZATION_HEADER, CLIENT_ADDRESS_HEADER, MESSAGE_ID, REQUEST_ID, REQUEST_ID_HEADER
+from shared.revocation import Event, SessionRevoked, UserBanned
+from shared.topology import EXCHANGES, ROUTES, command_keys, queues
+from users_service.handlers import UserRegistered
+
+DOCUMENT = Path(__file__).resolve().parents[1] / "asyncapi.yaml"
+SCHEMA = "#/components/schemas/{model}"
+AMQP_BINDING = "0.3.0"
+
+
+class PostCreated(Event):
+    post_id: UUID
+    author_id: UUID
+
+
+class PostDeleted(Event):
+    post_id: UUID
+    by: UUID
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ReplyError(TypedDict):
+    """`error` in a refused command's reply, as `AppError.to_dict` writes it."""
+
+    status: Annotated[int, Field(ge=400, le=599, description="The HTTP status the gateway answers with")]
+    title: str
+    detail: Annotated[str, Field(description="Safe to show a person")]
+    retry_after: NotRequired[Annotated[int, Field(ge=1, description="Seconds to wait (429, 503)")]]
+
+
+#: The contract's commands that carry no token; every other one needs `authorization`.
+PUBLIC_COMMANDS = frozenset({"register", "login", "get-post", "list-posts", "get-user"})
+#: What each command does and who may; `list-audit` stands for every `list-audit.<service>`.
+SUMMARIES = {
+    "register": "Create an account. Anyone.",
+    "login": "Open a session and get an access token. Anyone.",
+    "logout": "Revoke the caller's session everywhere.",
+    "get-me": "The caller's account.",
+    "create-post": "Write a post. Any signed-in caller who is not banned.",
+    "get-post": "One post. Anyone.",
+    "list-posts": "Posts, newest first. Anyone.",
+    "delete-post": "Delete a post: its author or an admin.",
+    "get-user": "A public profile. Anyone.",
+    "ban-user": "Ban an account. Admins only.",
+    "list-audit": "This service's authorization decisions, newest first. Admins only.",
+}
+#: The `result` of each command's successful reply (None: `null`).
+RESULTS: dict[str, type[BaseModel] | None] = {
+    "register": schemas.Account, "login": schemas.TokenResponse, "logout": None, "get-me": schemas.Account,
+    "create-post": schemas.Post, "get-post": schemas.Post, "list-posts": schemas.PostPage, "delete-post": None,
+    "get-user": schemas.UserProfile, "ban-user": schemas.UserProfile, "list-audit": schemas.AuditPage,
+}
+EVENT_MODELS: dict[str, type[Event]] = {
+    "user.registered": UserRegistered, "user.banned": UserBanned, "session.revoked": SessionRevoked,
+    "post.created": PostCreated, "post.deleted": PostDeleted,
+}
+#: The one service that publishes each event (the broker's topic permissions enforce it).
+PUBLISHERS = {
+    "user.registered": "auth", "session.revoked": "auth", "user.banned": "users",
+    "post.created": "posts", "post.deleted": "posts",
+}
+
+
+def _ref(*path: str) -> dict[str, str]:
+    return {"$ref": "#/" + "/".join(path)}
+
+
+def _schema_ref(name: str) -> dict[str, str]:
+    return {"$ref": SCHEMA.format(model=name)}
+
+
+def _schemas(models: Sequence[Any], mode: JsonSchemaMode) -> dict[str, Any]:
+    """JSON Schemas by model name, nested models hoisted beside them."""
+    found: dict[str, Any] = {}
+    for model in models:
+        schema = TypeAdapter(model).json_schema(ref_template=SCHEMA, mode=mode)
+        found.update(schema.pop("$defs", {}))
+        found[model.__name__] = schema
+    return found
+
+
+def _properties(name: str, message_id: str, *, command: bool) -> dict[str, Any]:
+    """The AMQP basic properties a message carries (an extension: AsyncAPI has no field for them)."""
+    props: dict[str, Any] = {
+        "content_type": {"const": "application/json"},
+        "message_id": {"type": "string", "pattern": f"^{MESSAGE_ID.pattern}$", "description": message_id},
+        "type": {"const": name},
+    }
+    if command:
+        props["reply_to"] = {"type": "string", "description": "Where the reply goes (amq.rabbitmq.reply-to); none without it"}
+        props["correlation_id"] = {"type": "string", "description": "Copied into the reply"}
+    return {"type": "object", "required": ["content_type", "message_id", "type"], "properties": props}
+
+
+def _headers(guarded: bool) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        REQUEST_ID_HEADER: {"type": "string", "pattern": f"^{REQUEST_ID.pattern}$", "description": "Bound in every log line about the command"},
+        CLIENT_ADDRESS_HEADER: {"type": "string", "description": "The client's address as the gateway saw it; only rate-limits login, grants nothing"},
+    }
+    if not guarded:
+        return {"type": "object", "properties": props}
+    props[AUTHORIZATION_HEADER] = {"type": "string", "pattern": r"^Bearer \S+$", "description": "Bearer <access token>: the only thing that says who the caller is"}
+    return {"type": "object", "required": [AUTHORIZATION_HEADER], "properties": props}
+
+
+def _command(key: str, service: str, doc: dict[str, Any]) -> None:
+    """Add the channel, command and reply messages, and operation of one routing key on `commands`."""
+    kind = "list-audit" if key == audit_command_name(service) else key
+    payload = ListAudit if kind == "list-audit" else COMMAND_PAYLOADS[key]
+    guarded = key not in PUBLIC_COMMANDS
+    messages = doc["components"]["messages"]
+    messages[f"command.{key}"] = {
+        "name": key, "title": f"{key} command", "summary": SUMMARIES[kind], "headers": _headers(guarded),
+        "payload": _schema_ref(payload.__name__), "correlationId": _ref("components", "correlationIds", "correlationId"),
+        "bindings": {"amqp": {"messageType": key, "bindingVersion": AMQP_BINDING}},
+        "x-amqp-properties": _properties(key, "Unique; the idempotency key: a repeat from the same caller gets the first reply (login never does)", command=True),
+    }
+    result = RESULTS[kind]
+    ok = {"type": "object", "additionalProperties": False, "required": ["ok", "result"],
+          "properties": {"ok": {"const": True}, "result": _schema_ref(result.__name__) if result else {"type": "null"}}}
+    messages[f"reply.{key}"] = {
+        "name": f"{key} reply", "title": f"{key} reply", "correlationId": _ref("components", "correlationIds", "correlationId"),
+        "payload": {"oneOf": [ok, _schema_ref("ErrorReply")]},
+    }
+    doc["channels"]["reply"]["messages"][key] = _ref("components", "messages", f"reply.{key}")
+    channel = f"command.{key}"
+    doc["channels"][channel] = {
+        "address": key, "title": f"{key} on {COMMANDS_EXCHANGE}", "bindings": _ref("components", "channelBindings", COMMANDS_EXCHANGE),
+        "messages": {key: _ref("components", "messages", f"command.{key}")},
+    }
+    operation: dict[str, Any] = {
+        "action": "receive", "channel": _ref("channels", channel), "messages": [_ref("channels", channel, "messages", key)],
+        "title": f"{service}_service executes {key}", "tags": [{"name": service}],
+        "description": f"Consumed from the quorum queue {service}.commands. {SUMMARIES[kind]}",
+        "bindings": _ref("components", "operationBindings", "consume"),
+        "reply": {"address": {"location": "$message.header#/reply_to", "description": "The command's reply_to property"},
+                  "channel": _ref("channels", "reply"), "messages": [_ref("channels", "reply", "messages", key)]},
+    }
+    if guarded:
+        operation["security"] = [_ref("components", "securitySchemes", "accessToken")]
+    doc["operations"][f"{service}.{key}"] = operation
+
+
+def _event(key: str, doc: dict[str, Any]) -> None:
+    """Add the channel, message, publishing operation and consuming operations of one event."""
+    channel, publisher = f"event.{key}", PUBLISHERS[key]
+    doc["components"]["messages"][channel] = {
+        "name": key, "title": f"{key} event", "payload": _schema_ref(EVENT_MODELS[key].__name__),
+        "bindings": {"amqp": {"messageType": key, "bindingVersion": AMQP_BINDING}},
+        "x-amqp-properties": _properties(key, "The event_id; consumers ignore one they have seen", command=False),
+    }
+    doc["channels"][channel] = {
+        "address": key, "title": f"{key} on {EVENTS_EXCHANGE}", "bindings": _ref("components", "channelBindings", EVENTS_EXCHANGE),
+        "messages": {key: _ref("components", "messages", channel)},
+    }
+    common = {"channel": _ref("channels", channel), "messages": [_ref("channels", channel, "messages", key)]}
+    doc["operations"][f"{publisher}.publish.{key}"] = {
+        "action": "send", **common, "title": f"{publisher}_service publishes {key}", "tags": [{"name": publisher}],
+        "description": "Written to the outbox with its change, relayed with publisher confirms: published if and only if the change committed.",
+        "bindings": _ref("components", "operationBindings", "publish"),
+    }
+    for service in (name for name, routes in ROUTES.items() if key in routes.events):
+        doc["operations"][f"{service}.on.{key}"] = {
+            "action": "receive", **common, "title": f"{service}_service handles {key}", "tags": [{"name": service}],
+            "description": f"Consumed from the quorum queue {service}.events.", "bindings": _ref("components", "operationBindings", "consume"),
+        }
+
+
+def _dead_letters(doc: dict[str, Any]) -> None:
+    died_in = [queue.name for service in ROUTES for queue in queues(service) if "x-dead-letter-exchange" in queue.arguments]
+    doc["components"]["messages"]["dead-letter"] = {
+        "name": "dead-letter", "title": "A parked message", "payload": {"description": "The original body, unchanged"},
+        "headers": {"type": "object", "required": ["x-dead-letter-reason"], "properties": {
+            "x-dead-letter-reason": {"type": "string"}, "x-original-exchange": {"type": "string"},
+            "x-original-routing-key": {"type": "string"}, AUTHORIZATION_HEADER: {"const": "[redacted]"}}},
+    }
+    doc["channels"][DEAD_LETTER_EXCHANGE] = {
+        "address": "{queue}", "title": f"{DEAD_LETTER_EXCHANGE}: messages parked in <queue>.dead",
+        "bindings": _ref("components", "channelBindings", DEAD_LETTER_EXCHANGE),
+        "parameters": {"queue": {"enum": died_in, "description": "The queue the message died in; it waits in <queue>.dead"}},
+        "messages": {"dead-letter": _ref("components", "messages", "dead-letter")},
+        "description": (
+            "A message that is not JSON, names an unknown command or has a malformed payload is parked by the runner with the "
+            f"reason and its token redacted; one that crashed its consumer {DELIVERY_LIMIT} times is dead-lettered by RabbitMQ "
+            "(x-death). `python -m shared.dead_letters` lists, replays and drops them."
+        ),
+    }
+    for service in ROUTES:
+        doc["operations"][f"{service}.park"] = {
+            "action": "send", "channel": _ref("channels", DEAD_LETTER_EXCHANGE), "tags": [{"name": service}],
+            "title": f"{service}_service parks a message it cannot process",
+            "messages": [_ref("channels", DEAD_LETTER_EXCHANGE, "messages", "dead-letter")],
+        }
+
+
+def build_document() -> dict[str, Any]:
+    """The whole AsyncAPI document, as plain data."""
+    results = list(dict.fromkeys(model for model in RESULTS.values() if model is not None))
+    doc: dict[str, Any] = {
+        "asyncapi": "3.0.0",
+        "info": {"title": "Zero-trust posts platform: the broker", "version": "0.1.0", "description": (
+            "Commands on the direct exchange `commands` (routing key = command name) and their replies, events on the topic "
+            "exchange `events`, parked messages on `dead-letters`. Nothing behind the gateway trusts it: every service verifies "
+            "the token in each command's `authorization` header and decides for itself. Generated by `python -m shared.asyncapi`.")},
+        "servers": {"rabbitmq": {"host": "127.0.0.1:5672", "pathname": "/", "protocol": "amqp", "protocolVersion": "0.9.1",
+                                 "description": "AMQP_URL names the broker and the vhost (its path); this is its default."}},
+        "defaultContentType": "application/json",
+        "channels": {"reply": {"address": None, "title": "Replies", "messages": {}, "description": (
+            "The sender's reply_to queue, reached through the default exchange. A reply carries the command's correlation_id "
+            'and is {"ok": true, "result": ...} or {"ok": false, "error": {status, title, detail, retry_after?}}.')}},
+        "operations": {},
+        "components": {
+            "schemas": {
+                **_schemas([*COMMAND_PAYLOADS.values(), ListAudit, ReplyError], "validation"),
+                "ErrorReply": {"type": "object", "additionalProperties": False, "required": ["ok", "error"],
+                               "properties": {"ok": {"const": False}, "error": _schema_ref("ReplyError")}},
+                **_schemas(results, "serialization"),
+                **_schemas(list(EVENT_MODELS.values()), "validation"),
+            },
+            "messages": {},
+            "securitySchemes": {"accessToken": {
+                "type": "httpApiKey", "name": AUTHORIZATION_HEADER, "in": "header",
+                "description": "Bearer <access token>: an EdDSA JWT (typ at+jwt) signed by auth_service, verified by every service"}},
+            "channelBindings": {name: {"amqp": {"is": "routingKey", "bindingVersion": AMQP_BINDING, "exchange": {
+                "name": name, "type": kind.value, "durable": True, "autoDelete": False}}} for name, kind in EXCHANGES.items()},
+            "operationBindings": {"consume": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
+                                  "publish": {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING}}},
+            "correlationIds": {"correlationId": {"location": "$message.header#/correlation_id", "description": "The AMQP correlation_id property"}},
+        },
+    }
+    for service in ROUTES:
+        for key in command_keys(service):
+            _command(key, service, doc)
+    doc["channels"]["reply"] = doc["channels"].pop("reply")  # listed after the commands it answers
+    for key in EVENT_MODELS:
+        _event(key, doc)
+    _dead_letters(doc)
+    return doc
+
+
+def render() -> str:
+    return yaml.safe_dump(build_document(), sort_keys=False, allow_unicode=True, width=120)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.asyncapi", description="Print the broker's AsyncAPI 3.0 document, or rewrite asyncapi.yaml.")
+    parser.add_argument("--write", action="store_true", help=f"rewrite {DOCUMENT.name} at the repository root")
+    if parser.parse_args(argv).write:
+        DOCUMENT.write_text(render(), encoding="utf-8")
+        print(f"wrote {DOCUMENT}")
+    else:
+        print(render(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
