@@ -63,16 +63,21 @@ class TokenForge:
         """Signed by a key auth_service never had, under the real key's kid."""
         return self.sign(claims, key=Ed25519PrivateKey.generate())
 
-    def bad_tokens(self, sub: str, sid: str) -> dict[str, str | None]:
-        """Every way a token can be wrong without touching the session, by name."""
+    def bad_tokens(self, sub: str, sid: str, *, role: str = "user") -> dict[str, str | None]:
+        """Every way a token can be wrong without touching the session, by name; each claims
+        `role`, so only the flaw differs from a good token of that holder."""
         now = int(time.time())
+
+        def claims(**overrides: Any) -> dict[str, Any]:
+            return self.claims(sub, sid, role=role, **overrides)
+
         return {
             "no token": None,
             "garbage token": "not-a-jwt",
-            "alg none": self.alg_none(self.claims(sub, sid)),
-            "HS256 with the public key": self.hs256_with_public_key(self.claims(sub, sid)),
-            "foreign key with the real kid": self.foreign_key(self.claims(sub, sid)),
-            "expired": self.sign(self.claims(sub, sid, iat=now - 1200, exp=now - 600)),
-            "wrong aud": self.sign(self.claims(sub, sid, aud="someone-else")),
-            "wrong iss": self.sign(self.claims(sub, sid, iss="evil-issuer")),
+            "alg none": self.alg_none(claims()),
+            "HS256 with the public key": self.hs256_with_public_key(claims()),
+            "foreign key with the real kid": self.foreign_key(claims()),
+            "expired": self.sign(claims(iat=now - 1200, exp=now - 600)),
+            "wrong aud": self.sign(claims(aud="someone-else")),
+            "wrong iss": self.sign(claims(iss="evil-issuer")),
         }
