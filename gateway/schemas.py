@@ -3,10 +3,12 @@ tests check real responses against them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
+
+from shared.commands import text
 
 
 class Account(BaseModel):
@@ -54,7 +56,7 @@ class BanRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: Annotated[str, Field(max_length=500)] | None = None
+    reason: text(500) | None = None  # type: ignore[valid-type]
 
 
 class AuditEntry(BaseModel):

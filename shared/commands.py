@@ -27,8 +27,15 @@ def _email(value: str) -> str:
     return value
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL: refuse it here as a 422, not later as a 500.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 def _not_blank(value: str) -> str:
-    value = value.strip()
+    value = _no_nul(value).strip()
     if not value:
         raise ValueError("must not be blank")
     return value
@@ -41,8 +48,16 @@ Email = Annotated[
     AfterValidator(_email),
     Field(json_schema_extra={"pattern": EMAIL_PATTERN, "maxLength": 254}),
 ]
-Password = Annotated[str, Field(min_length=8, max_length=256)]
-_NOT_BLANK = {"pattern": r"\S"}
+_NO_NUL = {"pattern": r"^[^\u0000]*$"}
+_NOT_BLANK = {"pattern": r"^[^\u0000]*[^\s\u0000][^\u0000]*$"}  # something besides spaces, and no NUL
+
+
+def text(max_length: int, *, min_length: int = 0) -> Any:
+    """A string field with no NUL character (what PostgreSQL text can hold)."""
+    return Annotated[str, Field(min_length=min_length, max_length=max_length, json_schema_extra=_NO_NUL), AfterValidator(_no_nul)]
+
+
+Password = text(256, min_length=8)
 DisplayName = Annotated[str, Field(max_length=64, json_schema_extra=_NOT_BLANK), AfterValidator(_not_blank)]
 Title = Annotated[str, Field(max_length=200, json_schema_extra=_NOT_BLANK), AfterValidator(_not_blank)]
 Body = Annotated[str, Field(max_length=20_000, json_schema_extra=_NOT_BLANK), AfterValidator(_not_blank)]
@@ -62,7 +77,7 @@ class Register(Payload):
 
 class Login(Payload):
     email: Email
-    password: Annotated[str, Field(min_length=1, max_length=256)]
+    password: text(256, min_length=1)  # type: ignore[valid-type]
 
 
 class Logout(Payload):
@@ -84,7 +99,7 @@ class GetPost(Payload):
 
 class ListPosts(Payload):
     limit: Annotated[int, Field(ge=1, le=100)] = 20
-    cursor: Annotated[str, Field(max_length=200)] | None = None
+    cursor: text(200) | None = None  # type: ignore[valid-type]
 
 
 class DeletePost(Payload):
@@ -97,7 +112,7 @@ class GetUser(Payload):
 
 class BanUser(Payload):
     user_id: UUID
-    reason: Annotated[str, Field(max_length=500)] | None = None
+    reason: text(500) | None = None  # type: ignore[valid-type]
 
 
 #: Every command of the contract, by routing key.

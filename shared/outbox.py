@@ -32,10 +32,15 @@ async def add_event(conn: asyncpg.Connection, routing_key: str, data: dict[str, 
     """Record an event in the current transaction; it is published after commit."""
     event_id = uuid4()
     body = {"event_id": str(event_id), "occurred_at": datetime.now(UTC).isoformat(), **data}
+    # One round trip: the row, and the NOTIFY that wakes a relay when the transaction commits.
     await conn.execute(
-        "INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)", event_id, routing_key, body
+        "WITH event AS (INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3))"
+        " SELECT pg_notify($4, current_schema())",
+        event_id,
+        routing_key,
+        body,
+        NOTIFY_CHANNEL,
     )
-    await conn.execute("SELECT pg_notify($1, current_schema())", NOTIFY_CHANNEL)
     return event_id
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import aio_pika
+import uvloop
 import aiohttp
 import asyncpg
 from aiohttp import web
@@ -67,7 +68,8 @@ def run_service(name: str, migrations: Path, wire: WireFn) -> None:
     tracing = configure_tracing(f"{name}_service")  # before any aiohttp app or aio-pika queue exists
     configure_logging(f"{name}_service", settings.log_level, trace_ids=tracing)
     try:
-        asyncio.run(serve(name, migrations, wire, settings))
+        # uvloop: the same asyncio, less CPU per message (bench/RESULTS.md).
+        uvloop.run(serve(name, migrations, wire, settings))
     except KeyboardInterrupt:
         pass
     except TopologyError as exc:

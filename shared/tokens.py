@@ -10,6 +10,7 @@ whether the caller may do a given thing is `authorization.py`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -139,14 +140,40 @@ class JwksKeySource:
 
 
 class TokenVerifier:
-    """Checks signature, algorithm, type, issuer, audience, expiry and claims of a token."""
+    """Checks signature, algorithm, type, issuer, audience, expiry and claims of a token.
 
-    def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
+    A token that verified is remembered by its SHA-256 digest until it expires, so a caller's next
+    command skips the signature check (the costliest step). The cache only saves work: expiry is
+    checked again on every hit, a token whose key has left the key set is verified afresh (and
+    fails), and whether the *session* is still alive is never cached — that is `revocation.py`'s
+    database check, which runs for every command.
+    """
+
+    def __init__(self, keys: KeySource, *, issuer: str, audience: str, cache_size: int = 10_000) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
+        self._cache: dict[bytes, tuple[Caller, str]] = {}
+        self._cache_size = cache_size
 
     async def verify(self, token: str) -> Caller:
+        digest = hashlib.sha256(token.encode()).digest()
+        hit = self._cache.get(digest)
+        if hit is not None:
+            caller, kid = hit
+            if time.time() > caller.expires_at + LEEWAY_SECONDS:
+                del self._cache[digest]
+                raise Unauthorized("The access token has expired")
+            if await self._keys.get(kid) is not None:
+                return caller
+            del self._cache[digest]  # its key was withdrawn: check it from scratch
+        caller, kid = await self._verify_signed(token)
+        if len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))  # the oldest entry
+        self._cache[digest] = (caller, kid)
+        return caller
+
+    async def _verify_signed(self, token: str) -> tuple[Caller, str]:
         try:
             header = jwt.get_unverified_header(token)
         except InvalidTokenError:
@@ -181,7 +208,7 @@ class TokenVerifier:
             raise Unauthorized(f"The access token lacks the {exc.claim!r} claim") from None
         except InvalidTokenError:
             raise Unauthorized("The access token is invalid") from None
-        return caller_from_claims(claims)
+        return caller_from_claims(claims), kid
 
 
 def caller_from_claims(claims: dict[str, Any]) -> Caller:

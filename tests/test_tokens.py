@@ -6,6 +6,7 @@ keep keys when a refresh fails, no hammering) is shown without the rest of the s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -147,3 +148,37 @@ def test_a_missing_or_non_bearer_authorization_is_401(value: str | None) -> None
 
 def test_bearer_token_is_read_case_insensitively() -> None:
     assert bearer_token("bearer abc.def.ghi") == "abc.def.ghi"
+
+
+async def test_a_cached_token_still_expires(jwks: JwksServer, session: aiohttp.ClientSession) -> None:
+    forge = forge_for(jwks.keys[0])
+    check = verifier(jwks, session)
+    now = int(time.time())
+    token = forge.sign(good_claims(forge, iat=now - 100, exp=now - 4))  # inside the 5 s leeway
+    await check.verify(token)
+    await asyncio.sleep(1.5)  # now past exp + leeway
+    with pytest.raises(Unauthorized, match="expired"):
+        await check.verify(token)
+
+
+async def test_a_cached_token_dies_with_its_key(jwks: JwksServer, session: aiohttp.ClientSession) -> None:
+    old = jwks.keys[0]
+    source = JwksKeySource(jwks.url, session, min_refresh_seconds=0)
+    check = TokenVerifier(source, issuer=ISS, audience=AUD)
+    token = forge_for(old).sign(good_claims(forge_for(old)))
+    await check.verify(token)
+    jwks.keys[:] = [SigningKey.from_private(Ed25519PrivateKey.generate())]  # the old key is withdrawn
+    await source.refresh()
+    with pytest.raises(Unauthorized):
+        await check.verify(token)
+
+
+async def test_the_cache_does_not_accept_a_tampered_copy(jwks: JwksServer, session: aiohttp.ClientSession) -> None:
+    forge = forge_for(jwks.keys[0])
+    check = verifier(jwks, session)
+    token = forge.sign(good_claims(forge))
+    await check.verify(token)
+    header, payload, signature = token.split(".")
+    tampered = ".".join([header, payload, signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")])
+    with pytest.raises(Unauthorized):
+        await check.verify(tampered)
