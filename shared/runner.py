@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aio_pika
 import asyncpg
@@ -57,6 +58,8 @@ from shared.routes import CommandRoute, EventRoute, check_routes
 from shared.tokens import Caller, TokenVerifier, bearer_token
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DENIALS = (Unauthorized, Forbidden, NotFound)
 
@@ -128,7 +131,9 @@ class MessageProcessor:
         try:
             try:
                 route, caller, payload = await self._admit(message, headers)
-                result = await self._execute(route, caller, payload, message)
+                result = await self._hold_through_outage(
+                    lambda: self._execute_once(route, caller, payload, message), "command"
+                )
             except Malformed as exc:
                 outcome = str(exc.error.status)
                 await self._reply(message, error_reply(exc.error))
@@ -196,18 +201,18 @@ class MessageProcessor:
                 raise
         return route, caller, payload
 
-    async def _execute(
-        self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage
-    ) -> Any:
+    async def _hold_through_outage(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run `attempt`, waiting out a database outage with backoff while the message stays
+        unacked; when shutting down mid-outage, hand the message back instead."""
         delay = 0.2
         while True:
             try:
-                return await self._execute_once(route, caller, payload, message)
+                return await attempt()
             except TRANSIENT_DATABASE_ERRORS as exc:
                 if self.stopping:
                     raise _Requeue() from exc
                 log.warning(
-                    "database unavailable; holding the command and retrying",
+                    f"database unavailable; holding the {what} and retrying",
                     extra={"error": str(exc) or type(exc).__name__, "retry_in": delay},
                 )
                 await asyncio.sleep(delay)
@@ -296,7 +301,7 @@ class MessageProcessor:
                     event = route.model.model_validate_json(message.body)
                 except ValidationError:
                     raise Malformed(Unprocessable(f"Malformed {key!r} event")) from None
-                await self._apply_event(route, event)
+                await self._hold_through_outage(lambda: self._apply_event(route, event), "event")
             except Malformed as exc:
                 outcome = "malformed"
                 await self._dead_letter(message, event_queue_name(self.service), exc.error.detail)
@@ -318,24 +323,15 @@ class MessageProcessor:
             self._leave()
 
     async def _apply_event(self, route: EventRoute, event: Any) -> None:
-        delay = 0.2
-        while True:
-            try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    first = await conn.fetchval(
-                        "INSERT INTO seen_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
-                        event.event_id,
-                    )
-                    if first:
-                        await route.handler(event, conn)
-                if self._relay is not None:
-                    self._relay.wake()
-                return
-            except TRANSIENT_DATABASE_ERRORS as exc:
-                if self.stopping:
-                    raise _Requeue() from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        async with self._pool.acquire() as conn, conn.transaction():
+            first = await conn.fetchval(
+                "INSERT INTO seen_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+                event.event_id,
+            )
+            if first:
+                await route.handler(event, conn)
+        if self._relay is not None:
+            self._relay.wake()
 
     # -- replies, dead letters, bookkeeping --------------------------------------------------
 
