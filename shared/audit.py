@@ -88,13 +88,19 @@ def _text(value: str | None) -> str | None:
     return None if value is None else value.replace("\x00", "\ufffd")
 
 
-async def record(conn: asyncpg.Connection, decision: Decision) -> None:
-    await conn.execute(
-        "INSERT INTO audit_log (decision, command, caller, caller_kind, resource, reason, message_id, request_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+COLUMNS = "decision, command, caller, caller_kind, resource, reason, message_id, request_id"
+
+
+def row(decision: Decision) -> tuple[Any, ...]:
+    """The decision's values, in the order of `COLUMNS`."""
+    return (
         decision.decision, _text(decision.command), decision.caller, decision.caller_kind,
         _text(decision.resource), _text(decision.reason[:1000]), _text(decision.message_id), _text(decision.request_id),
     )
+
+
+async def record(conn: asyncpg.Connection, decision: Decision) -> None:
+    await conn.execute(f"INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", *row(decision))
 
 
 async def record_alone(pool: asyncpg.Pool, decision: Decision) -> None:

@@ -36,6 +36,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Release a connection to the pool as it is.
+
+    asyncpg's default reset (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) costs a
+    round trip on every release, which is every message. Pool connections never change session
+    state: LISTEN and advisory locks run on connections of their own (outbox relay, migrations),
+    and the only SET is `SET LOCAL` inside a transaction. asyncpg still rolls back a transaction
+    left open before calling this.
+    """
+
+
 async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections see only `schema`."""
     pool = await asyncpg.create_pool(
@@ -44,6 +55,7 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
         max_size=max_size,
         server_settings={"search_path": schema, "application_name": f"{schema}_service"},
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=30,
     )
     assert pool is not None

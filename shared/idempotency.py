@@ -27,6 +27,12 @@ ANONYMOUS = UUID(int=0)
 
 _UNSET = object()
 
+#: Insert the marker of (subject $1, message_id $2) for command $3, kept until $4; no row if taken.
+CLAIM_SQL = (
+    "INSERT INTO processed_commands (subject, message_id, command, expires_at)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true"
+)
+
 
 def anonymous_key(message_id: str, body: bytes) -> str:
     """An anonymous caller's key includes the body, so strangers re-using a message_id
@@ -39,8 +45,7 @@ async def claim(
 ) -> Any:
     """Claim the message for this transaction; returns the stored reply if it already ran, else _UNSET."""
     inserted = await conn.fetchval(
-        "INSERT INTO processed_commands (subject, message_id, command, expires_at)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+        CLAIM_SQL,
         subject,
         message_id,
         command,
@@ -48,6 +53,11 @@ async def claim(
     )
     if inserted:
         return _UNSET
+    return await stored_reply(conn, subject, message_id, command)
+
+
+async def stored_reply(conn: asyncpg.Connection, subject: UUID, message_id: str, command: str) -> Any:
+    """The reply of the command that already claimed (subject, message_id); 409 if it was another command."""
     row = await conn.fetchrow(
         "SELECT command, reply FROM processed_commands WHERE subject = $1 AND message_id = $2",
         subject,
@@ -57,6 +67,10 @@ async def claim(
     if row["command"] != command:
         raise Conflict("This message id was already used for a different command")
     return row["reply"]
+
+
+#: What `claim` returns when the message is new: it has no reply yet.
+UNSET: Any = _UNSET
 
 
 def is_new(claimed: Any) -> bool:

@@ -1,11 +1,14 @@
 """The transactional outbox: events are written with their change and relayed afterwards.
 
 A handler calls `add_event(conn, "post.deleted", {...})` inside the command's transaction, so the
-event exists if and only if the change committed. `OutboxRelay` publishes pending rows to the
-`events` exchange with publisher confirms and deletes them only once the broker has confirmed;
+event exists if and only if the change committed (inside the runner the row is buffered and
+written by the command's closing statement, still in that transaction). `OutboxRelay` publishes pending rows to the
+`events` exchange with publisher confirms and commits their deletion only once the broker has confirmed;
 a crash in between publishes the event again, and consumers drop the duplicate by `event_id`.
-A NOTIFY wakes the relay at commit, so events usually leave within milliseconds; a poll every
-`poll_seconds` catches anything a lost notification or a restart left behind.
+The runner wakes its own process's relay after each commit; other writers (operator commands)
+NOTIFY the schema's channel, which only that service's relays hear. So events usually leave
+within milliseconds; a poll every `poll_seconds` catches anything a lost notification, another
+instance's crash or a restart left behind.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -25,23 +32,94 @@ from shared.database import TRANSIENT_DATABASE_ERRORS
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "outbox"
+def notify_channel(schema: str) -> str:
+    """The channel a schema's outbox writers NOTIFY: only that service's relays listen on it."""
+    return f"outbox.{schema}"
+
+
+#: A statement's NOTIFY to the relays of the schema it writes in, delivered when it commits.
+NOTIFY_SQL = "SELECT pg_notify('outbox.' || current_schema(), '')"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An event on its way into the outbox."""
+
+    event_id: UUID
+    routing_key: str
+    body: dict[str, Any]
+
+
+class EventBuffer:
+    """Events a command's handler added, written by the runner's closing statement.
+
+    The runner writes them in the same transaction as the effect, with the saved reply and the
+    audit row, so a command costs one round trip less per event. Leaving the buffer with events
+    nobody took is a bug, and raises inside the transaction so that it rolls back.
+    """
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self._events: list[OutboxEvent] = []
+
+    def add(self, event: OutboxEvent) -> None:
+        self._events.append(event)
+
+    def take(self) -> list[OutboxEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def __bool__(self) -> bool:
+        return bool(self._events)
+
+
+_buffer: ContextVar[EventBuffer | None] = ContextVar("outbox_buffer", default=None)
+
+
+@contextmanager
+def buffered(conn: asyncpg.Connection) -> Iterator[EventBuffer]:
+    """Within the block, `add_event` on `conn` buffers instead of writing; the caller must
+    `take()` the events and write them before the block ends."""
+    buffer = EventBuffer(conn)
+    token = _buffer.set(buffer)
+    try:
+        yield buffer
+    finally:
+        _buffer.reset(token)
+    if buffer:
+        raise RuntimeError("events were added but never written to the outbox")
+
+
+def new_event(routing_key: str, data: dict[str, Any]) -> OutboxEvent:
+    event_id = uuid4()
+    body = {"event_id": str(event_id), "occurred_at": datetime.now(UTC).isoformat(), **data}
+    return OutboxEvent(event_id, routing_key, body)
+
+
+def insert_events_sql(events: list[OutboxEvent], param: Callable[[Any], str]) -> str:
+    """An INSERT of `events` into the outbox, for a data-modifying CTE; `param` numbers arguments."""
+    return (
+        "INSERT INTO outbox (event_id, routing_key, body) SELECT * FROM unnest("
+        f"{param([e.event_id for e in events])}::uuid[], {param([e.routing_key for e in events])}::text[],"
+        f" {param([e.body for e in events])}::jsonb[])"
+    )
 
 
 async def add_event(conn: asyncpg.Connection, routing_key: str, data: dict[str, Any]) -> UUID:
     """Record an event in the current transaction; it is published after commit."""
-    event_id = uuid4()
-    body = {"event_id": str(event_id), "occurred_at": datetime.now(UTC).isoformat(), **data}
+    event = new_event(routing_key, data)
+    buffer = _buffer.get()
+    if buffer is not None and buffer.conn is conn:
+        buffer.add(event)
+        return event.event_id
     # One round trip: the row, and the NOTIFY that wakes a relay when the transaction commits.
     await conn.execute(
-        "WITH event AS (INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3))"
-        " SELECT pg_notify($4, current_schema())",
-        event_id,
-        routing_key,
-        body,
-        NOTIFY_CHANNEL,
+        f"WITH event AS (INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)) {NOTIFY_SQL}",
+        event.event_id,
+        event.routing_key,
+        event.body,
     )
-    return event_id
+    return event.event_id
 
 
 class OutboxRelay:
@@ -110,14 +188,18 @@ class OutboxRelay:
         """Publish one batch of pending events; returns how many went out."""
         exchange = await self._channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
         async with self._pool.acquire() as conn, conn.transaction():
-            # SKIP LOCKED lets two instances of a service relay side by side without doubling up.
-            rows = await conn.fetch(
-                "SELECT position, event_id, routing_key, body FROM outbox"
-                " ORDER BY position LIMIT $1 FOR UPDATE SKIP LOCKED",
+            # Take the batch and delete it in one statement; if a publish fails, the transaction
+            # rolls back and the rows are there again. SKIP LOCKED lets two instances of a
+            # service relay side by side without doubling up.
+            taken = await conn.fetch(
+                "DELETE FROM outbox WHERE position IN (SELECT position FROM outbox"
+                " ORDER BY position LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                " RETURNING position, event_id, routing_key, body",
                 self._batch,
             )
-            if not rows:
+            if not taken:
                 return 0
+            rows = sorted(taken, key=lambda row: row["position"])  # RETURNING keeps no order
             confirmations = [
                 exchange.publish(
                     aio_pika.Message(
@@ -134,7 +216,6 @@ class OutboxRelay:
             ]
             # Confirms are pipelined: all publishes go out, then we wait for every ack.
             await asyncio.gather(*confirmations)
-            await conn.execute("DELETE FROM outbox WHERE position = ANY($1::bigint[])", [r["position"] for r in rows])
         self.published += len(rows)
         return len(rows)
 
@@ -156,11 +237,10 @@ class OutboxRelay:
                 await asyncio.sleep(self._poll)
                 continue
             try:
-                def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-                    if payload == self._schema:
-                        self._wake.set()
+                def on_notify(_conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+                    self._wake.set()
 
-                await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+                await conn.add_listener(notify_channel(self._schema), on_notify)
                 while not self._stopping and not conn.is_closed():
                     await asyncio.sleep(self._poll)
             except TRANSIENT_DATABASE_ERRORS:

@@ -27,9 +27,14 @@ async def check_caller(conn: asyncpg.Connection, caller: Caller) -> None:
         caller.subject,
     )
     assert row is not None
-    if row["banned"]:
+    refuse(revoked=row["revoked"], banned=row["banned"])
+
+
+def refuse(*, revoked: bool, banned: bool) -> None:
+    """403 for a banned account, else 401 for a revoked session."""
+    if banned:
         raise Forbidden("Your account is banned")
-    if row["revoked"]:
+    if revoked:
         raise Unauthorized("Your session has ended; sign in again")
 
 

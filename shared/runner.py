@@ -1,8 +1,8 @@
 """The one consumer runner: every message of every service goes through here.
 
 For a command:   decode -> verify token -> validate payload -> (in one transaction:) check session
-                 and ban -> claim message_id -> authorize (policy) -> handle -> save reply
-                 -> commit -> reply -> ack.
+                 and ban, and claim message_id (one statement) -> authorize (policy) -> handle ->
+                 save reply, audit row and events (one statement) -> commit -> reply -> ack.
 For an event:    decode -> validate -> (in one transaction:) skip if seen -> handle -> commit -> ack.
 
 A message that is not JSON, names an unknown command or carries a malformed payload gets an error
@@ -26,7 +26,7 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
-from shared import audit, idempotency, logs
+from shared import audit, bookkeeping, idempotency, logs, outbox
 from shared.broker import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
@@ -53,7 +53,6 @@ from shared.envelope import (
 from shared.errors import AppError, BadRequest, Forbidden, InternalError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
 from shared.metrics import ServiceMetrics
 from shared.outbox import OutboxRelay
-from shared.revocation import check_caller
 from shared.routes import CommandRoute, EventRoute, check_routes
 from shared.tokens import Caller, TokenVerifier, bearer_token
 
@@ -226,28 +225,24 @@ class MessageProcessor:
         decision: audit.Decision | None = None
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                try:
-                    if caller is not None:
-                        await check_caller(conn, caller)
-                    if key is not None:
-                        subject, message_key, expires_at = key
-                        stored = await idempotency.claim(conn, subject, message_key, route.name, expires_at)
+                with outbox.buffered(conn) as events:
+                    try:
+                        stored = await bookkeeping.open_command(conn, caller, key, route.name)
                         if not idempotency.is_new(stored):
                             decision = self._decide("replayed", route, caller, payload, "repeat of an executed message_id")
                             if audited:
                                 await audit.record(conn, decision)
                             return stored
-                    await route.policy.authorize(caller, payload, conn)
-                except DENIALS as exc:
-                    decision = self._decide("denied", route, caller, payload, exc.detail) if audited else None
-                    raise
-                if audited:
-                    decision = self._decide("allowed", route, caller, payload, f"policy {route.policy.name}")
-                result = await route.handler(payload, caller, conn)
-                if key is not None:
-                    await idempotency.save_reply(conn, key[0], key[1], result)
-                if decision is not None:
-                    await audit.record(conn, decision)
+                        await route.policy.authorize(caller, payload, conn)
+                    except DENIALS as exc:
+                        decision = self._decide("denied", route, caller, payload, exc.detail) if audited else None
+                        raise
+                    if audited:
+                        decision = self._decide("allowed", route, caller, payload, f"policy {route.policy.name}")
+                    result = await route.handler(payload, caller, conn)
+                    await bookkeeping.close_command(
+                        conn, key, result, decision, events.take(), notify=self._relay is None
+                    )
         except AppError as exc:
             # The transaction rolled back, and the audit row with it: write the decision on its own.
             if decision is not None:
@@ -261,7 +256,7 @@ class MessageProcessor:
 
     def _idempotency_key(
         self, route: CommandRoute, caller: Caller | None, message: AbstractIncomingMessage
-    ) -> tuple[Any, str, int] | None:
+    ) -> bookkeeping.Key | None:
         if not route.replays or not message.message_id:
             return None
         if caller is not None:

@@ -1,0 +1,94 @@
+"""A command transaction's bookkeeping, in one statement before the handler and one after.
+
+Around every command the runner must check the caller's session and ban, claim the message_id,
+and, once the handler is done, save the reply, write the audit row and the handler's events. Each
+was a round trip of its own; they are now two, built here as data-modifying CTEs:
+
+    opening:  claim the message_id  +  is the session revoked?  +  is the account banned?
+    closing:  save the reply  +  the audit row  +  the outbox rows
+
+Both run inside the command's transaction, so what they write commits or rolls back with its effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from shared import audit, idempotency
+from shared.outbox import NOTIFY_SQL, OutboxEvent, insert_events_sql
+from shared.revocation import check_caller, refuse
+from shared.tokens import Caller
+
+#: (subject, message_id, expires_at as a Unix time): whose message, and until when it is remembered.
+Key = tuple[UUID, str, int]
+
+async def open_command(conn: asyncpg.Connection, caller: Caller | None, key: Key | None, command: str) -> Any:
+    """Check the caller and claim the message; returns the stored reply of an earlier run of the
+    same message, or `idempotency.UNSET` when this one is new (or has no key)."""
+    if caller is None:
+        if key is None:
+            return idempotency.UNSET
+        return await idempotency.claim(conn, key[0], key[1], command, key[2])
+    if key is None:
+        await check_caller(conn, caller)
+        return idempotency.UNSET
+    subject, message_id, expires_at = key
+    # The claim waits for a concurrent transaction holding the same key; if that one committed,
+    # nothing is inserted and the stored reply is read below, in a statement of its own (this
+    # statement's snapshot predates that commit).
+    row = await conn.fetchrow(
+        f"WITH claimed AS ({idempotency.CLAIM_SQL})"
+        " SELECT EXISTS (SELECT 1 FROM claimed) AS claimed,"
+        " EXISTS (SELECT 1 FROM revoked_sessions WHERE session_id = $5) AS revoked,"
+        " EXISTS (SELECT 1 FROM banned_accounts WHERE user_id = $6) AS banned",
+        subject, message_id, command, datetime.fromtimestamp(expires_at, UTC), caller.session_id, caller.subject,
+    )
+    assert row is not None
+    # A refused caller's claim rolls back with the refusal.
+    refuse(revoked=row["revoked"], banned=row["banned"])
+    if row["claimed"]:
+        return idempotency.UNSET
+    return await idempotency.stored_reply(conn, subject, message_id, command)
+
+
+async def close_command(
+    conn: asyncpg.Connection,
+    key: Key | None,
+    reply: Any,
+    decision: audit.Decision | None,
+    events: Sequence[OutboxEvent],
+    *,
+    notify: bool,
+) -> None:
+    """Save the reply, write the audit row and the events: one statement, whatever is needed.
+
+    `notify` wakes the schema's relays at commit; a runner with a relay of its own wakes it
+    directly, which spares PostgreSQL a notification and every listener a wake-up per command.
+    """
+    args: list[Any] = []
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    parts = []
+    if key is not None:
+        parts.append(
+            f"saved AS (UPDATE processed_commands SET reply = {param(reply)}"
+            f" WHERE subject = {param(key[0])} AND message_id = {param(key[1])})"
+        )
+    if decision is not None:
+        values = ", ".join(param(value) for value in audit.row(decision))
+        parts.append(f"audited AS (INSERT INTO audit_log ({audit.COLUMNS}) VALUES ({values}))")
+    final = "SELECT 1"
+    if events:
+        parts.append(f"written AS ({insert_events_sql(list(events), param)})")
+        if notify:
+            final = NOTIFY_SQL
+    if parts:
+        await conn.execute(f"WITH {', '.join(parts)} {final}", *args)
