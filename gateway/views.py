@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.keys import BROKER, HTTP, METRICS, SETTINGS, VERIFIER
 from gateway.middlewares import REQUEST_ID
+from shared import jsoncodec
 from shared.commands import (
     BanUser, CreatePost, DeletePost, GetPost, GetUser, ListPosts, Login, Payload, Register,
     parse_payload, payload_from_mapping,
@@ -31,6 +32,10 @@ STATIC = Path(__file__).with_name("static")
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=jsoncodec.dumps(data), status=status, headers=headers, content_type="application/json")
+
 
 async def authenticate(request: web.Request) -> str:
     """The request's bearer token, verified (signature, alg, typ, iss, aud, exp), or 401."""
@@ -53,8 +58,8 @@ async def read_json_object(request: web.Request, *, optional: bool = False) -> d
     if not body.strip() and optional:
         return {}
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = jsoncodec.loads(body)
+    except ValueError:
         raise BadRequest("The body is not valid JSON") from None
     if not isinstance(data, dict):
         raise Unprocessable("The body must be a JSON object")
@@ -97,11 +102,11 @@ async def send(
 
 async def register(request: web.Request) -> web.Response:
     result = await send(request, "register", await read_payload(request, Register), mutating=True)
-    return web.json_response(result, status=201)
+    return json_response(result, status=201)
 
 
 async def login(request: web.Request) -> web.Response:
-    return web.json_response(await send(request, "login", await read_payload(request, Login)))
+    return json_response(await send(request, "login", await read_payload(request, Login)))
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -112,7 +117,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def me(request: web.Request) -> web.Response:
     token = await authenticate(request)
-    return web.json_response(await send(request, "get-me", {}, token=token))
+    return json_response(await send(request, "get-me", {}, token=token))
 
 
 # -- posts -----------------------------------------------------------------------------------
@@ -127,18 +132,18 @@ async def list_posts(request: web.Request) -> web.Response:
     if "cursor" in request.query:
         query["cursor"] = request.query["cursor"]
     payload = payload_from_mapping(ListPosts, query).model_dump(mode="json")
-    return web.json_response(await send(request, "list-posts", payload))
+    return json_response(await send(request, "list-posts", payload))
 
 
 async def get_post(request: web.Request) -> web.Response:
     payload = payload_from_mapping(GetPost, {"post_id": path_uuid(request, "post_id", "post")})
-    return web.json_response(await send(request, "get-post", payload.model_dump(mode="json")))
+    return json_response(await send(request, "get-post", payload.model_dump(mode="json")))
 
 
 async def create_post(request: web.Request) -> web.Response:
     token = await authenticate(request)
     post = await send(request, "create-post", await read_payload(request, CreatePost), token=token, mutating=True)
-    return web.json_response(post, status=201, headers={"Location": f"/posts/{post['id']}"})
+    return json_response(post, status=201, headers={"Location": f"/posts/{post['id']}"})
 
 
 async def delete_post(request: web.Request) -> web.Response:
@@ -152,7 +157,7 @@ async def delete_post(request: web.Request) -> web.Response:
 
 async def get_user(request: web.Request) -> web.Response:
     payload = payload_from_mapping(GetUser, {"user_id": path_uuid(request, "user_id", "user")})
-    return web.json_response(await send(request, "get-user", payload.model_dump(mode="json")))
+    return json_response(await send(request, "get-user", payload.model_dump(mode="json")))
 
 
 async def ban_user(request: web.Request) -> web.Response:
@@ -162,7 +167,7 @@ async def ban_user(request: web.Request) -> web.Response:
     if "user_id" in body:
         raise Unprocessable("user_id: is not a field of this request (it is in the path)")
     payload = parse_payload(BanUser, json.dumps({**body, "user_id": user_id}))
-    return web.json_response(await send(request, "ban-user", payload.model_dump(mode="json"), token=token, mutating=True))
+    return json_response(await send(request, "ban-user", payload.model_dump(mode="json"), token=token, mutating=True))
 
 
 # -- audit -----------------------------------------------------------------------------------
@@ -183,7 +188,7 @@ async def list_audit(request: web.Request) -> web.Response:
         except ValueError:
             raise Unprocessable("limit: must be a whole number from 1 to 100") from None
     payload = payload_from_mapping(ListAudit, query).model_dump(mode="json")
-    return web.json_response(await send(request, audit_command_name(service), payload, token=token))
+    return json_response(await send(request, audit_command_name(service), payload, token=token))
 
 
 # -- platform --------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ async def jwks(request: web.Request) -> web.Response:
             document = await upstream.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         raise ServiceUnavailable("The key set is unavailable right now", retry_after=5) from None
-    return web.json_response(document, headers={"Cache-Control": "public, max-age=300"})
+    return json_response(document, headers={"Cache-Control": "public, max-age=300"})
 
 
 async def index(_: web.Request) -> web.FileResponse:

@@ -12,13 +12,13 @@ broker user needs nothing but write on `commands`.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 from uuid import uuid4
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
+from shared import jsoncodec
 from shared.broker import COMMANDS_EXCHANGE
 from shared.envelope import build_command
 from shared.errors import AppError, GatewayTimeout, InternalError, ServiceUnavailable, error_from_dict
@@ -134,7 +134,7 @@ class CommandClient:
         if future is None or future.done():
             return  # a reply that came after its caller gave up
         try:
-            reply = json.loads(message.body)
+            reply = jsoncodec.loads(message.body)
         except ValueError:
             future.set_exception(InternalError("The service sent an unreadable reply"))
             return

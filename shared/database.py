@@ -7,10 +7,11 @@ tables even by accident, and two services can share a database without sharing s
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import asyncpg
+
+from shared import jsoncodec
 
 #: Errors that mean "the database is not reachable right now", not "this command is wrong".
 TRANSIENT_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
@@ -32,7 +33,7 @@ TRANSIENT_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
-        "jsonb", encoder=lambda value: json.dumps(value, default=str), decoder=json.loads, schema="pg_catalog"
+        "jsonb", encoder=jsoncodec.dumps_text, decoder=jsoncodec.loads, schema="pg_catalog"
     )
 
 

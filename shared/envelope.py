@@ -10,7 +10,6 @@ logs, the client address for rate limits) without threading it through every cal
 from __future__ import annotations
 
 import contextvars
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from uuid import uuid4
 
 import aio_pika
 
+from shared import jsoncodec
 from shared.errors import AppError
 
 CONTENT_TYPE = "application/json"
@@ -52,7 +52,7 @@ def reset_current_message(token: contextvars.Token[MessageContext | None]) -> No
 
 
 def encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), default=str).encode()
+    return jsoncodec.dumps(value)
 
 
 def ok_reply(result: Any) -> bytes:

@@ -14,7 +14,6 @@ instance's crash or a restart left behind.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from uuid import UUID, uuid4
 import aio_pika
 import asyncpg
 
+from shared import jsoncodec
 from shared.broker import EVENTS_EXCHANGE
 from shared.database import TRANSIENT_DATABASE_ERRORS
 
@@ -203,7 +203,7 @@ class OutboxRelay:
             confirmations = [
                 exchange.publish(
                     aio_pika.Message(
-                        json.dumps(row["body"]).encode(),
+                        jsoncodec.dumps(row["body"]),
                         content_type="application/json",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         message_id=str(row["event_id"]),

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shared import jsoncodec
 from shared.errors import AppError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -13,7 +14,7 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return web.json_response(body, status=status, content_type=PROBLEM_CONTENT_TYPE)
+    return web.Response(body=jsoncodec.dumps(body), status=status, content_type=PROBLEM_CONTENT_TYPE)
 
 
 def problem_from_error(error: AppError, **extra: Any) -> web.Response:
