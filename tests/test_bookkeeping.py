@@ -1,0 +1,151 @@
+"""A command transaction's bookkeeping in two statements (shared/bookkeeping.py), and the outbox
+buffer the closing statement writes, against the real PostgreSQL.
+
+Each test works in a schema of its own with the platform tables and no relay, so what the
+statements wrote stays there to be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from uuid import UUID, uuid4
+
+import asyncpg
+import pytest
+
+from shared import audit, bookkeeping, idempotency, outbox
+from shared.database import create_pool
+from shared.errors import Conflict, Forbidden, Unauthorized
+from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
+from shared.tokens import Caller
+from tests.support.backends import Backends
+
+
+@pytest.fixture
+async def schema_pool(backends: Backends) -> AsyncIterator[asyncpg.Pool]:
+    schema = f"bk_{uuid4().hex[:10]}"
+    await migrate(backends.database_url, schema, [MigrationSource("platform", PLATFORM_MIGRATIONS)])
+    pool = await create_pool(backends.database_url, schema, max_size=3)
+    yield pool
+    await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    await pool.close()
+
+
+def a_caller() -> Caller:
+    return Caller(subject=uuid4(), session_id=uuid4(), role="user", token_id="t", expires_at=int(time.time()) + 600)
+
+
+def key_of(caller: Caller, message_id: str = "m-1") -> bookkeeping.Key:
+    return caller.subject, message_id, caller.expires_at
+
+
+def allowed(caller: Caller) -> audit.Decision:
+    return audit.decide("allowed", "create-post", caller, None, "policy USER", message_id="m-1", request_id="r-1")
+
+
+async def test_the_closing_statement_writes_reply_audit_row_and_events_in_order(schema_pool: asyncpg.Pool) -> None:
+    caller = a_caller()
+    key = key_of(caller)
+    async with schema_pool.acquire() as conn, conn.transaction():
+        with outbox.buffered(conn) as events:
+            assert idempotency.is_new(await bookkeeping.open_command(conn, caller, key, "create-post"))
+            first = await outbox.add_event(conn, "post.created", {"post_id": "p-1"})
+            second = await outbox.add_event(conn, "post.deleted", {"post_id": "p-1"})
+            # Buffered, not written: nothing is in the outbox until the closing statement.
+            assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+            await bookkeeping.close_command(conn, key, {"id": "p-1"}, allowed(caller), events.take(), notify=False)
+
+    assert await schema_pool.fetchval(
+        "SELECT reply FROM processed_commands WHERE subject = $1 AND message_id = 'm-1'", caller.subject
+    ) == {"id": "p-1"}
+    row = await schema_pool.fetchrow("SELECT decision, command, caller, reason, message_id, request_id FROM audit_log")
+    assert dict(row) == {
+        "decision": "allowed", "command": "create-post", "caller": f"user:{caller.subject}",
+        "reason": "policy USER", "message_id": "m-1", "request_id": "r-1",
+    }
+    rows = await schema_pool.fetch("SELECT event_id, routing_key, body FROM outbox ORDER BY position")
+    assert [(r["event_id"], r["routing_key"]) for r in rows] == [(first, "post.created"), (second, "post.deleted")]
+    assert rows[0]["body"]["post_id"] == "p-1" and UUID(rows[0]["body"]["event_id"]) == first
+
+
+async def test_a_repeated_message_gets_the_stored_reply_and_another_command_a_conflict(schema_pool: asyncpg.Pool) -> None:
+    caller = a_caller()
+    key = key_of(caller)
+    async with schema_pool.acquire() as conn:
+        async with conn.transaction():
+            await bookkeeping.open_command(conn, caller, key, "create-post")
+            await bookkeeping.close_command(conn, key, {"id": "p-1"}, None, [], notify=False)
+        async with conn.transaction():
+            assert await bookkeeping.open_command(conn, caller, key, "create-post") == {"id": "p-1"}
+        with pytest.raises(Conflict):
+            async with conn.transaction():
+                await bookkeeping.open_command(conn, caller, key, "delete-post")
+
+
+async def test_a_concurrent_repeat_waits_for_the_first_and_reads_its_reply(schema_pool: asyncpg.Pool) -> None:
+    """The claim blocks on the first transaction's row; once that commits, the repeat reads the
+    reply in a statement of its own (the claim's snapshot is older than the commit)."""
+    caller = a_caller()
+    key = key_of(caller)
+    async with schema_pool.acquire() as first, schema_pool.acquire() as second:
+        tx = first.transaction()
+        await tx.start()
+        await bookkeeping.open_command(first, caller, key, "create-post")
+        async def repeat() -> object:
+            async with second.transaction():
+                return await bookkeeping.open_command(second, caller, key, "create-post")
+        waiting = asyncio.create_task(repeat())
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), "the repeat must wait for the first transaction"
+        await bookkeeping.close_command(first, key, {"id": "p-9"}, None, [], notify=False)
+        await tx.commit()
+        assert await asyncio.wait_for(waiting, 5) == {"id": "p-9"}
+
+
+@pytest.mark.parametrize(("revoked", "banned", "error"), [(True, False, Unauthorized), (False, True, Forbidden), (True, True, Forbidden)])
+async def test_a_revoked_or_banned_caller_is_refused_and_claims_nothing(
+    schema_pool: asyncpg.Pool, revoked: bool, banned: bool, error: type[Exception]
+) -> None:
+    caller = a_caller()
+    if revoked:
+        await schema_pool.execute("INSERT INTO revoked_sessions (session_id, user_id) VALUES ($1, $2)", caller.session_id, caller.subject)
+    if banned:
+        await schema_pool.execute("INSERT INTO banned_accounts (user_id) VALUES ($1)", caller.subject)
+    for key in (key_of(caller), None):
+        with pytest.raises(error):
+            async with schema_pool.acquire() as conn, conn.transaction():
+                await bookkeeping.open_command(conn, caller, key, "create-post")
+    assert await schema_pool.fetchval("SELECT count(*) FROM processed_commands") == 0
+
+
+async def test_events_left_in_the_buffer_roll_the_transaction_back(schema_pool: asyncpg.Pool) -> None:
+    with pytest.raises(RuntimeError, match="never written"):
+        async with schema_pool.acquire() as conn, conn.transaction():
+            with outbox.buffered(conn):
+                await conn.execute("INSERT INTO seen_events (event_id) VALUES ($1)", uuid4())
+                await outbox.add_event(conn, "post.created", {"post_id": "p-1"})
+    assert await schema_pool.fetchval("SELECT count(*) FROM seen_events") == 0
+    assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_an_event_on_another_connection_is_written_at_once_and_notifies_only_its_schema(
+    schema_pool: asyncpg.Pool, backends: Backends
+) -> None:
+    schema = await schema_pool.fetchval("SELECT current_schema()")
+    heard: dict[str, asyncio.Queue[str]] = {"own": asyncio.Queue(), "other": asyncio.Queue()}
+    listener = await asyncpg.connect(backends.database_url)
+    try:
+        await listener.add_listener(outbox.notify_channel(schema), lambda *args: heard["own"].put_nowait(args[2]))
+        await listener.add_listener(outbox.notify_channel("posts"), lambda *args: heard["other"].put_nowait(args[2]))
+        async with schema_pool.acquire() as buffered_conn, schema_pool.acquire() as conn:
+            with outbox.buffered(buffered_conn):
+                async with conn.transaction():
+                    await outbox.add_event(conn, "session.revoked", {"session_id": str(uuid4())})
+        assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 1
+        assert await asyncio.wait_for(heard["own"].get(), 5) == outbox.notify_channel(schema)
+        await asyncio.sleep(0.2)
+        assert heard["other"].empty()
+    finally:
+        await listener.close()
