@@ -21,8 +21,8 @@ async def wire(settings: Settings, pool: asyncpg.Pool) -> Wiring:
     return Wiring(
         commands=[
             command("create-post", create_post, policy=USER),
-            command("get-post", get_post, policy=PUBLIC, replays=False),
-            command("list-posts", list_posts, policy=PUBLIC, replays=False),
+            command("get-post", get_post, policy=PUBLIC, replays=False, reads_only=True),
+            command("list-posts", list_posts, policy=PUBLIC, replays=False, reads_only=True),
             command("delete-post", delete_post, policy=OwnerOrAdmin(load_post_author, action="delete this post")),
         ],
         events=[

@@ -48,13 +48,19 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections see only `schema`."""
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, read_only: bool = False
+) -> asyncpg.Pool:
+    """A pool whose connections see only `schema`. With `read_only`, PostgreSQL refuses any
+    write on them, in a transaction or out of one."""
+    settings = {"search_path": schema, "application_name": f"{schema}_service"}
+    if read_only:
+        settings["default_transaction_read_only"] = "on"
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        server_settings={"search_path": schema, "application_name": f"{schema}_service"},
+        server_settings=settings,
         init=_init_connection,
         reset=_keep_session,
         command_timeout=30,

@@ -38,6 +38,8 @@ class CommandRoute:
     payload: type[Payload]
     #: Whether a repeated message_id gets the stored reply instead of running again.
     replays: bool
+    #: A public read: the handler runs outside a transaction, on a connection that cannot write.
+    reads_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +55,21 @@ def command(
     *,
     policy: Policy,
     replays: bool = True,
+    reads_only: bool = False,
     payload: type[Payload] | None = None,
 ) -> CommandRoute:
     """A command route. Contract commands take their payload model from `COMMAND_PAYLOADS`;
-    platform commands (the audit trail) name theirs."""
+    platform commands (the audit trail) name theirs.
+
+    `reads_only` is for public reads of one statement (get-post): with no session to check, no
+    message id to claim and no decision to audit, such a command needs no transaction, and
+    skipping BEGIN and COMMIT saves two of its three round trips. Its connection comes from a
+    read-only pool, so a handler that tried to write would fail rather than write unguarded."""
     if payload is None:
         if name not in COMMAND_PAYLOADS:
             raise ValueError(f"{name!r} is not a command of the contract")
         payload = COMMAND_PAYLOADS[name]
-    return CommandRoute(name, handler, policy, payload, replays)
+    return CommandRoute(name, handler, policy, payload, replays, reads_only)
 
 
 def event(routing_key: str, handler: EventHandler, *, model: type[BaseModel]) -> EventRoute:
@@ -74,6 +82,8 @@ def check_routes(routes: Iterable[CommandRoute]) -> dict[str, CommandRoute]:
     for route in routes:
         if not isinstance(route.policy, Policy):
             raise UndeclaredPolicyError(f"command {route.name!r} has no authorization policy")
+        if route.reads_only and (route.policy.needs_token or route.replays):
+            raise ValueError(f"command {route.name!r}: only a public command that does not replay can skip its transaction")
         if route.name in table:
             raise ValueError(f"command {route.name!r} is registered twice")
         table[route.name] = route

@@ -85,6 +85,7 @@ class MessageProcessor:
         commands: list[CommandRoute],
         events: list[EventRoute],
         pool: asyncpg.Pool,
+        read_pool: asyncpg.Pool,
         verifier: TokenVerifier,
         metrics: ServiceMetrics,
         relay: OutboxRelay | None,
@@ -95,6 +96,7 @@ class MessageProcessor:
         self.commands = check_routes(commands)
         self.events = {route.routing_key: route for route in events}
         self._pool = pool
+        self._read_pool = read_pool
         self._verifier = verifier
         self._metrics = metrics
         self._relay = relay
@@ -220,6 +222,10 @@ class MessageProcessor:
     async def _execute_once(
         self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage
     ) -> Any:
+        if route.reads_only:
+            # `check_routes` let it through only as PUBLIC and not replaying: nothing to book.
+            async with self._read_pool.acquire() as conn:
+                return await route.handler(payload, caller, conn)
         key = self._idempotency_key(route, caller, message)
         audited = route.policy.needs_token  # PUBLIC commands make no decision
         decision: audit.Decision | None = None

@@ -90,6 +90,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         settings.database_url, name, [MigrationSource("platform", PLATFORM_MIGRATIONS), MigrationSource(name, migrations)]
     ), stop)
     pool = await create_pool(settings.database_url, name)
+    read_pool = await create_pool(settings.database_url, name, max_size=4, read_only=True)
     http = aiohttp.ClientSession()
     metrics = ServiceMetrics()
     try:
@@ -115,6 +116,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             commands=[*wiring.commands, audit_route(name)],
             events=wiring.events,
             pool=pool,
+            read_pool=read_pool,
             verifier=verifier,
             metrics=metrics,
             relay=relay,
@@ -176,6 +178,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
     finally:
         await http.close()
         await pool.close()
+        await read_pool.close()
     log.info("service stopped")
 
 

@@ -1,5 +1,6 @@
-"""A command transaction's bookkeeping in two statements (shared/bookkeeping.py), and the outbox
-buffer the closing statement writes, against the real PostgreSQL.
+"""A command transaction's bookkeeping in two statements (shared/bookkeeping.py), the outbox
+buffer the closing statement writes, and the read-only pool public reads use instead of a
+transaction, against the real PostgreSQL.
 
 Each test works in a schema of its own with the platform tables and no relay, so what the
 statements wrote stays there to be read.
@@ -149,3 +150,20 @@ async def test_an_event_on_another_connection_is_written_at_once_and_notifies_on
         assert heard["other"].empty()
     finally:
         await listener.close()
+
+
+async def test_the_pool_for_public_reads_cannot_write(schema_pool: asyncpg.Pool, backends: Backends) -> None:
+    """Public reads run outside a transaction (shared/routes.py, `reads_only`); their pool's
+    connections refuse every write, so a mislabelled handler fails instead of writing unguarded."""
+    schema = await schema_pool.fetchval("SELECT current_schema()")
+    readers = await create_pool(backends.database_url, schema, max_size=1, read_only=True)
+    try:
+        assert await readers.fetchval("SELECT count(*) FROM outbox") == 0
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await readers.execute("INSERT INTO seen_events (event_id) VALUES ($1)", uuid4())
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            async with readers.acquire() as conn, conn.transaction():
+                await conn.execute("INSERT INTO seen_events (event_id) VALUES ($1)", uuid4())
+    finally:
+        await readers.close()
+    assert await schema_pool.fetchval("SELECT count(*) FROM seen_events") == 0

@@ -39,6 +39,16 @@ def test_a_route_whose_policy_is_not_a_policy_stops_the_service() -> None:
         check_routes([forged])
 
 
+@pytest.mark.parametrize(
+    ("policy", "replays"), [(USER, False), (ADMIN, False), (PUBLIC, True)], ids=["user", "admin", "replaying"]
+)
+def test_only_a_public_read_may_skip_its_transaction(policy: Policy, replays: bool) -> None:
+    """Skipping the transaction skips the session check, the claim and the audit row with it."""
+    with pytest.raises(ValueError, match="skip its transaction"):
+        check_routes([command("get-post", noop, policy=policy, replays=replays, reads_only=True)])
+    assert check_routes([command("get-post", noop, policy=PUBLIC, replays=False, reads_only=True)])
+
+
 def test_a_command_outside_the_contract_cannot_be_registered() -> None:
     with pytest.raises(ValueError):
         command("drop-tables", noop, policy=ADMIN)

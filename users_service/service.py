@@ -20,7 +20,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 async def wire(settings: Settings, pool: asyncpg.Pool) -> Wiring:
     return Wiring(
         commands=[
-            command("get-user", get_user, policy=PUBLIC, replays=False),
+            command("get-user", get_user, policy=PUBLIC, replays=False, reads_only=True),
             command("ban-user", ban_user, policy=ADMIN),
         ],
         events=[
