@@ -21,7 +21,8 @@ from shared.commands import GetMe, Login, Logout, Register
 from shared.envelope import current_message
 from shared.errors import Forbidden, TooManyRequests, Unauthorized
 from shared.outbox import add_event
-from shared.revocation import UserBanned, record_ban
+from shared.events import UserBanned
+from shared.revocation import record_ban
 from shared.settings import Settings
 from shared.tokens import Caller
 

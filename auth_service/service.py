@@ -11,7 +11,8 @@ from auth_service.handlers import AuthHandlers
 from auth_service.issuer import TokenIssuer
 from auth_service.keys import load_signing_key
 from shared.authorization import PUBLIC, USER
-from shared.revocation import SessionRevoked, UserBanned, on_session_revoked
+from shared.events import SessionRevoked, UserBanned
+from shared.revocation import on_session_revoked
 from shared.routes import command, event
 from shared.service import Wiring
 from shared.settings import Settings

@@ -8,7 +8,8 @@ import asyncpg
 
 from posts_service.handlers import create_post, delete_post, get_post, list_posts, load_post_author
 from shared.authorization import PUBLIC, USER, OwnerOrAdmin
-from shared.revocation import SessionRevoked, UserBanned, on_session_revoked, on_user_banned
+from shared.events import SessionRevoked, UserBanned
+from shared.revocation import on_session_revoked, on_user_banned
 from shared.routes import command, event
 from shared.service import Wiring
 from shared.settings import Settings

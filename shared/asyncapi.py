@@ -17,7 +17,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, NotRequired
-from uuid import UUID
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
@@ -29,23 +28,12 @@ from shared.audit import ListAudit, audit_command_name
 from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, EVENTS_EXCHANGE
 from shared.commands import COMMAND_PAYLOADS
 from shared.envelope import AUTHORIZATION_HEADER, CLIENT_ADDRESS_HEADER, MESSAGE_ID, REQUEST_ID, REQUEST_ID_HEADER
-from shared.revocation import Event, SessionRevoked, UserBanned
+from shared.events import Event, PostCreated, PostDeleted, SessionRevoked, UserBanned, UserRegistered
 from shared.topology import EXCHANGES, ROUTES, command_keys, queues
-from users_service.handlers import UserRegistered
 
 DOCUMENT = Path(__file__).resolve().parents[1] / "asyncapi.yaml"
 SCHEMA = "#/components/schemas/{model}"
 AMQP_BINDING = "0.3.0"
-
-
-class PostCreated(Event):
-    post_id: UUID
-    author_id: UUID
-
-
-class PostDeleted(Event):
-    post_id: UUID
-    by: UUID
 
 
 @with_config(ConfigDict(extra="forbid"))

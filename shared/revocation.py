@@ -11,9 +11,9 @@ from __future__ import annotations
 from uuid import UUID
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict
 
 from shared.errors import Forbidden, Unauthorized
+from shared.events import SessionRevoked, UserBanned
 from shared.outbox import add_event
 from shared.tokens import Caller
 
@@ -58,26 +58,6 @@ async def record_ban(conn: asyncpg.Connection, user_id: UUID) -> bool:
             "INSERT INTO banned_accounts (user_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", user_id
         )
     )
-
-
-class Event(BaseModel):
-    """Fields every event carries. Unknown fields are ignored: they can grant nothing."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    event_id: UUID
-    occurred_at: str
-
-
-class SessionRevoked(Event):
-    session_id: UUID
-    user_id: UUID
-
-
-class UserBanned(Event):
-    user_id: UUID
-    by: UUID | None = None
-    reason: str | None = None
 
 
 async def on_session_revoked(event: SessionRevoked, conn: asyncpg.Connection) -> None:

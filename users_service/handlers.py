@@ -8,23 +8,16 @@ bans it, and announces the ban so every service refuses the account within a sec
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 
 from shared.commands import BanUser, GetUser
 from shared.errors import Conflict
 from shared.outbox import add_event
-from shared.revocation import Event, UserBanned, record_ban
+from shared.events import UserBanned, UserRegistered
+from shared.revocation import record_ban
 from shared.tokens import Caller
 from users_service import repository
-
-
-class UserRegistered(Event):
-    """Only the id and display name are read; any other field (a claimed role, say) is ignored."""
-
-    user_id: UUID
-    display_name: str
 
 
 async def get_user(cmd: GetUser, _caller: Caller | None, conn: asyncpg.Connection) -> dict[str, Any]:

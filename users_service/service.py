@@ -7,11 +7,12 @@ from pathlib import Path
 import asyncpg
 
 from shared.authorization import ADMIN, PUBLIC
-from shared.revocation import SessionRevoked, UserBanned, on_session_revoked
+from shared.events import SessionRevoked, UserBanned, UserRegistered
+from shared.revocation import on_session_revoked
 from shared.routes import command, event
 from shared.service import Wiring
 from shared.settings import Settings
-from users_service.handlers import UserRegistered, ban_user, get_user, on_user_banned_profile, on_user_registered
+from users_service.handlers import ban_user, get_user, on_user_banned_profile, on_user_registered
 
 NAME = "users"
 MIGRATIONS = Path(__file__).with_name("migrations")
