@@ -1,6 +1,6 @@
 """A command transaction's bookkeeping in two statements (shared/bookkeeping.py), the outbox
-buffer the closing statement writes, and the read-only pool public reads use instead of a
-transaction, against the real PostgreSQL.
+buffer the closing statement writes, the relay's batching, and the read-only pool public reads
+use instead of a transaction, against the real PostgreSQL (and RabbitMQ for the relay).
 
 Each test works in a schema of its own with the platform tables and no relay, so what the
 statements wrote stays there to be read.
@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
+import aio_pika
 import asyncpg
 import pytest
 
@@ -22,6 +23,7 @@ from shared.errors import Conflict, Forbidden, Unauthorized
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
 from shared.tokens import Caller
 from tests.support.backends import Backends
+from tests.support.stack import Stack
 
 
 @pytest.fixture
@@ -167,3 +169,29 @@ async def test_the_pool_for_public_reads_cannot_write(schema_pool: asyncpg.Pool,
     finally:
         await readers.close()
     assert await schema_pool.fetchval("SELECT count(*) FROM seen_events") == 0
+
+
+async def test_commits_within_the_linger_leave_in_one_batch(schema_pool: asyncpg.Pool, backends: Backends, stack: Stack) -> None:
+    """A batch costs the relay three round trips whatever it carries, so after a wake-up it waits
+    `linger_seconds` for the commits that follow; each event still goes out exactly once."""
+    schema = await schema_pool.fetchval("SELECT current_schema()")
+    connection = await aio_pika.connect(backends.amqp_url)
+    relay = outbox.OutboxRelay(
+        schema_pool, backends.database_url, schema, await connection.channel(publisher_confirms=True), linger_seconds=0.3
+    )
+    running = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(0.2)  # its first pass found nothing; it waits for a wake-up
+        for n in range(5):
+            async with schema_pool.acquire() as conn, conn.transaction():
+                await outbox.add_event(conn, "test.linger", {"n": n})
+            relay.wake()
+        async with asyncio.timeout(5):
+            while relay.published < 5:
+                await asyncio.sleep(0.05)
+        assert (relay.published, relay.batches) == (5, 1)
+        assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await relay.stop()
+        await running
+        await connection.close()
