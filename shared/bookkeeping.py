@@ -20,12 +20,14 @@ from uuid import UUID
 import asyncpg
 
 from shared import audit, idempotency
+from shared.database import Params
 from shared.outbox import NOTIFY_SQL, OutboxEvent, insert_events_sql
 from shared.revocation import check_caller, refuse
 from shared.tokens import Caller
 
 #: (subject, message_id, expires_at as a Unix time): whose message, and until when it is remembered.
 Key = tuple[UUID, str, int]
+
 
 async def open_command(conn: asyncpg.Connection, caller: Caller | None, key: Key | None, command: str) -> Any:
     """Check the caller and claim the message; returns the stored reply of an earlier run of the
@@ -70,25 +72,20 @@ async def close_command(
     `notify` wakes the schema's relays at commit; a runner with a relay of its own wakes it
     directly, which spares PostgreSQL a notification and every listener a wake-up per command.
     """
-    args: list[Any] = []
-
-    def param(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
+    params = Params()
     parts = []
     if key is not None:
         parts.append(
-            f"saved AS (UPDATE processed_commands SET reply = {param(reply)}"
-            f" WHERE subject = {param(key[0])} AND message_id = {param(key[1])})"
+            f"saved AS (UPDATE processed_commands SET reply = {params(reply)}"
+            f" WHERE subject = {params(key[0])} AND message_id = {params(key[1])})"
         )
     if decision is not None:
-        values = ", ".join(param(value) for value in audit.row(decision))
+        values = ", ".join(params(value) for value in audit.row(decision))
         parts.append(f"audited AS (INSERT INTO audit_log ({audit.COLUMNS}) VALUES ({values}))")
     final = "SELECT 1"
     if events:
-        parts.append(f"written AS ({insert_events_sql(list(events), param)})")
+        parts.append(f"written AS ({insert_events_sql(list(events), params)})")
         if notify:
             final = NOTIFY_SQL
     if parts:
-        await conn.execute(f"WITH {', '.join(parts)} {final}", *args)
+        await conn.execute(f"WITH {', '.join(parts)} {final}", *params.values)

@@ -69,5 +69,17 @@ async def create_pool(
     return pool
 
 
+class Params:
+    """Numbers the `$n` parameters of a statement built in pieces: `params(value)` keeps the value
+    and returns its placeholder; `params.values` goes to `execute(sql, *params.values)`."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
 def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
     return dict(record) if record is not None else None

@@ -2,9 +2,10 @@
 
 A handler calls `add_event(conn, "post.deleted", {...})` inside the command's transaction, so the
 event exists if and only if the change committed (inside the runner the row is buffered and
-written by the command's closing statement, still in that transaction). `OutboxRelay` publishes pending rows to the
-`events` exchange with publisher confirms and commits their deletion only once the broker has confirmed;
-a crash in between publishes the event again, and consumers drop the duplicate by `event_id`.
+written by the command's closing statement, still in that transaction). `OutboxRelay` publishes
+pending rows to the `events` exchange with publisher confirms and commits their deletion only once
+the broker has confirmed; a crash in between publishes the event again, and consumers drop the
+duplicate by `event_id`.
 The runner wakes its own process's relay after each commit; other writers (operator commands)
 NOTIFY the schema's channel, which only that service's relays hear. A woken relay lingers
 `linger_seconds` (10 ms) so that the commits right behind join its batch; events usually leave
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,16 +30,18 @@ import asyncpg
 
 from shared import jsoncodec
 from shared.broker import EVENTS_EXCHANGE
-from shared.database import TRANSIENT_DATABASE_ERRORS
+from shared.database import TRANSIENT_DATABASE_ERRORS, Params
 
 log = logging.getLogger(__name__)
+
 
 def notify_channel(schema: str) -> str:
     """The channel a schema's outbox writers NOTIFY: only that service's relays listen on it."""
     return f"outbox.{schema}"
 
 
-#: A statement's NOTIFY to the relays of the schema it writes in, delivered when it commits.
+#: A statement's NOTIFY to the relays of the schema it writes in (`notify_channel` of the current
+#: schema), delivered when it commits.
 NOTIFY_SQL = "SELECT pg_notify('outbox.' || current_schema(), '')"
 
 
@@ -97,12 +100,12 @@ def new_event(routing_key: str, data: dict[str, Any]) -> OutboxEvent:
     return OutboxEvent(event_id, routing_key, body)
 
 
-def insert_events_sql(events: list[OutboxEvent], param: Callable[[Any], str]) -> str:
-    """An INSERT of `events` into the outbox, for a data-modifying CTE; `param` numbers arguments."""
+def insert_events_sql(events: list[OutboxEvent], params: Params) -> str:
+    """An INSERT of `events` into the outbox, in their order, for a data-modifying CTE."""
     return (
         "INSERT INTO outbox (event_id, routing_key, body) SELECT * FROM unnest("
-        f"{param([e.event_id for e in events])}::uuid[], {param([e.routing_key for e in events])}::text[],"
-        f" {param([e.body for e in events])}::jsonb[])"
+        f"{params([e.event_id for e in events])}::uuid[], {params([e.routing_key for e in events])}::text[],"
+        f" {params([e.body for e in events])}::jsonb[])"
     )
 
 
@@ -114,12 +117,8 @@ async def add_event(conn: asyncpg.Connection, routing_key: str, data: dict[str, 
         buffer.add(event)
         return event.event_id
     # One round trip: the row, and the NOTIFY that wakes a relay when the transaction commits.
-    await conn.execute(
-        f"WITH event AS (INSERT INTO outbox (event_id, routing_key, body) VALUES ($1, $2, $3)) {NOTIFY_SQL}",
-        event.event_id,
-        event.routing_key,
-        event.body,
-    )
+    params = Params()
+    await conn.execute(f"WITH event AS ({insert_events_sql([event], params)}) {NOTIFY_SQL}", *params.values)
     return event.event_id
 
 
