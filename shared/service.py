@@ -47,6 +47,9 @@ T = TypeVar("T")
 SHUTDOWN_DEADLINE_SECONDS = 10.0
 #: How often the gauges that need a query (outbox backlog, dead-letter depth) are refreshed.
 GAUGE_SECONDS = 5.0
+#: How long registering the consumers may take at start-up. A broker lost at that moment can leave
+#: aio-pika waiting for a channel that is never restored; failing start-up lets a supervisor retry.
+CONSUME_START_SECONDS = 30.0
 
 
 @dataclass
@@ -130,7 +133,13 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
                 await conn.fetchval("SELECT 1")
             return None
 
+        consuming = asyncio.Event()
+
         async def broker_ready() -> str | None:
+            # Not ready until the consumers are registered: a service that answers /readyz but
+            # takes no messages would pass a rollout it should hold up.
+            if not consuming.is_set():
+                return "not consuming yet"
             if connection.is_closed or consume_channel.is_closed:
                 return "the broker connection is down"
             return None
@@ -155,8 +164,10 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             ),
             asyncio.create_task(_watch_outbox(relay, metrics, stop), name="outbox-gauges"),
         ]
-        command_tag = await command_queue.consume(processor.on_command)
-        event_tag = await event_queue.consume(processor.on_event)
+        async with asyncio.timeout(CONSUME_START_SECONDS):
+            command_tag = await command_queue.consume(processor.on_command)
+            event_tag = await event_queue.consume(processor.on_event)
+        consuming.set()
         log.info("service started", extra={"commands": sorted(processor.commands), "http_port": wiring.http_port})
 
         await stop.wait()
@@ -214,9 +225,14 @@ async def _watch_dead_letters(
 ) -> None:
     """Keep the dead_letter_queue_depth gauge current, so parked messages show on a dashboard."""
     # A channel of its own: a failed passive declare closes the channel it ran on.
-    channel = await connection.channel()
+    channel: aio_pika.abc.AbstractChannel | None = None
     while not stop.is_set():
-        for queue in queues:
+        if channel is None:
+            try:
+                channel = await connection.channel()
+            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
+                pass  # the broker is away (robust channels come back by themselves once open)
+        for queue in queues if channel is not None else ():
             try:
                 # robust=False: a robust channel answers a repeated passive declare from its cache,
                 # with the message count of the first one.
