@@ -7,7 +7,6 @@ same pydantic models the services use, so a bad body is a 422 without touching t
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -166,7 +165,7 @@ async def ban_user(request: web.Request) -> web.Response:
     body = await read_json_object(request, optional=True)
     if "user_id" in body:
         raise Unprocessable("user_id: is not a field of this request (it is in the path)")
-    payload = parse_payload(BanUser, json.dumps({**body, "user_id": user_id}))
+    payload = parse_payload(BanUser, jsoncodec.dumps({**body, "user_id": user_id}))
     return json_response(await send(request, "ban-user", payload.model_dump(mode="json"), token=token, mutating=True))
 
 

@@ -22,7 +22,7 @@ import asyncpg
 from shared import audit, idempotency
 from shared.database import Params
 from shared.outbox import NOTIFY_SQL, OutboxEvent, insert_events_sql
-from shared.revocation import check_caller, refuse
+from shared.revocation import caller_state_sql, check_caller, refuse
 from shared.tokens import Caller
 
 #: (subject, message_id, expires_at as a Unix time): whose message, and until when it is remembered.
@@ -45,9 +45,7 @@ async def open_command(conn: asyncpg.Connection, caller: Caller | None, key: Key
     # statement's snapshot predates that commit).
     row = await conn.fetchrow(
         f"WITH claimed AS ({idempotency.CLAIM_SQL})"
-        " SELECT EXISTS (SELECT 1 FROM claimed) AS claimed,"
-        " EXISTS (SELECT 1 FROM revoked_sessions WHERE session_id = $5) AS revoked,"
-        " EXISTS (SELECT 1 FROM banned_accounts WHERE user_id = $6) AS banned",
+        f" SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, {caller_state_sql('$5', '$6')}",
         subject, message_id, command, datetime.fromtimestamp(expires_at, UTC), caller.session_id, caller.subject,
     )
     assert row is not None

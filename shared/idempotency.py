@@ -3,8 +3,8 @@
 `claim` is the first statement of a command's transaction. It inserts a marker for
 (subject, message_id); if a marker is already there the earlier transaction has committed (an
 INSERT waits for a concurrent one holding the same key), and its stored reply is returned instead
-of running the command again. The reply is saved in the same transaction as the effect, so the
-two can never disagree. Records live until the caller's token expires, after which a repeat is
+of running the command again. The reply is saved in the same transaction as the effect (by the
+command's closing statement, shared/bookkeeping.py), so the two can never disagree. Records live until the caller's token expires, after which a repeat is
 refused by token verification anyway.
 """
 
@@ -25,7 +25,8 @@ IDEMPOTENCY_KEY_PATTERN = "^[!-~]{1,200}$"
 #: The subject idempotency records use for commands without a token (register).
 ANONYMOUS = UUID(int=0)
 
-_UNSET = object()
+#: What `claim` returns when the message is new: it has no reply yet.
+UNSET: Any = object()
 
 #: Insert the marker of (subject $1, message_id $2) for command $3, kept until $4; no row if taken.
 CLAIM_SQL = (
@@ -43,7 +44,7 @@ def anonymous_key(message_id: str, body: bytes) -> str:
 async def claim(
     conn: asyncpg.Connection, subject: UUID, message_id: str, command: str, expires_at: int
 ) -> Any:
-    """Claim the message for this transaction; returns the stored reply if it already ran, else _UNSET."""
+    """Claim the message for this transaction; returns the stored reply if it already ran, else UNSET."""
     inserted = await conn.fetchval(
         CLAIM_SQL,
         subject,
@@ -52,7 +53,7 @@ async def claim(
         datetime.fromtimestamp(expires_at, UTC),
     )
     if inserted:
-        return _UNSET
+        return UNSET
     return await stored_reply(conn, subject, message_id, command)
 
 
@@ -69,21 +70,8 @@ async def stored_reply(conn: asyncpg.Connection, subject: UUID, message_id: str,
     return row["reply"]
 
 
-#: What `claim` returns when the message is new: it has no reply yet.
-UNSET: Any = _UNSET
-
-
 def is_new(claimed: Any) -> bool:
-    return claimed is _UNSET
-
-
-async def save_reply(conn: asyncpg.Connection, subject: UUID, message_id: str, reply: Any) -> None:
-    await conn.execute(
-        "UPDATE processed_commands SET reply = $3 WHERE subject = $1 AND message_id = $2",
-        subject,
-        message_id,
-        reply,
-    )
+    return claimed is UNSET
 
 
 async def purge_expired(conn: asyncpg.Connection) -> int:

@@ -18,14 +18,18 @@ from shared.outbox import add_event
 from shared.tokens import Caller
 
 
+def caller_state_sql(session_id: str, user_id: str) -> str:
+    """The select-list columns `revoked` and `banned` for the session and account at the given
+    placeholders, for `check_caller` and for statements that check the caller on the way."""
+    return (
+        f"EXISTS (SELECT 1 FROM revoked_sessions WHERE session_id = {session_id}) AS revoked,"
+        f" EXISTS (SELECT 1 FROM banned_accounts WHERE user_id = {user_id}) AS banned"
+    )
+
+
 async def check_caller(conn: asyncpg.Connection, caller: Caller) -> None:
     """401 if the caller's session was revoked, 403 if the account is banned."""
-    row = await conn.fetchrow(
-        "SELECT EXISTS (SELECT 1 FROM revoked_sessions WHERE session_id = $1) AS revoked,"
-        "       EXISTS (SELECT 1 FROM banned_accounts WHERE user_id = $2) AS banned",
-        caller.session_id,
-        caller.subject,
-    )
+    row = await conn.fetchrow(f"SELECT {caller_state_sql('$1', '$2')}", caller.session_id, caller.subject)
     assert row is not None
     refuse(revoked=row["revoked"], banned=row["banned"])
 
