@@ -22,7 +22,8 @@ from shared.envelope import current_message
 from shared.errors import Forbidden, TooManyRequests, Unauthorized
 from shared.outbox import add_event
 from shared.events import UserBanned
-from shared.revocation import record_ban
+from shared.revocation import on_session_revoked, record_ban
+from shared.routes import CommandHandler, EventHandler
 from shared.settings import Settings
 from shared.tokens import Caller
 
@@ -36,6 +37,12 @@ class AuthHandlers:
         self._settings = settings
         self._pool = pool
         self._issuer = issuer
+
+    def commands(self) -> dict[str, CommandHandler]:
+        return {"register": self.register, "login": self.login, "logout": self.logout, "get-me": self.get_me}
+
+    def events(self) -> dict[str, EventHandler]:
+        return {"session.revoked": on_session_revoked, "user.banned": self.on_user_banned}
 
     async def register(self, cmd: Register, _caller: None, conn: asyncpg.Connection) -> dict[str, Any]:
         account = await repository.create_user(conn, cmd.email, cmd.display_name, await hash_password(cmd.password))

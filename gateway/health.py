@@ -11,11 +11,10 @@ from aiohttp import web
 
 from gateway.keys import BROKER, METRICS
 from shared.broker import command_queue_name
+from shared.declarations import SERVICE_NAMES
 from shared.metrics import CONTENT_TYPE_LATEST
 from shared.probes import run_checks
 from shared.problems import problem
-
-SERVICES = ("auth", "users", "posts")
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -45,7 +44,7 @@ async def readyz(request: web.Request) -> web.Response:
 
         return check
 
-    failing = await run_checks({"broker": broker, **{f"{s}_service": consumers(s) for s in SERVICES}})
+    failing = await run_checks({"broker": broker, **{f"{s}_service": consumers(s) for s in SERVICE_NAMES}})
     if failing:
         detail = "; ".join(f"{name}: {reason}" for name, reason in failing.items())
         return problem(503, "Service Unavailable", f"Not ready: {detail}", checks=failing)

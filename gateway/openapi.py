@@ -1,7 +1,9 @@
-"""The OpenAPI 3.1 document of the HTTP API, built from the pydantic models that validate it.
+"""The OpenAPI 3.1 document of the HTTP API, derived from the command declarations.
 
-Request bodies come from `shared.commands` (the same models the services enforce) and response
-bodies from `gateway.schemas`, so the document cannot drift from what the code accepts.
+Each command with an HTTP binding (shared/commands.py) is an operation: its path and method, its
+request body (the payload model the services enforce, without the path's fields), its query
+parameters, its result model, whether it needs a token, and the error statuses that its policy,
+payload and binding imply. The document cannot drift from what the code accepts.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
 from gateway import schemas
-from shared.commands import CreatePost, Login, Register
+from shared.commands import COMMANDS, RESOURCES
+from shared.declarations import SERVICE_NAMES, Command
 from shared.idempotency import IDEMPOTENCY_KEY_PATTERN
 
 REF = "#/components/schemas/{model}"
@@ -80,47 +84,104 @@ def _path_id(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 
 
+def _body_schema(command: Command) -> tuple[str, dict[str, Any]] | None:
+    """The JSON body a command's route takes: its payload without the path's fields, if any."""
+    http = command.http
+    assert http is not None
+    model = command.payload
+    fields = [name for name in model.model_fields if name not in http.path_fields]
+    if http.method == "GET" or not fields:
+        return None
+    schema = model.model_json_schema(ref_template=REF, mode="validation")
+    if not http.path_fields:
+        return model.__name__, schema
+    for name in http.path_fields:
+        schema["properties"].pop(name, None)
+        if name in schema.get("required", []):
+            schema["required"].remove(name)
+    if not schema.get("required"):
+        schema.pop("required", None)
+    schema["title"] = f"{model.__name__}Body"
+    return schema["title"], schema
+
+
+def _query_params(command: Command) -> list[dict[str, Any]]:
+    http = command.http
+    assert http is not None
+    if http.method != "GET":
+        return []
+    schema = command.payload.model_json_schema(ref_template=REF, mode="validation")
+    return [
+        {"name": name, "in": "query", "required": name in schema.get("required", []), "schema": prop}
+        for name, prop in schema["properties"].items() if name not in http.path_fields
+    ]
+
+
+def _errors(command: Command, *, body: bool, query: bool, takes_key: bool) -> list[int]:
+    """The statuses a command's route can answer, from what its declaration says it does."""
+    http = command.http
+    assert http is not None
+    found = set(command.errors)
+    if command.guarded:
+        found |= {401, 403}  # a bad token; a banned caller, or one the policy refuses
+    if body:
+        found |= {400, 413, 422}
+    if query:
+        found.add(422)
+    names_a_resource = any(r.id_field in command.payload.model_fields for r in RESOURCES)
+    if http.path_fields or names_a_resource or command.policy.resource is not None:
+        found.add(404)
+    if takes_key:
+        found |= {409, 422}  # an Idempotency-Key used for another command; a malformed one
+    return sorted(found)
+
+
+def _command_operation(command: Command, components: dict[str, Any]) -> dict[str, Any]:
+    http = command.http
+    assert http is not None
+    body = _body_schema(command)
+    if body is not None:
+        name, schema = body
+        components.update(schema.pop("$defs", {}))
+        components[name] = schema
+    if command.result is not None:
+        _add_model(command.result, components, "serialization")
+    params = [_path_id(name) for name in http.path_fields] + _query_params(command)
+    takes_key = http.mutating and command.replays
+    errors = _errors(command, body=body is not None, query=bool(_query_params(command)), takes_key=takes_key)
+    ok = (http.status, command.summary, command.result)
+    operation = _op(
+        f"{command.summary} {command.policy.describe()}", ok=ok, errors=errors, secured=command.guarded,
+        mutating=takes_key, params=params or None,
+    )
+    operation["operationId"] = command.name
+    if body is not None:
+        operation["requestBody"] = {"required": not command.accepts_empty_body(), "content": {"application/json": {"schema": {"$ref": REF.format(model=body[0])}}}}
+    return operation
+
+
+def _add_model(model: type[BaseModel], components: dict[str, Any], mode: JsonSchemaMode) -> None:
+    schema = model.model_json_schema(ref_template=REF, mode=mode)
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+
+
 @lru_cache(maxsize=1)
 def build_document() -> dict[str, Any]:
-    models: list[type[BaseModel]] = [
-        Register, Login, CreatePost, schemas.BanRequest, schemas.Account, schemas.TokenResponse,
-        schemas.Post, schemas.PostPage, schemas.UserProfile, schemas.Problem, schemas.AuditEntry, schemas.AuditPage,
-    ]
     components: dict[str, Any] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template=REF, mode="validation" if model in (Register, Login, CreatePost) else "serialization")
-        components.update(schema.pop("$defs", {}))
-        components[model.__name__] = schema
-    paths = {
-        "/auth/register": {"post": _op("Create an account", body=Register, ok=(201, "The new account", schemas.Account), errors=[400, 409, 413, 422], mutating=True)},
-        "/auth/login": {"post": _op("Sign in", body=Login, ok=(200, "An access token", schemas.TokenResponse), errors=[400, 401, 403, 422, 429])},
-        "/auth/logout": {"post": _op("Sign out; the session is revoked everywhere", ok=(204, "Signed out", None), errors=[401], secured=True, mutating=True)},
-        "/auth/me": {"get": _op("The signed-in account", ok=(200, "The account", schemas.Account), errors=[401, 403], secured=True)},
-        "/posts": {
-            "get": _op(
-                "Posts, newest first", ok=(200, "A page of posts", schemas.PostPage), errors=[422],
-                params=[
-                    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
-                ],
-            ),
-            "post": _op("Write a post", body=CreatePost, ok=(201, "The new post", schemas.Post), errors=[400, 401, 403, 413, 422], secured=True, mutating=True),
-        },
-        "/posts/{post_id}": {
-            "get": _op("One post", ok=(200, "The post", schemas.Post), errors=[404], params=[_path_id("post_id")]),
-            "delete": _op("Delete a post (its author or an admin)", ok=(204, "Deleted", None), errors=[401, 403, 404], secured=True, mutating=True, params=[_path_id("post_id")]),
-        },
-        "/users/{user_id}": {"get": _op("A public profile", ok=(200, "The profile", schemas.UserProfile), errors=[404], params=[_path_id("user_id")])},
-        "/users/{user_id}/ban": {
-            "post": _op("Ban a user (admins only)", body=schemas.BanRequest, body_required=False, ok=(200, "The banned user", schemas.UserProfile),
-                        errors=[400, 401, 403, 404, 409, 422], secured=True, mutating=True, params=[_path_id("user_id")]),
-        },
+    paths: dict[str, dict[str, Any]] = {}
+    for command in COMMANDS.values():
+        if command.http is not None:
+            paths.setdefault(command.http.path, {})[command.http.method.lower()] = _command_operation(command, components)
+    for model in (schemas.Problem, schemas.AuditPage):
+        _add_model(model, components, "serialization")
+    paths.update({
         "/audit": {
             "get": _op(
                 "Authorization decisions of one service, newest first (admins only)",
                 ok=(200, "A page of audit entries", schemas.AuditPage), errors=[401, 403, 422], secured=True,
                 params=[
-                    {"name": "service", "in": "query", "required": True, "schema": {"type": "string", "enum": ["auth", "users", "posts"]}},
+                    {"name": "service", "in": "query", "required": True, "schema": {"type": "string", "enum": list(SERVICE_NAMES)}},
                     {"name": "decision", "in": "query", "required": False, "schema": {"type": "string", "enum": ["allowed", "denied", "replayed"]}},
                     {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
                     {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}},
@@ -132,7 +193,7 @@ def build_document() -> dict[str, Any]:
         "/readyz": {"get": {"summary": "The broker and every service are reachable", "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready", "content": PROBLEM}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}},
         "/": {"get": {"summary": "The web UI", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
-    }
+    })
     return {
         "openapi": "3.1.0",
         "info": {

@@ -1,25 +1,18 @@
-"""Every route of the gateway, on one screen."""
+"""Every route of the gateway, on one screen: the declared commands' bindings, then the platform's."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from gateway import health, openapi, views
+from shared.commands import COMMANDS
 
 
 def setup_routes(app: web.Application) -> None:
     app.add_routes(
         [
-            web.post("/auth/register", views.register),
-            web.post("/auth/login", views.login),
-            web.post("/auth/logout", views.logout),
-            web.get("/auth/me", views.me),
-            web.get("/posts", views.list_posts),
-            web.post("/posts", views.create_post),
-            web.get("/posts/{post_id}", views.get_post),
-            web.delete("/posts/{post_id}", views.delete_post),
-            web.get("/users/{user_id}", views.get_user),
-            web.post("/users/{user_id}/ban", views.ban_user),
+            # Each command with an HTTP binding (shared/commands.py), e.g. PATCH /posts/{post_id} -> edit-post.
+            *(web.route(c.http.method, c.http.path, views.command_view(c)) for c in COMMANDS.values() if c.http),
             web.get("/audit", views.list_audit),
             web.get("/.well-known/jwks.json", views.jwks),
             web.get("/openapi.json", openapi.openapi_json),

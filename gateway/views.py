@@ -1,5 +1,7 @@
 """The gateway's request handlers: read and check the request, send the command, shape the answer.
 
+A command's view is built from its declaration (`command_view`): the path, query or body become
+its payload, the declared policy says whether a token is needed, the binding gives the status.
 Every protected view verifies the token here first (an early 401 saves a hop), then forwards the
 same token in the command; the service behind verifies it again and decides. Validation uses the
 same pydantic models the services use, so a bad body is a 422 without touching the broker.
@@ -8,6 +10,7 @@ same pydantic models the services use, so a bad body is a 422 without touching t
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -18,16 +21,14 @@ from aiohttp import web
 from gateway.keys import BROKER, HTTP, METRICS, SETTINGS, VERIFIER
 from gateway.middlewares import REQUEST_ID
 from shared import jsoncodec
-from shared.commands import (
-    BanUser, CreatePost, DeletePost, GetPost, GetUser, ListPosts, Login, Payload, Register,
-    parse_payload, payload_from_mapping,
-)
-from shared.audit import ListAudit, audit_command_name
-from shared.idempotency import IDEMPOTENCY_KEY_PATTERN
+from shared.commands import RESOURCES, ListAudit, audit_command_name, parse_payload, payload_from_mapping
+from shared.declarations import SERVICE_NAMES, Command
 from shared.errors import AppError, BadRequest, NotFound, ServiceUnavailable, Unprocessable
+from shared.idempotency import IDEMPOTENCY_KEY_PATTERN
 from shared.tokens import bearer_token
 
 STATIC = Path(__file__).with_name("static")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -65,18 +66,6 @@ async def read_json_object(request: web.Request, *, optional: bool = False) -> d
     return data
 
 
-async def read_payload(request: web.Request, model: type[Payload]) -> dict[str, Any]:
-    payload = parse_payload(model, await request.read())
-    return payload.model_dump(mode="json")
-
-
-def path_uuid(request: web.Request, name: str, what: str) -> str:
-    try:
-        return str(UUID(request.match_info[name]))
-    except ValueError:
-        raise NotFound(f"No {what} with that id") from None
-
-
 async def send(
     request: web.Request, command: str, payload: dict[str, Any], *, token: str | None = None, mutating: bool = False
 ) -> Any:
@@ -97,96 +86,74 @@ async def send(
     return result
 
 
-# -- auth ------------------------------------------------------------------------------------
+# -- commands --------------------------------------------------------------------------------
 
-async def register(request: web.Request) -> web.Response:
-    result = await send(request, "register", await read_payload(request, Register), mutating=True)
-    return json_response(result, status=201)
+def command_view(command: Command) -> Handler:
+    """The view of a command with an HTTP binding: everything it does follows from the declaration."""
+    http = command.http
+    assert http is not None, f"{command.name} has no HTTP binding"
+    takes_key = http.mutating and command.replays  # login is never replayed, so it takes no key
+    optional_body = command.accepts_empty_body()
 
+    async def view(request: web.Request) -> web.StreamResponse:
+        token = await authenticate(request) if command.guarded else None
+        payload = await read_command(request, command, optional_body=optional_body)
+        result = await send(request, command.name, payload, token=token, mutating=takes_key)
+        if command.result is None:
+            return web.Response(status=http.status)
+        headers = {"Location": http.location.format(**result)} if http.location else None
+        return json_response(result, status=http.status, headers=headers)
 
-async def login(request: web.Request) -> web.Response:
-    return json_response(await send(request, "login", await read_payload(request, Login)))
-
-
-async def logout(request: web.Request) -> web.Response:
-    token = await authenticate(request)
-    await send(request, "logout", {}, token=token, mutating=True)
-    return web.Response(status=204)
-
-
-async def me(request: web.Request) -> web.Response:
-    token = await authenticate(request)
-    return json_response(await send(request, "get-me", {}, token=token))
-
-
-# -- posts -----------------------------------------------------------------------------------
-
-async def list_posts(request: web.Request) -> web.Response:
-    query: dict[str, Any] = {}
-    if "limit" in request.query:
-        try:
-            query["limit"] = int(request.query["limit"])
-        except ValueError:
-            raise Unprocessable("limit: must be a whole number from 1 to 100") from None
-    if "cursor" in request.query:
-        query["cursor"] = request.query["cursor"]
-    payload = payload_from_mapping(ListPosts, query).model_dump(mode="json")
-    return json_response(await send(request, "list-posts", payload))
+    view.__name__ = view.__qualname__ = command.name.replace("-", "_")
+    return view
 
 
-async def get_post(request: web.Request) -> web.Response:
-    payload = payload_from_mapping(GetPost, {"post_id": path_uuid(request, "post_id", "post")})
-    return json_response(await send(request, "get-post", payload.model_dump(mode="json")))
+async def read_command(request: web.Request, command: Command, *, optional_body: bool) -> dict[str, Any]:
+    """The command's payload from the path, then the query (GET) or the JSON body: validated by
+    the same model the service validates it with, so a bad request is answered without a hop."""
+    http = command.http
+    assert http is not None
+    model = command.payload
+    path = {name: path_id(request, name) for name in http.path_fields}
+    if http.method == "GET":
+        query = {name: request.query[name] for name in model.model_fields if name in request.query and name not in path}
+        return payload_from_mapping(model, {**query, **path}).model_dump(mode="json", exclude_unset=True)
+    body_fields = [name for name in model.model_fields if name not in path]
+    if not body_fields:
+        return payload_from_mapping(model, path).model_dump(mode="json", exclude_unset=True)
+    if not path:  # the body is the whole payload: validate the bytes as they came
+        return parse_payload(model, await request.read()).model_dump(mode="json", exclude_unset=True)
+    body = await read_json_object(request, optional=optional_body)
+    for name in path:
+        if name in body:
+            raise Unprocessable(f"{name}: is not a field of this request (it is in the path)")
+    return parse_payload(model, jsoncodec.dumps({**body, **path})).model_dump(mode="json", exclude_unset=True)
 
 
-async def create_post(request: web.Request) -> web.Response:
-    token = await authenticate(request)
-    post = await send(request, "create-post", await read_payload(request, CreatePost), token=token, mutating=True)
-    return json_response(post, status=201, headers={"Location": f"/posts/{post['id']}"})
-
-
-async def delete_post(request: web.Request) -> web.Response:
-    token = await authenticate(request)
-    payload = payload_from_mapping(DeletePost, {"post_id": path_uuid(request, "post_id", "post")})
-    await send(request, "delete-post", payload.model_dump(mode="json"), token=token, mutating=True)
-    return web.Response(status=204)
-
-
-# -- users -----------------------------------------------------------------------------------
-
-async def get_user(request: web.Request) -> web.Response:
-    payload = payload_from_mapping(GetUser, {"user_id": path_uuid(request, "user_id", "user")})
-    return json_response(await send(request, "get-user", payload.model_dump(mode="json")))
-
-
-async def ban_user(request: web.Request) -> web.Response:
-    token = await authenticate(request)
-    user_id = path_uuid(request, "user_id", "user")
-    body = await read_json_object(request, optional=True)
-    if "user_id" in body:
-        raise Unprocessable("user_id: is not a field of this request (it is in the path)")
-    payload = parse_payload(BanUser, jsoncodec.dumps({**body, "user_id": user_id}))
-    return json_response(await send(request, "ban-user", payload.model_dump(mode="json"), token=token, mutating=True))
+def path_id(request: web.Request, name: str) -> str:
+    """A path id; one that is not a UUID names nothing, so it is a 404 (never a 500)."""
+    try:
+        return str(UUID(request.match_info[name]))
+    except ValueError:
+        what = next((r.name for r in RESOURCES if r.id_field == name), "resource")
+        raise NotFound(f"No {what} with that id") from None
 
 
 # -- audit -----------------------------------------------------------------------------------
-
-AUDITED_SERVICES = ("auth", "users", "posts")
-
 
 async def list_audit(request: web.Request) -> web.Response:
     """An admin reads one service's authorization decisions; the service itself checks the role."""
     token = await authenticate(request)
     service = request.query.get("service")
-    if service not in AUDITED_SERVICES:
-        raise Unprocessable(f"service: must be one of {', '.join(AUDITED_SERVICES)}")
+    if service not in SERVICE_NAMES:
+        raise Unprocessable(f"service: must be one of {', '.join(SERVICE_NAMES)}")
     query: dict[str, Any] = {k: request.query[k] for k in ("decision", "cursor") if k in request.query}
     if "limit" in request.query:
         try:
             query["limit"] = int(request.query["limit"])
         except ValueError:
             raise Unprocessable("limit: must be a whole number from 1 to 100") from None
-    payload = payload_from_mapping(ListAudit, query).model_dump(mode="json")
+    payload = payload_from_mapping(ListAudit, query).model_dump(mode="json", exclude_unset=True)
     return json_response(await send(request, audit_command_name(service), payload, token=token))
 
 

@@ -1,20 +1,22 @@
-"""posts_service's handlers, in the order the lesson's deletePost teaches.
+"""posts_service's handlers, in the order the lesson's deletePost teaches, and `HANDLERS`.
 
 The runner has checked the session (token, revocation, ban); `delete-post`'s OwnerOrAdmin policy
-has loaded the post (404 if missing) and checked the caller is its author or an admin (403). What
-is left here is the change and the event that lets everything depending on it refresh.
+and `edit-post`'s Owner policy have locked the post (404 if missing) and checked the caller is its
+author, or an admin where that is enough (403). What is left here is the change and the event
+that lets everything depending on it refresh.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 
 from posts_service import repository
-from shared.commands import CreatePost, DeletePost, GetPost, ListPosts
+from shared.commands import CreatePost, DeletePost, EditPost, GetPost, ListPosts
 from shared.outbox import add_event
+from shared.revocation import on_session_revoked, on_user_banned
+from shared.routes import CommandHandler, EventHandler
 from shared.tokens import Caller
 
 
@@ -33,11 +35,25 @@ async def list_posts(cmd: ListPosts, _caller: Caller | None, conn: asyncpg.Conne
     return {"items": [repository.post_view(r) for r in rows], "next_cursor": next_cursor}
 
 
-async def load_post_author(conn: asyncpg.Connection, cmd: DeletePost) -> UUID:
-    """The owner lookup for delete-post's policy: existence first, then ownership."""
-    return await repository.lock_post_author(conn, cmd.post_id)
+async def edit_post(cmd: EditPost, caller: Caller, conn: asyncpg.Connection) -> dict[str, Any]:
+    row = await repository.update_post(conn, cmd.post_id, cmd.title, cmd.body)
+    await add_event(conn, "post.edited", {"post_id": str(cmd.post_id), "by": str(caller.subject)})
+    return repository.post_view(row)
 
 
 async def delete_post(cmd: DeletePost, caller: Caller, conn: asyncpg.Connection) -> None:
     await repository.delete_post(conn, cmd.post_id)
     await add_event(conn, "post.deleted", {"post_id": str(cmd.post_id), "by": str(caller.subject)})
+
+
+HANDLERS: dict[str, CommandHandler] = {
+    "create-post": create_post,
+    "get-post": get_post,
+    "list-posts": list_posts,
+    "edit-post": edit_post,
+    "delete-post": delete_post,
+}
+EVENT_HANDLERS: dict[str, EventHandler] = {
+    "session.revoked": on_session_revoked,
+    "user.banned": on_user_banned,
+}

@@ -34,12 +34,17 @@ async def get_post(conn: asyncpg.Connection, post_id: UUID) -> asyncpg.Record:
     return row
 
 
-async def lock_post_author(conn: asyncpg.Connection, post_id: UUID) -> UUID:
-    """The author of a post, with the row locked until the transaction ends."""
-    author = await conn.fetchval("SELECT author_id FROM posts WHERE id = $1 FOR UPDATE", post_id)
-    if author is None:
+async def update_post(conn: asyncpg.Connection, post_id: UUID, title: str | None, body: str | None) -> asyncpg.Record:
+    """Change what is given (None keeps the column); the policy has locked the row already."""
+    row = await conn.fetchrow(
+        f"UPDATE posts SET title = coalesce($2, title), body = coalesce($3, body) WHERE id = $1 RETURNING {COLUMNS}",
+        post_id,
+        title,
+        body,
+    )
+    if row is None:
         raise NotFound("No post with that id")
-    return author
+    return row
 
 
 async def delete_post(conn: asyncpg.Connection, post_id: UUID) -> None:

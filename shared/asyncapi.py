@@ -3,11 +3,11 @@
     python -m shared.asyncapi            print the document as the code defines it
     python -m shared.asyncapi --write    rewrite asyncapi.yaml at the repository root
 
-Command payloads come from `shared.commands.COMMAND_PAYLOADS` and `shared.audit.ListAudit`, reply
-results from `gateway.schemas`, event bodies from the models their consumers validate them with
-(`post.created` and `post.deleted`, which no service consumes yet, are modelled here), and which
-service consumes what from `shared.topology`. tests/test_asyncapi.py fails when the committed
-asyncapi.yaml differs from this output, so the two cannot drift. Needs PyYAML (the `test` extras).
+Everything comes from the declarations: each command's payload, result, policy and summary
+(`shared.commands.COMMANDS`), each event's model, publisher and consumers (`shared.events.EVENTS`),
+and the queues from `shared.topology`. `python -m shared.generate` rewrites asyncapi.yaml, and
+tests/test_generated.py fails when the committed file differs from this output, so the two cannot
+drift.
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 from pydantic.json_schema import JsonSchemaMode
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from gateway import schemas
-from shared.audit import ListAudit, audit_command_name
 from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, EVENTS_EXCHANGE
-from shared.commands import COMMAND_PAYLOADS
+from shared.commands import COMMANDS
 from shared.envelope import AUTHORIZATION_HEADER, CLIENT_ADDRESS_HEADER, MESSAGE_ID, REQUEST_ID, REQUEST_ID_HEADER
-from shared.events import Event, PostCreated, PostDeleted, SessionRevoked, UserBanned, UserRegistered
+from shared.events import EVENTS
 from shared.topology import EXCHANGES, ROUTES, command_keys, queues
 
 DOCUMENT = Path(__file__).resolve().parents[1] / "asyncapi.yaml"
@@ -46,37 +44,15 @@ class ReplyError(TypedDict):
     retry_after: NotRequired[Annotated[int, Field(ge=1, description="Seconds to wait (429, 503)")]]
 
 
-#: The contract's commands that carry no token; every other one needs `authorization`.
-PUBLIC_COMMANDS = frozenset({"register", "login", "get-post", "list-posts", "get-user"})
-#: What each command does and who may; `list-audit` stands for every `list-audit.<service>`.
-SUMMARIES = {
-    "register": "Create an account. Anyone.",
-    "login": "Open a session and get an access token. Anyone.",
-    "logout": "Revoke the caller's session everywhere.",
-    "get-me": "The caller's account.",
-    "create-post": "Write a post. Any signed-in caller who is not banned.",
-    "get-post": "One post. Anyone.",
-    "list-posts": "Posts, newest first. Anyone.",
-    "delete-post": "Delete a post: its author or an admin.",
-    "get-user": "A public profile. Anyone.",
-    "ban-user": "Ban an account. Admins only.",
-    "list-audit": "This service's authorization decisions, newest first. Admins only.",
-}
-#: The `result` of each command's successful reply (None: `null`).
-RESULTS: dict[str, type[BaseModel] | None] = {
-    "register": schemas.Account, "login": schemas.TokenResponse, "logout": None, "get-me": schemas.Account,
-    "create-post": schemas.Post, "get-post": schemas.Post, "list-posts": schemas.PostPage, "delete-post": None,
-    "get-user": schemas.UserProfile, "ban-user": schemas.UserProfile, "list-audit": schemas.AuditPage,
-}
-EVENT_MODELS: dict[str, type[Event]] = {
-    "user.registered": UserRegistered, "user.banned": UserBanned, "session.revoked": SessionRevoked,
-    "post.created": PostCreated, "post.deleted": PostDeleted,
-}
-#: The one service that publishes each event (the broker's topic permissions enforce it).
-PUBLISHERS = {
-    "user.registered": "auth", "session.revoked": "auth", "user.banned": "users",
-    "post.created": "posts", "post.deleted": "posts",
-}
+#: The model of each event, and the one service that publishes it (the broker's topic permissions enforce it).
+EVENT_MODELS = {name: event.model for name, event in EVENTS.items()}
+PUBLISHERS = {name: event.owner.name for name, event in EVENTS.items()}
+
+
+def summary(key: str) -> str:
+    """What a command does, and who may."""
+    declared = COMMANDS[key]
+    return f"{declared.summary} {declared.policy.describe()}"
 
 
 def _ref(*path: str) -> dict[str, str]:
@@ -123,17 +99,16 @@ def _headers(guarded: bool) -> dict[str, Any]:
 
 def _command(key: str, service: str, doc: dict[str, Any]) -> None:
     """Add the channel, command and reply messages, and operation of one routing key on `commands`."""
-    kind = "list-audit" if key == audit_command_name(service) else key
-    payload = ListAudit if kind == "list-audit" else COMMAND_PAYLOADS[key]
-    guarded = key not in PUBLIC_COMMANDS
+    declared = COMMANDS[key]
+    payload, guarded = declared.payload, declared.guarded
     messages = doc["components"]["messages"]
     messages[f"command.{key}"] = {
-        "name": key, "title": f"{key} command", "summary": SUMMARIES[kind], "headers": _headers(guarded),
+        "name": key, "title": f"{key} command", "summary": summary(key), "headers": _headers(guarded),
         "payload": _schema_ref(payload.__name__), "correlationId": _ref("components", "correlationIds", "correlationId"),
         "bindings": {"amqp": {"messageType": key, "bindingVersion": AMQP_BINDING}},
         "x-amqp-properties": _properties(key, "Unique; the idempotency key: a repeat from the same caller gets the first reply (login never does)", command=True),
     }
-    result = RESULTS[kind]
+    result = declared.result
     ok = {"type": "object", "additionalProperties": False, "required": ["ok", "result"],
           "properties": {"ok": {"const": True}, "result": _schema_ref(result.__name__) if result else {"type": "null"}}}
     messages[f"reply.{key}"] = {
@@ -149,7 +124,7 @@ def _command(key: str, service: str, doc: dict[str, Any]) -> None:
     operation: dict[str, Any] = {
         "action": "receive", "channel": _ref("channels", channel), "messages": [_ref("channels", channel, "messages", key)],
         "title": f"{service}_service executes {key}", "tags": [{"name": service}],
-        "description": f"Consumed from the quorum queue {service}.commands. {SUMMARIES[kind]}",
+        "description": f"Consumed from the quorum queue {service}.commands. {summary(key)}",
         "bindings": _ref("components", "operationBindings", "consume"),
         "reply": {"address": {"location": "$message.header#/reply_to", "description": "The command's reply_to property"},
                   "channel": _ref("channels", "reply"), "messages": [_ref("channels", "reply", "messages", key)]},
@@ -213,7 +188,8 @@ def _dead_letters(doc: dict[str, Any]) -> None:
 
 def build_document() -> dict[str, Any]:
     """The whole AsyncAPI document, as plain data."""
-    results = list(dict.fromkeys(model for model in RESULTS.values() if model is not None))
+    results = list(dict.fromkeys(c.result for c in COMMANDS.values() if c.result is not None))
+    payloads = list(dict.fromkeys(c.payload for c in COMMANDS.values()))
     doc: dict[str, Any] = {
         "asyncapi": "3.0.0",
         "info": {"title": "Zero-trust posts platform: the broker", "version": "0.1.0", "description": (
@@ -229,7 +205,7 @@ def build_document() -> dict[str, Any]:
         "operations": {},
         "components": {
             "schemas": {
-                **_schemas([*COMMAND_PAYLOADS.values(), ListAudit, ReplyError], "validation"),
+                **_schemas([*payloads, ReplyError], "validation"),
                 "ErrorReply": {"type": "object", "additionalProperties": False, "required": ["ok", "error"],
                                "properties": {"ok": {"const": False}, "error": _schema_ref("ReplyError")}},
                 **_schemas(results, "serialization"),

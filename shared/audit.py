@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import asyncpg
-from pydantic import Field
 
-from shared.authorization import ADMIN
-from shared.commands import Payload
+from shared.commands import RESOURCES, ListAudit, audit_command_name
 from shared.database import TRANSIENT_DATABASE_ERRORS
 from shared.errors import Unprocessable
-from shared.routes import CommandRoute, command
+from shared.routes import CommandRoute, route
 from shared.tokens import Caller
 
 log = logging.getLogger("audit")
@@ -76,10 +74,10 @@ def decide(
 
 def resource_of(payload: Any) -> str | None:
     """What the command acts on, as `post:<id>` or `user:<id>`, when its payload names it."""
-    for field_name, kind in (("post_id", "post"), ("user_id", "user")):
-        value = getattr(payload, field_name, None)
+    for resource in RESOURCES:
+        value = getattr(payload, resource.id_field, None)
         if value is not None:
-            return f"{kind}:{value}"
+            return f"{resource.name}:{value}"
     return None
 
 
@@ -113,12 +111,6 @@ async def record_alone(pool: asyncpg.Pool, decision: Decision) -> None:
         log.warning("could not write an audit row", extra={"error": str(exc) or type(exc).__name__})
 
 
-class ListAudit(Payload):
-    decision: Literal["allowed", "denied", "replayed"] | None = None
-    limit: Annotated[int, Field(ge=1, le=100)] = 50
-    cursor: Annotated[str, Field(max_length=30)] | None = None
-
-
 async def list_audit(cmd: ListAudit, _caller: Caller, conn: asyncpg.Connection) -> dict[str, Any]:
     """A page of the audit trail, newest first."""
     before = None
@@ -137,10 +129,6 @@ async def list_audit(cmd: ListAudit, _caller: Caller, conn: asyncpg.Connection) 
     return {"items": items, "next_cursor": str(page[-1]["id"]) if len(rows) > cmd.limit else None}
 
 
-def audit_command_name(service: str) -> str:
-    return f"list-audit.{service}"
-
-
 def audit_route(service: str) -> CommandRoute:
-    """Every service serves its own trail, to admins only."""
-    return command(audit_command_name(service), list_audit, policy=ADMIN, payload=ListAudit, replays=False)
+    """Every service serves its own trail, to admins only (declared in shared/commands.py)."""
+    return route(audit_command_name(service), list_audit)

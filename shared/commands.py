@@ -1,6 +1,12 @@
-"""The payload of every command on the `commands` exchange, as pydantic models.
+"""Every command of the platform, declared once: its payload model, and at the bottom `COMMANDS`.
 
-Each model forbids fields it does not define (they are a 422, never a source of identity) and is
+A declaration (`shared.declarations.Command`) names the command, its owning service, its payload
+and result models, its policy, the events it may emit, whether it is a public read, and its HTTP
+binding; everything else is derived from it (see shared/declarations.py). A service binds a
+handler to each of its commands (`HANDLERS` in its handlers module) and refuses to start when one
+is missing or extra.
+
+Each payload model forbids fields it does not define (they are a 422, never a source of identity) and is
 strict about types, so `"5"` is not a limit and `5` is not a title. The same models validate at the
 gateway (an early 422 saves a hop) and again in the service, which trusts nothing upstream.
 """
@@ -8,11 +14,15 @@ gateway (an early 422 saves a hop) and again in the service, which trusts nothin
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
+from shared import results
+from shared.authorization import ADMIN, PUBLIC, USER, Owner, OwnerOrAdmin, Resource
+from shared.declarations import AUTH, POSTS, SERVICES, USERS, Command, Http
 from shared.errors import BadRequest, Unprocessable
 
 #: An email address as accepted here: no spaces or control characters, one @, a dot in the domain.
@@ -59,8 +69,8 @@ def text(max_length: int, *, min_length: int = 0) -> Any:
 
 Password = text(256, min_length=8)
 DisplayName = Annotated[str, Field(max_length=64, json_schema_extra=_NOT_BLANK), AfterValidator(_not_blank)]
-Title = Annotated[str, Field(max_length=200, json_schema_extra=_NOT_BLANK), AfterValidator(_not_blank)]
-Body = Annotated[str, Field(max_length=20_000, json_schema_extra=_NOT_BLANK), AfterValidator(_not_blank)]
+Title = Annotated[str, Field(max_length=200, json_schema_extra=_NOT_BLANK, examples=["Hello"]), AfterValidator(_not_blank)]
+Body = Annotated[str, Field(max_length=20_000, json_schema_extra=_NOT_BLANK, examples=["My first post"]), AfterValidator(_not_blank)]
 
 
 class Payload(BaseModel):
@@ -102,6 +112,37 @@ class ListPosts(Payload):
     cursor: text(200) | None = None  # type: ignore[valid-type]
 
 
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # a null default is no text: the schema shows the field as optional instead
+
+
+class EditPost(Payload):
+    """At least one of `title` and `body`; what is left out stays as it is."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["title"]}, {"required": ["body"]}]})
+
+    post_id: UUID
+    # Left out means "keep it"; an explicit null means nothing, so it is refused (and the schema
+    # shows only text).
+    title: Title | SkipJsonSchema[None] = Field(default=None, examples=["A better title"], json_schema_extra=_drop_default)
+    body: Body | SkipJsonSchema[None] = Field(default=None, examples=["What I meant to say"], json_schema_extra=_drop_default)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = [name for name in ("title", "body") if name in data and data[name] is None]
+            if nulls:
+                raise ValueError(f"{' and '.join(nulls)} must be text when given (leave a field out to keep it)")
+        return data
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> EditPost:
+        if self.title is None and self.body is None:
+            raise ValueError("give a title, a body or both")
+        return self
+
+
 class DeletePost(Payload):
     post_id: UUID
 
@@ -115,26 +156,17 @@ class BanUser(Payload):
     reason: text(500) | None = None  # type: ignore[valid-type]
 
 
-#: Every command of the contract, by routing key.
-COMMAND_PAYLOADS: dict[str, type[Payload]] = {
-    "register": Register,
-    "login": Login,
-    "logout": Logout,
-    "get-me": GetMe,
-    "create-post": CreatePost,
-    "get-post": GetPost,
-    "list-posts": ListPosts,
-    "delete-post": DeletePost,
-    "get-user": GetUser,
-    "ban-user": BanUser,
-}
+class ListAudit(Payload):
+    decision: Literal["allowed", "denied", "replayed"] | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+    cursor: Annotated[str, Field(max_length=30)] | None = None
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     """A one-line, user-safe account of what is wrong; it never echoes the input."""
     parts = []
     for error in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in error["loc"]) or "body"
+        where = ".".join(str(p) for p in error["loc"]) or "request"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "is not a field of this request"
@@ -160,3 +192,56 @@ def payload_from_mapping(model: type[Payload], data: dict[str, Any]) -> Payload:
         return model.model_validate(data, strict=False)
     except ValidationError as exc:
         raise Unprocessable(describe_validation_error(exc)) from None
+
+
+# -- the declarations ------------------------------------------------------------------------
+
+#: What payloads name by id. An owner policy asks the resource for its owner; the injection
+#: matrix makes one owned by its victim for every payload field that names one.
+POST = Resource("post", service=POSTS.name, table="posts", id_field="post_id", owner_column="author_id")
+PROFILE = Resource("user", service=USERS.name, table="profiles", id_field="user_id", owner_column="id")
+RESOURCES: tuple[Resource, ...] = (POST, PROFILE)
+
+
+def audit_command_name(service: str) -> str:
+    """Each service serves its own audit trail as `list-audit.<service>`."""
+    return f"list-audit.{service}"
+
+
+#: Every command, by routing key.
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("register", AUTH, Register, results.Account, PUBLIC, "Create an account.",
+            emits=("user.registered",), errors=(409,), http=Http("POST", "/auth/register", status=201)),
+    Command("login", AUTH, Login, results.TokenResponse, PUBLIC, "Open a session and get an access token.",
+            replays=False, errors=(401, 403, 429), http=Http("POST", "/auth/login")),
+    Command("logout", AUTH, Logout, None, USER, "Revoke the caller's session everywhere.",
+            emits=("session.revoked",), http=Http("POST", "/auth/logout", status=204)),
+    Command("get-me", AUTH, GetMe, results.Account, USER, "The caller's account.",
+            replays=False, http=Http("GET", "/auth/me")),
+    Command("create-post", POSTS, CreatePost, results.Post, USER, "Write a post.",
+            emits=("post.created",), http=Http("POST", "/posts", status=201, location="/posts/{id}")),
+    Command("get-post", POSTS, GetPost, results.Post, PUBLIC, "One post.",
+            public_read=True, replays=False, http=Http("GET", "/posts/{post_id}")),
+    Command("list-posts", POSTS, ListPosts, results.PostPage, PUBLIC, "Posts, newest first.",
+            public_read=True, replays=False, http=Http("GET", "/posts")),
+    Command("edit-post", POSTS, EditPost, results.Post, Owner(POST, action="edit this post"),
+            "Change a post's title, body or both; the answer is the post as it now is.",
+            emits=("post.edited",), http=Http("PATCH", "/posts/{post_id}")),
+    Command("delete-post", POSTS, DeletePost, None, OwnerOrAdmin(POST, action="delete this post"), "Delete a post.",
+            emits=("post.deleted",), http=Http("DELETE", "/posts/{post_id}", status=204)),
+    Command("get-user", USERS, GetUser, results.UserProfile, PUBLIC, "A public profile (never the email).",
+            public_read=True, replays=False, http=Http("GET", "/users/{user_id}")),
+    Command("ban-user", USERS, BanUser, results.UserProfile, ADMIN,
+            "Ban an account; banning a banned account again changes nothing.",
+            emits=("user.banned",), errors=(409,), http=Http("POST", "/users/{user_id}/ban")),
+    *(Command(audit_command_name(s.name), s, ListAudit, results.AuditPage, ADMIN,
+              f"{s.package}'s authorization decisions, newest first.", replays=False) for s in SERVICES),
+)}
+
+#: The payload model of every command, by routing key.
+COMMAND_PAYLOADS: dict[str, type[Payload]] = {name: c.payload for name, c in COMMANDS.items()}  # type: ignore[misc]
+
+
+def commands_of(service: str) -> tuple[Command, ...]:
+    """The commands a service consumes, in declaration order."""
+    return tuple(c for c in COMMANDS.values() if c.service.name == service)

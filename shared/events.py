@@ -1,4 +1,9 @@
-"""The events of the contract, as the services read them: one model each, all in one place.
+"""Every event of the contract, declared once: its model, and at the bottom `EVENTS`.
+
+The declaration names the one service that may publish it (the broker's topic permissions and
+every consumer enforce that) and the services that hear it (their queues' bindings follow). A
+handler may add only events its command declares it emits (shared/commands.py), and each body is
+validated against its model before it enters the outbox.
 
 Consumers validate an event against its model before handling it. Unknown fields are ignored, so
 an event carrying a claimed role or an `unbanned: true` can grant nothing: only the fields named
@@ -10,6 +15,8 @@ from __future__ import annotations
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
+
+from shared.declarations import AUTH, POSTS, SERVICES, USERS, EventDeclaration
 
 
 class Event(BaseModel):
@@ -44,6 +51,34 @@ class PostCreated(Event):
     author_id: UUID
 
 
+class PostEdited(Event):
+    post_id: UUID
+    by: UUID
+
+
 class PostDeleted(Event):
     post_id: UUID
     by: UUID
+
+
+#: Every event, by routing key.
+EVENTS: dict[str, EventDeclaration] = {e.name: e for e in (
+    EventDeclaration("user.registered", UserRegistered, owner=AUTH, consumers=(USERS,),
+                     summary="An account was created: its public profile follows."),
+    EventDeclaration("session.revoked", SessionRevoked, owner=AUTH, consumers=SERVICES,
+                     summary="A session ended (logout, ban, set-role, revoke-token): its tokens die everywhere."),
+    EventDeclaration("user.banned", UserBanned, owner=USERS, consumers=SERVICES,
+                     summary="An account was banned: every service refuses it from now on."),
+    EventDeclaration("post.created", PostCreated, owner=POSTS, summary="A post was written."),
+    EventDeclaration("post.edited", PostEdited, owner=POSTS, summary="A post's title or body changed."),
+    EventDeclaration("post.deleted", PostDeleted, owner=POSTS, summary="A post was deleted."),
+)}
+
+
+def events_heard_by(service: str) -> tuple[str, ...]:
+    """The routing keys a service's event queue is bound to, in declaration order."""
+    return tuple(e.name for e in EVENTS.values() if any(s.name == service for s in e.consumers))
+
+
+def events_published_by(service: str) -> tuple[str, ...]:
+    return tuple(e.name for e in EVENTS.values() if e.owner.name == service)

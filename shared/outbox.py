@@ -27,10 +27,12 @@ from uuid import UUID, uuid4
 
 import aio_pika
 import asyncpg
+from pydantic import ValidationError
 
 from shared import jsoncodec
 from shared.broker import EVENTS_EXCHANGE
 from shared.database import TRANSIENT_DATABASE_ERRORS, Params
+from shared.events import EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,16 @@ class EventBuffer:
     nobody took is a bug, and raises inside the transaction so that it rolls back.
     """
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, allowed: tuple[str, ...] | None = None) -> None:
         self.conn = conn
+        self._allowed = allowed
         self._events: list[OutboxEvent] = []
 
     def add(self, event: OutboxEvent) -> None:
+        if self._allowed is not None and event.routing_key not in self._allowed:
+            # Raised inside the transaction, so the change rolls back with it: a command's
+            # declaration says which events it emits, and the broker permissions follow from that.
+            raise UndeclaredEventError(f"{event.routing_key!r} is not among the events this command declares: {self._allowed}")
         self._events.append(event)
 
     def take(self) -> list[OutboxEvent]:
@@ -81,10 +88,11 @@ _buffer: ContextVar[EventBuffer | None] = ContextVar("outbox_buffer", default=No
 
 
 @contextmanager
-def buffered(conn: asyncpg.Connection) -> Iterator[EventBuffer]:
+def buffered(conn: asyncpg.Connection, allowed: tuple[str, ...] | None = None) -> Iterator[EventBuffer]:
     """Within the block, `add_event` on `conn` buffers instead of writing; the caller must
-    `take()` the events and write them before the block ends."""
-    buffer = EventBuffer(conn)
+    `take()` the events and write them before the block ends. `allowed`: the only routing keys
+    that may be added (a command's declared `emits`)."""
+    buffer = EventBuffer(conn, allowed)
     token = _buffer.set(buffer)
     try:
         yield buffer
@@ -94,9 +102,22 @@ def buffered(conn: asyncpg.Connection) -> Iterator[EventBuffer]:
         raise RuntimeError("events were added but never written to the outbox")
 
 
+class UndeclaredEventError(RuntimeError):
+    """An event that is not declared (shared/events.py), or not declared for this command, or
+    whose body does not fit its model: it would be refused by the broker or by its consumers."""
+
+
 def new_event(routing_key: str, data: dict[str, Any]) -> OutboxEvent:
+    """An event with its id and time, its body checked against the declared model."""
+    declaration = EVENTS.get(routing_key)
+    if declaration is None:
+        raise UndeclaredEventError(f"{routing_key!r} is not a declared event: declare it in shared/events.py")
     event_id = uuid4()
     body = {"event_id": str(event_id), "occurred_at": datetime.now(UTC).isoformat(), **data}
+    try:
+        declaration.model.model_validate(body)
+    except ValidationError as exc:
+        raise UndeclaredEventError(f"{routing_key!r} does not fit its model: {exc}") from None
     return OutboxEvent(event_id, routing_key, body)
 
 

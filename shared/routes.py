@@ -1,24 +1,27 @@
-"""How a service declares what it handles: commands with their policy, and event subscriptions.
+"""How a service binds its handlers to the declared commands and events.
 
-    ROUTES = [
-        command("delete-post", delete_post, policy=OwnerOrAdmin(load_post_author, action="delete this post")),
-        command("get-post", get_post, policy=PUBLIC, replays=False),
-    ]
+    HANDLERS = {"delete-post": delete_post, "get-post": get_post, ...}        # in its handlers module
+    Wiring(commands=bind_commands(NAME, HANDLERS), events=bind_events(NAME, EVENT_HANDLERS), ...)
 
-`policy` has no default: leaving it out is a TypeError, and `check_routes` refuses anything that is
-not a `Policy`, so a service with an undeclared command does not start.
+Everything but the handler comes from the declaration (shared/commands.py, shared/events.py): the
+payload model, the policy, whether the command replays or is a public read, the events it may
+emit. A service whose handlers do not cover exactly its declared commands and events does not
+start, and `check_routes` refuses a route whose policy is not a `Policy`: a command cannot be
+served unguarded, or served by the wrong service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
 from shared.authorization import Policy
-from shared.commands import COMMAND_PAYLOADS, Payload
+from shared.commands import COMMANDS, audit_command_name, commands_of
+from shared.declarations import Command
+from shared.events import EVENTS, events_heard_by
 
 #: `async def handler(cmd, caller, conn) -> result`; the result must be JSON-serialisable.
 CommandHandler = Callable[[Any, Any, Any], Awaitable[Any]]
@@ -27,19 +30,44 @@ EventHandler = Callable[[Any, Any], Awaitable[None]]
 
 
 class UndeclaredPolicyError(RuntimeError):
-    """A command was registered without an authorization policy."""
+    """A command was routed without an authorization policy."""
+
+
+class WiringError(RuntimeError):
+    """A service's handlers do not match what is declared for it."""
 
 
 @dataclass(frozen=True, slots=True)
 class CommandRoute:
-    name: str
+    """A declared command with the handler that executes it."""
+
+    declaration: Command
     handler: CommandHandler
-    policy: Policy
-    payload: type[Payload]
-    #: Whether a repeated message_id gets the stored reply instead of running again.
-    replays: bool
-    #: A public read: the handler runs outside a transaction, on a connection that cannot write.
-    reads_only: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
+
+    @property
+    def policy(self) -> Policy:
+        return self.declaration.policy
+
+    @property
+    def payload(self) -> type[BaseModel]:
+        return self.declaration.payload
+
+    @property
+    def replays(self) -> bool:
+        return self.declaration.replays
+
+    @property
+    def reads_only(self) -> bool:
+        """A public read: the handler runs outside a transaction, on a connection that cannot write."""
+        return self.declaration.public_read
+
+    @property
+    def emits(self) -> tuple[str, ...]:
+        return self.declaration.emits
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,42 +77,45 @@ class EventRoute:
     model: type[BaseModel]
 
 
-def command(
-    name: str,
-    handler: CommandHandler,
-    *,
-    policy: Policy,
-    replays: bool = True,
-    reads_only: bool = False,
-    payload: type[Payload] | None = None,
-) -> CommandRoute:
-    """A command route. Contract commands take their payload model from `COMMAND_PAYLOADS`;
-    platform commands (the audit trail) name theirs.
-
-    `reads_only` is for public reads of one statement (get-post): with no session to check, no
-    message id to claim and no decision to audit, such a command needs no transaction, and
-    skipping BEGIN and COMMIT saves two of its three round trips. Its connection comes from a
-    read-only pool, so a handler that tried to write would fail rather than write unguarded."""
-    if payload is None:
-        if name not in COMMAND_PAYLOADS:
-            raise ValueError(f"{name!r} is not a command of the contract")
-        payload = COMMAND_PAYLOADS[name]
-    return CommandRoute(name, handler, policy, payload, replays, reads_only)
+def route(name: str, handler: CommandHandler) -> CommandRoute:
+    """The route of the declared command `name`."""
+    if name not in COMMANDS:
+        raise WiringError(f"{name!r} is not a declared command: declare it in shared/commands.py first")
+    return CommandRoute(COMMANDS[name], handler)
 
 
-def event(routing_key: str, handler: EventHandler, *, model: type[BaseModel]) -> EventRoute:
-    return EventRoute(routing_key, handler, model)
+def _check_cover(service: str, what: str, bound: Iterable[str], declared: Iterable[str]) -> None:
+    bound, declared = set(bound), set(declared)
+    if bound != declared:
+        problems = []
+        if declared - bound:
+            problems.append(f"no handler for {sorted(declared - bound)}")
+        if bound - declared:
+            problems.append(f"handlers for {sorted(bound - declared)}, which are not declared for it")
+        raise WiringError(f"{service}_service {what}: {'; '.join(problems)}")
+
+
+def bind_commands(service: str, handlers: Mapping[str, CommandHandler]) -> list[CommandRoute]:
+    """The routes of every command declared for `service`; its audit trail is bound by the runner."""
+    declared = [c.name for c in commands_of(service) if c.name != audit_command_name(service)]
+    _check_cover(service, "commands", handlers, declared)
+    return [route(name, handlers[name]) for name in declared]
+
+
+def bind_events(service: str, handlers: Mapping[str, EventHandler]) -> list[EventRoute]:
+    """The routes of every event `service` is declared to hear."""
+    declared = events_heard_by(service)
+    _check_cover(service, "events", handlers, declared)
+    return [EventRoute(key, handlers[key], EVENTS[key].model) for key in declared]
 
 
 def check_routes(routes: Iterable[CommandRoute]) -> dict[str, CommandRoute]:
     """Index routes by name, refusing duplicates and any route without a real policy."""
     table: dict[str, CommandRoute] = {}
-    for route in routes:
-        if not isinstance(route.policy, Policy):
-            raise UndeclaredPolicyError(f"command {route.name!r} has no authorization policy")
-        if route.reads_only and (route.policy.needs_token or route.replays):
-            raise ValueError(f"command {route.name!r}: only a public command that does not replay can skip its transaction")
-        if route.name in table:
-            raise ValueError(f"command {route.name!r} is registered twice")
-        table[route.name] = route
+    for each in routes:
+        if not isinstance(each.policy, Policy):
+            raise UndeclaredPolicyError(f"command {each.name!r} has no authorization policy")
+        if each.name in table:
+            raise ValueError(f"command {each.name!r} is registered twice")
+        table[each.name] = each
     return table

@@ -233,7 +233,7 @@ class MessageProcessor:
         decision: audit.Decision | None = None
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                with outbox.buffered(conn) as events:
+                with outbox.buffered(conn, route.emits) as events:
                     try:
                         stored = await bookkeeping.open_command(conn, caller, key, route.name)
                         if not idempotency.is_new(stored):

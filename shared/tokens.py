@@ -22,17 +22,16 @@ import jwt
 from jwt.exceptions import InvalidTokenError, PyJWKError
 
 from shared.errors import Unauthorized
+from shared.roles import ROLES, Role
 
 log = logging.getLogger(__name__)
 
 ALGORITHM = "EdDSA"
 TOKEN_TYPE = "at+jwt"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "role", "iat", "exp", "jti")
-ROLES = ("user", "admin")
 #: Clock skew tolerated between the host that signed and the host that verifies.
 LEEWAY_SECONDS = 5
 
-Role = Literal["user", "admin"]
 SubjectKind = Literal["user", "service"]
 
 
@@ -49,7 +48,7 @@ class Caller:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role is Role.ADMIN
 
     def describe(self) -> str:
         """How the caller shows in logs and the audit trail."""
@@ -218,9 +217,9 @@ def caller_from_claims(claims: dict[str, Any]) -> Caller:
         session_id = UUID(str(claims["sid"]))
     except ValueError:
         raise Unauthorized("The access token has a malformed subject or session") from None
-    role = claims["role"]
-    if role not in ROLES:
+    if claims["role"] not in ROLES:
         raise Unauthorized("The access token has an unknown role")
+    role = Role(claims["role"])
     jti, exp = claims["jti"], claims["exp"]
     if not isinstance(jti, str) or not jti or not isinstance(exp, int):
         raise Unauthorized("The access token has malformed claims")

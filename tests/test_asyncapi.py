@@ -32,12 +32,12 @@ from support.broker import BrokerProbe
 from support.stack import ROOT
 
 #: The contract's commands, and those that need no `authorization` header.
-CONTRACT_COMMANDS = ("register", "login", "logout", "get-me", "create-post", "get-post", "list-posts", "delete-post", "get-user", "ban-user")
+CONTRACT_COMMANDS = ("register", "login", "logout", "get-me", "create-post", "get-post", "list-posts", "edit-post", "delete-post", "get-user", "ban-user")
 CONTRACT_PUBLIC = {"register", "login", "get-post", "list-posts", "get-user"}
 #: The contract's events and the fields each body carries besides event_id and occurred_at.
 CONTRACT_EVENTS = {
     "user.registered": {"user_id", "display_name"}, "user.banned": {"user_id", "by", "reason"},
-    "session.revoked": {"session_id", "user_id"}, "post.created": {"post_id", "author_id"}, "post.deleted": {"post_id", "by"},
+    "session.revoked": {"session_id", "user_id"}, "post.created": {"post_id", "author_id"}, "post.edited": {"post_id", "by"}, "post.deleted": {"post_id", "by"},
 }
 ID = str(uuid4())
 #: A valid payload for each command's model.
@@ -45,7 +45,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "register": {"email": "ada@example.com", "password": "correct horse", "display_name": "Ada"},
     "login": {"email": "ada@example.com", "password": "x"}, "logout": {}, "get-me": {},
     "create-post": {"title": "Hello", "body": "World"}, "get-post": {"post_id": ID}, "list-posts": {"limit": 5, "cursor": None},
-    "delete-post": {"post_id": ID}, "get-user": {"user_id": ID}, "ban-user": {"user_id": ID, "reason": "spam"},
+    "edit-post": {"post_id": ID, "title": "Better"}, "delete-post": {"post_id": ID}, "get-user": {"user_id": ID}, "ban-user": {"user_id": ID, "reason": "spam"},
 }
 COMPONENT_KEY = re.compile(r"^[\w.\-]+$")
 
@@ -87,7 +87,7 @@ def message(doc: dict[str, Any], channel: str) -> dict[str, Any]:
 
 
 def test_the_committed_document_is_what_the_generator_writes() -> None:
-    assert DOCUMENT.read_text(encoding="utf-8") == render(), "asyncapi.yaml is stale: run `python -m shared.asyncapi --write`"
+    assert DOCUMENT.read_text(encoding="utf-8") == render(), "asyncapi.yaml is stale: run `python -m shared.generate`"
 
 
 def test_every_command_of_the_contract_is_described(doc: dict[str, Any]) -> None:
@@ -227,6 +227,8 @@ async def test_real_replies_and_events_match_the_document(
     post = (await send("create-post", {"title": "Documented", "body": "On the wire"}, token))["result"]
     await send("get-post", {"post_id": post["id"]})
     await send("list-posts", {"limit": 2})
+    assert (await send("edit-post", {"post_id": post["id"], "body": "Mine now"}, admin.token))["error"]["status"] == 403
+    assert (await send("edit-post", {"post_id": post["id"], "body": "Still on the wire"}, token))["result"]["body"] == "Still on the wire"
     assert (await send("delete-post", {"post_id": post["id"]}, other.token))["error"]["status"] == 403
     assert (await send("delete-post", {"post_id": post["id"]}, token))["ok"]
     await send("get-user", {"user_id": account["id"]})

@@ -44,6 +44,13 @@ def key_of(caller: Caller, message_id: str = "m-1") -> bookkeeping.Key:
     return caller.subject, message_id, caller.expires_at
 
 
+POST_ID = str(uuid4())
+
+
+def post_created() -> dict[str, str]:
+    return {"post_id": str(uuid4()), "author_id": str(uuid4())}
+
+
 def allowed(caller: Caller) -> audit.Decision:
     return audit.decide("allowed", "create-post", caller, None, "policy USER", message_id="m-1", request_id="r-1")
 
@@ -54,8 +61,8 @@ async def test_the_closing_statement_writes_reply_audit_row_and_events_in_order(
     async with schema_pool.acquire() as conn, conn.transaction():
         with outbox.buffered(conn) as events:
             assert idempotency.is_new(await bookkeeping.open_command(conn, caller, key, "create-post"))
-            first = await outbox.add_event(conn, "post.created", {"post_id": "p-1"})
-            second = await outbox.add_event(conn, "post.deleted", {"post_id": "p-1"})
+            first = await outbox.add_event(conn, "post.created", {"post_id": POST_ID, "author_id": str(caller.subject)})
+            second = await outbox.add_event(conn, "post.deleted", {"post_id": POST_ID, "by": str(caller.subject)})
             # Buffered, not written: nothing is in the outbox until the closing statement.
             assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
             await bookkeeping.close_command(conn, key, {"id": "p-1"}, allowed(caller), events.take(), notify=False)
@@ -70,7 +77,7 @@ async def test_the_closing_statement_writes_reply_audit_row_and_events_in_order(
     }
     rows = await schema_pool.fetch("SELECT event_id, routing_key, body FROM outbox ORDER BY position")
     assert [(r["event_id"], r["routing_key"]) for r in rows] == [(first, "post.created"), (second, "post.deleted")]
-    assert rows[0]["body"]["post_id"] == "p-1" and UUID(rows[0]["body"]["event_id"]) == first
+    assert rows[0]["body"]["post_id"] == POST_ID and UUID(rows[0]["body"]["event_id"]) == first
 
 
 async def test_a_repeated_message_gets_the_stored_reply_and_another_command_a_conflict(schema_pool: asyncpg.Pool) -> None:
@@ -128,7 +135,30 @@ async def test_events_left_in_the_buffer_roll_the_transaction_back(schema_pool: 
         async with schema_pool.acquire() as conn, conn.transaction():
             with outbox.buffered(conn):
                 await conn.execute("INSERT INTO seen_events (event_id) VALUES ($1)", uuid4())
-                await outbox.add_event(conn, "post.created", {"post_id": "p-1"})
+                await outbox.add_event(conn, "post.created", post_created())
+    assert await schema_pool.fetchval("SELECT count(*) FROM seen_events") == 0
+    assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_only_declared_events_that_fit_their_model_enter_the_outbox(schema_pool: asyncpg.Pool) -> None:
+    """An undeclared event would be refused by the broker's topic permissions in production, and
+    one that does not fit its model by every consumer: both fail here, inside the transaction."""
+    bad = [
+        ("post.pinned", post_created(), "not a declared event"),
+        ("post.created", {"post_id": "p-1"}, "does not fit its model"),
+    ]
+    for routing_key, body, message in bad:
+        with pytest.raises(outbox.UndeclaredEventError, match=message):
+            async with schema_pool.acquire() as conn, conn.transaction():
+                await conn.execute("INSERT INTO seen_events (event_id) VALUES ($1)", uuid4())
+                await outbox.add_event(conn, routing_key, body)
+    with pytest.raises(outbox.UndeclaredEventError, match="not among the events this command declares"):
+        async with schema_pool.acquire() as conn, conn.transaction():
+            with outbox.buffered(conn, ("post.created",)) as events:
+                await conn.execute("INSERT INTO seen_events (event_id) VALUES ($1)", uuid4())
+                await outbox.add_event(conn, "post.created", post_created())
+                await outbox.add_event(conn, "post.deleted", {"post_id": str(uuid4()), "by": str(uuid4())})
+                events.take()
     assert await schema_pool.fetchval("SELECT count(*) FROM seen_events") == 0
     assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 0
 
@@ -145,7 +175,7 @@ async def test_an_event_on_another_connection_is_written_at_once_and_notifies_on
         async with schema_pool.acquire() as buffered_conn, schema_pool.acquire() as conn:
             with outbox.buffered(buffered_conn):
                 async with conn.transaction():
-                    await outbox.add_event(conn, "session.revoked", {"session_id": str(uuid4())})
+                    await outbox.add_event(conn, "session.revoked", {"session_id": str(uuid4()), "user_id": str(uuid4())})
         assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 1
         assert await asyncio.wait_for(heard["own"].get(), 5) == outbox.notify_channel(schema)
         await asyncio.sleep(0.2)
@@ -184,7 +214,7 @@ async def test_commits_within_the_linger_leave_in_one_batch(schema_pool: asyncpg
         await asyncio.sleep(0.2)  # its first pass found nothing; it waits for a wake-up
         for n in range(5):
             async with schema_pool.acquire() as conn, conn.transaction():
-                await outbox.add_event(conn, "test.linger", {"n": n})
+                await outbox.add_event(conn, "post.created", post_created())
             relay.wake()
         async with asyncio.timeout(5):
             while relay.published < 5:

@@ -35,7 +35,7 @@ WIRES: dict[str, WireFn] = {
     users_service.service.NAME: users_service.service.wire,
     posts_service.service.NAME: posts_service.service.wire,
 }
-CONTRACT_EVENTS = {"user.registered", "user.banned", "session.revoked", "post.created", "post.deleted"}
+CONTRACT_EVENTS = {"user.registered", "user.banned", "session.revoked", "post.created", "post.edited", "post.deleted"}
 
 
 def canonical(entries: list[dict[str, Any]]) -> list[str]:

@@ -1,4 +1,4 @@
-"""users_service's handlers: get-user, ban-user, and profiles from user.registered.
+"""users_service's handlers: get-user, ban-user, and profiles from user.registered; `HANDLERS`.
 
 `ban-user` runs under the ADMIN policy, so by the time it runs the caller's token, session, ban
 status and admin role have all been checked by the runner; this code checks the target exists,
@@ -15,7 +15,8 @@ from shared.commands import BanUser, GetUser
 from shared.errors import Conflict
 from shared.outbox import add_event
 from shared.events import UserBanned, UserRegistered
-from shared.revocation import record_ban
+from shared.revocation import on_session_revoked, record_ban
+from shared.routes import CommandHandler, EventHandler
 from shared.tokens import Caller
 from users_service import repository
 
@@ -46,3 +47,10 @@ async def on_user_banned_profile(event: UserBanned, conn: asyncpg.Connection) ->
     await record_ban(conn, event.user_id)
     await conn.execute("UPDATE profiles SET banned = true, banned_at = coalesce(banned_at, now()) WHERE id = $1", event.user_id)
 
+
+HANDLERS: dict[str, CommandHandler] = {"get-user": get_user, "ban-user": ban_user}
+EVENT_HANDLERS: dict[str, EventHandler] = {
+    "user.registered": on_user_registered,
+    "user.banned": on_user_banned_profile,
+    "session.revoked": on_session_revoked,
+}

@@ -1,4 +1,4 @@
-"""users_service's wiring: commands with their policies, and the events it listens to."""
+"""users_service's wiring: its handlers bound to the commands and events declared for it."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ from pathlib import Path
 
 import asyncpg
 
-from shared.authorization import ADMIN, PUBLIC
-from shared.events import SessionRevoked, UserBanned, UserRegistered
-from shared.revocation import on_session_revoked
-from shared.routes import command, event
+from shared.routes import bind_commands, bind_events
 from shared.service import Wiring
 from shared.settings import Settings
-from users_service.handlers import ban_user, get_user, on_user_banned_profile, on_user_registered
+from users_service.handlers import EVENT_HANDLERS, HANDLERS
 
 NAME = "users"
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -20,14 +17,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 async def wire(settings: Settings, pool: asyncpg.Pool) -> Wiring:
     return Wiring(
-        commands=[
-            command("get-user", get_user, policy=PUBLIC, replays=False, reads_only=True),
-            command("ban-user", ban_user, policy=ADMIN),
-        ],
-        events=[
-            event("user.registered", on_user_registered, model=UserRegistered),
-            event("user.banned", on_user_banned_profile, model=UserBanned),
-            event("session.revoked", on_session_revoked, model=SessionRevoked),
-        ],
+        commands=bind_commands(NAME, HANDLERS),
+        events=bind_events(NAME, EVENT_HANDLERS),
         http_port=settings.users_http_port,
     )

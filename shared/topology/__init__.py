@@ -12,12 +12,14 @@ A process applies it in one of two modes (`BROKER_TOPOLOGY`):
   no permission. Its user then has no configure, so it cannot delete a shared exchange, and no read
   on `commands`, so it cannot bind its queue to another service's commands and read their tokens.
 
-A service refuses to start when its wiring handles other commands or events than `ROUTES` sends
-it (`check_wiring`), and a test holds deploy/rabbitmq/definitions.json to `as_definitions`.
+`ROUTES` is derived from the declarations (shared/commands.py, shared/events.py). A service
+refuses to start when its wiring handles other commands or events than `ROUTES` sends it
+(`check_wiring`), and a test holds deploy/rabbitmq/definitions.json to `as_definitions`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,6 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
-from shared.audit import audit_command_name
 from shared.broker import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
@@ -35,6 +36,9 @@ from shared.broker import (
     dead_letter_queue_name,
     event_queue_name,
 )
+from shared.commands import commands_of
+from shared.declarations import SERVICE_NAMES, SERVICES
+from shared.events import events_heard_by, events_published_by
 from shared.settings import BrokerTopology
 
 EXCHANGES = {
@@ -46,17 +50,15 @@ EXCHANGES = {
 
 @dataclass(frozen=True, slots=True)
 class Routes:
-    """The commands a service's command queue takes (its `list-audit.<service>` added) and the events it hears."""
+    """The commands a service's command queue takes (its `list-audit.<service>` among them) and the events it hears."""
 
     commands: tuple[str, ...]
     events: tuple[str, ...]
 
 
-#: By service name, the prefix of its queues.
+#: By service name, the prefix of its queues; derived from the declarations.
 ROUTES = {
-    "auth": Routes(("register", "login", "logout", "get-me"), ("session.revoked", "user.banned")),
-    "users": Routes(("get-user", "ban-user"), ("user.registered", "user.banned", "session.revoked")),
-    "posts": Routes(("create-post", "get-post", "list-posts", "delete-post"), ("session.revoked", "user.banned")),
+    service: Routes(tuple(c.name for c in commands_of(service)), events_heard_by(service)) for service in SERVICE_NAMES
 }
 
 
@@ -78,7 +80,7 @@ class TopologyError(RuntimeError):
 
 
 def command_keys(service: str) -> tuple[str, ...]:
-    return (*ROUTES[service].commands, audit_command_name(service))
+    return ROUTES[service].commands
 
 
 def queues(service: str) -> list[Queue]:
@@ -110,8 +112,8 @@ def check_wiring(service: str, commands: Iterable[str], events: Iterable[str]) -
     routed = (sorted(command_keys(service)), sorted(ROUTES[service].events)) if service in ROUTES else None
     if wired != routed:
         raise TopologyError(
-            f"{service}'s wiring handles (commands, events) {wired}, but shared/topology/__init__.py routes it {routed}: "
-            "change ROUTES too, then run `python -m shared.topology definitions deploy/rabbitmq/definitions.json`"
+            f"{service}'s wiring handles (commands, events) {wired}, but the declarations route it {routed}: "
+            "declare them in shared/commands.py or shared/events.py, then run `python -m shared.generate`"
         )
 
 
@@ -171,5 +173,60 @@ def as_definitions(vhost: str) -> dict[str, list[dict[str, Any]]]:
             {"source": binding.exchange, "vhost": vhost, "destination": binding.queue, "destination_type": "queue",
              "routing_key": binding.routing_key, "arguments": {}}
             for service in ROUTES for binding in bindings(service)
+        ],
+    }
+
+
+#: The gateway's RabbitMQ user (BROKER_USER_GATEWAY's default); each service's is its package name.
+GATEWAY_USER = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one process's RabbitMQ user may do on the vhost, as RabbitMQ's unanchored regexes.
+
+    The topology already exists, so no process declares, binds or deletes anything (configure
+    `^$`, no read on an exchange): a process cannot bind its queue to another service's commands,
+    nor delete a shared exchange. Publishing needs write on the exchange (the default exchange, for
+    replies, is `amq.default`) and consuming needs read on the queue; passive declares and direct
+    reply-to need no permission. On `events`, a service may publish only the events it owns.
+    """
+
+    user: str
+    configure: str
+    write: str
+    read: str
+    topic_write: str
+    topic_read: str
+
+
+def _literal(name: str) -> str:
+    """A name as a regex matching only itself (`-` needs no escape, and reads better without)."""
+    return re.escape(name).replace("\\-", "-")
+
+
+def grants() -> list[Grant]:
+    """Every process's grant, derived from the declarations: the gateway's, then each service's."""
+    found = [Grant(GATEWAY_USER, "^$", f"^{COMMANDS_EXCHANGE}$", "^$", "^$", "^$")]
+    for service in SERVICES:
+        published = "|".join(_literal(key) for key in events_published_by(service.name))
+        found.append(Grant(
+            service.package, "^$",
+            f"^(amq\\.default|{_literal(EVENTS_EXCHANGE)}|{_literal(DEAD_LETTER_EXCHANGE)})$",
+            f"^{_literal(service.name)}\\.(commands|events)$",
+            f"^({published})$" if published else "^$", ".*",
+        ))
+    return found
+
+
+def permission_definitions(vhost: str) -> dict[str, list[dict[str, Any]]]:
+    """The grants in RabbitMQ's definitions format."""
+    return {
+        "permissions": [
+            {"user": g.user, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read} for g in grants()
+        ],
+        "topic_permissions": [
+            {"user": g.user, "vhost": vhost, "exchange": EVENTS_EXCHANGE, "write": g.topic_write, "read": g.topic_read}
+            for g in grants()
         ],
     }

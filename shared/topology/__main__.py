@@ -2,17 +2,19 @@
 
     python -m shared.topology declare                                        (uses AMQP_URL)
     python -m shared.topology definitions deploy/rabbitmq/definitions.json
+    python -m shared.topology grants                                         (what scripts/broker-permissions applies)
 
 `declare` needs a user with configure, write and read on AMQP_URL's vhost: with `BROKER_TOPOLOGY=verify`
-the services' own users have none of that. `definitions` keeps the file's vhost, users and
-permissions and replaces its exchanges, queues and bindings, so the file cannot drift from the code.
+the services' own users have none of that. `definitions` keeps the file's vhost and users and
+replaces its exchanges, queues, bindings, permissions and topic permissions, so the file cannot
+drift from the code. `grants` prints each process's user and permissions, one line each, tab
+separated: user, configure, write, read, topic write and topic read on `events`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +23,8 @@ from urllib.parse import unquote, urlsplit
 import aio_pika
 
 from shared.settings import ConfigurationError, Settings
-from shared.topology import EXCHANGES, ROUTES, as_definitions, declare
+from shared.generate import definitions
+from shared.topology import EXCHANGES, ROUTES, declare, grants
 
 EXAMPLES = """examples:
   AMQP_URL=amqp://admin:secret@rabbitmq.internal:5672/posts python -m shared.topology declare
@@ -40,13 +43,14 @@ async def declare_all(amqp_url: str) -> str:
 
 
 def write_definitions(path: Path) -> str:
-    document = json.loads(path.read_text(encoding="utf-8"))
-    vhosts = [vhost["name"] for vhost in document.get("vhosts", [])]
-    if len(vhosts) != 1:
-        raise ValueError(f"{path} should define exactly one vhost, defines {vhosts}")
-    document.update(as_definitions(vhosts[0]))
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return f"wrote the exchanges, queues and bindings of vhost {vhosts[0]!r} into {path}"
+    path.write_text(definitions(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return f"wrote the exchanges, queues, bindings and permissions into {path}"
+
+
+def render_grants() -> str:
+    return "".join(
+        "\t".join((g.user, g.configure, g.write, g.read, g.topic_write, g.topic_read)) + "\n" for g in grants()
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,14 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     actions = parser.add_subparsers(dest="action", required=True)
     declare_help = "as AMQP_URL's user (an admin of its vhost), create the exchanges, every service's queues and their bindings; safe to run again"
     actions.add_parser("declare", help=declare_help, description=declare_help, **shown)
-    definitions_help = "replace a RabbitMQ definitions file's exchanges, queues and bindings, keeping its vhost, users and permissions"
+    definitions_help = "replace a RabbitMQ definitions file's exchanges, queues, bindings and permissions, keeping its vhost and users"
     definitions = actions.add_parser("definitions", help=definitions_help, description=definitions_help, **shown)
     definitions.add_argument("file", type=Path)
+    grants_help = "print each process's broker user and permissions, tab separated (scripts/broker-permissions reads them)"
+    actions.add_parser("grants", help=grants_help, description=grants_help, **shown)
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.action == "grants":
+        print(render_grants(), end="")
+        return 0
     if args.action == "definitions":
         try:
             print(write_definitions(args.file))

@@ -1,0 +1,138 @@
+"""The shapes of a declaration: a service, a command (with its HTTP binding) and an event.
+
+The declarations themselves are tables: `shared.commands.COMMANDS` and `shared.events.EVENTS`.
+Everything else is derived from them: the runner's routing and the queue bindings
+(shared/topology), the broker users' permissions (deploy/rabbitmq/definitions.json,
+scripts/broker-permissions), AsyncAPI (shared/asyncapi.py), the gateway's routes and OpenAPI
+(gateway/routes.py, gateway/openapi.py), the README's tables and the injection matrix
+(tests/test_every_command_is_guarded.py). `python -m shared.generate` rewrites the generated files,
+and tests/test_generated.py fails when one is stale.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from uuid import uuid4
+
+from pydantic import BaseModel, ValidationError
+
+from shared.authorization import PUBLIC, Policy
+
+HttpMethod = Literal["GET", "POST", "PATCH", "PUT", "DELETE"]
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A service process: `python -m <package>`, queues `<name>.*`, schema `<name>`."""
+
+    name: str
+
+    @property
+    def package(self) -> str:
+        return f"{self.name}_service"
+
+    @property
+    def broker_user_variable(self) -> str:
+        """The environment variable naming its RabbitMQ user (its default is the package name)."""
+        return f"BROKER_USER_{self.name.upper()}"
+
+
+AUTH = Service("auth")
+USERS = Service("users")
+POSTS = Service("posts")
+#: Every service, in the order a stack starts them (auth first: the others read its keys).
+SERVICES: tuple[Service, ...] = (AUTH, USERS, POSTS)
+SERVICE_NAMES: tuple[str, ...] = tuple(service.name for service in SERVICES)
+
+_PATH_FIELD = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Http:
+    """How the gateway serves a command.
+
+    Each `{field}` of `path` is a payload field; the other fields come from the query string for
+    GET and from the JSON body otherwise (a body whose fields are all optional may be empty; a
+    payload with no fields besides the path reads no body). A bearer token is required when the
+    command's policy needs one; any other method than GET takes an `Idempotency-Key`.
+    """
+
+    method: HttpMethod
+    path: str
+    status: int = 200
+    #: A `Location` header for the answer, filled from the result (`/posts/{id}`).
+    location: str | None = None
+
+    @property
+    def path_fields(self) -> tuple[str, ...]:
+        return tuple(_PATH_FIELD.findall(self.path))
+
+    @property
+    def mutating(self) -> bool:
+        return self.method != "GET"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command: everything the platform needs to route, guard, document and test it."""
+
+    name: str
+    service: Service
+    payload: type[BaseModel]
+    #: The `result` of a successful reply; None answers `null` (HTTP 204 where bound).
+    result: type[BaseModel] | None
+    policy: Policy
+    summary: str
+    #: The events its handler may add; adding any other is an error inside the transaction.
+    emits: tuple[str, ...] = ()
+    #: A public read of one statement: run outside a transaction on a read-only connection.
+    public_read: bool = False
+    #: Whether a repeated message_id gets the stored reply instead of running again.
+    replays: bool = True
+    http: Http | None = None
+    #: Statuses the handler itself may answer, beyond those the policy, payload and binding imply
+    #: (register's 409 for a taken email, login's 429).
+    errors: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, Policy):
+            raise TypeError(f"command {self.name!r} has no authorization policy")
+        if self.public_read and (self.policy is not PUBLIC or self.replays):
+            raise ValueError(f"command {self.name!r}: only a public command that does not replay can skip its transaction")
+        if self.http is not None:
+            unknown = set(self.http.path_fields) - set(self.payload.model_fields)
+            if unknown:
+                raise ValueError(f"command {self.name!r}: path fields {sorted(unknown)} are not payload fields")
+
+    def accepts_empty_body(self) -> bool:
+        """Whether the payload is valid with its path fields alone, so an HTTP body may be left
+        out (ban-user's `reason`), or not (edit-post needs a title or a body)."""
+        ids = {name: str(uuid4()) for name in (self.http.path_fields if self.http else ())}
+        try:
+            self.payload.model_validate(ids, strict=False)
+        except ValidationError:
+            return False
+        return True
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the command carries a token (every one but the public ones)."""
+        return self.policy.needs_token
+
+    @property
+    def queue(self) -> str:
+        return f"{self.service.name}.commands"
+
+
+@dataclass(frozen=True, slots=True)
+class EventDeclaration:
+    """One event: its model, the one service that may publish it and the services that hear it."""
+
+    name: str
+    model: type[BaseModel]
+    owner: Service
+    consumers: tuple[Service, ...] = ()
+    summary: str = ""
