@@ -1,37 +1,38 @@
-"""No command can be added without being guarded: the list of commands comes from the services.
+"""The injection matrix: every guarded command, straight into RabbitMQ past the gateway, with every
+bad credential and every refusal its policy declares, is refused and changes nothing.
 
-The commands are not listed here. Each service's own `wire(settings, pool)` is called, exactly as
-`shared.service.serve` does, and `shared.audit.audit_route(name)` is added for each service; what
-comes back is every command the stack consumes. Then:
+Nothing here names a command. The matrix is derived from the declarations
+(`shared.commands.COMMANDS`): a command is covered the moment it is declared, with no new test
+code, and each test id names the command and the credential (`edit-post-expired`).
 
-- a command under the PUBLIC policy must be one the contract makes public (`register`, `login`,
-  `get-post`, `list-posts`, `get-user`), so declaring a new command public fails here until
-  someone consciously adds it to `CONTRACT_PUBLIC`;
-- every other command is published straight onto the `commands` exchange with every bad
-  credential — each flawed token of `forge.bad_tokens()` plus one expired past the 5 s leeway, a
-  logged-out session, a banned account and, for owner-or-admin and admin commands, another
-  ordinary user — and must be refused with the exact status of the contract (401, or 403 for a
-  banned account, a non-owner or a non-admin), change no row of any table in the `auth`, `users`
-  and `posts` schemas (audit_log aside), and leave a `denied` row for it in the deciding
-  service's `audit_log`.
+- The sample payload of a command comes from its model: each field that names a resource
+  (`post_id`, `user_id`: `shared.commands.RESOURCES`) gets one made for the occasion, owned by
+  whoever the case needs; the other fields take their `examples` or their defaults.
+- The holder of a credential is the party the command's policy grants first (`Policy.grants`:
+  the owner, or an admin), so every refusal is the credential's doing. Each credential kind —
+  the forge's flawed tokens (missing, malformed, `alg` none, HS256 with the public key, a foreign
+  key under the real kid, expired), a wrong `typ`, a forged signature, a missing claim, a wrong
+  `iss` or `aud`, a token expired past the leeway, a logged-out session, a banned account and a
+  demoted admin — must be refused with the contract's status (401, or 403 for a ban).
+- Each refusal the policy declares (`Policy.refusals`: another user; an admin who is not the
+  owner, for Owner; a plain user, for ADMIN) is injected with a real, valid token of that party.
 
-"Nothing changed" is a fingerprint of every table, listed from information_schema, so it covers a
-new command's tables without anyone remembering to add them (idempotency records a timer purges
-are left out once due, so housekeeping is not mistaken for an effect). Each guarded command needs a valid
-sample payload in `SAMPLES`; a command without one fails with a message saying so. A valid
-credential runs every sample, so a refusal is never a broken payload in disguise.
-
-The command list is only known once the stack runs, so each credential kind is one test that goes
-through every command; every failure names the command and the credential.
+Every refusal must leave no row of any table in the services' schemas changed (audit_log aside)
+and exactly one `denied` row for its message in the deciding service's audit_log. A positive
+control runs each command for each party its policy grants, so a refusal is never a broken payload
+in disguise. "Nothing changed" is a fingerprint of every table, listed from information_schema,
+so a new command's tables are covered without anyone remembering to add them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -42,13 +43,18 @@ import pytest
 import auth_service.service
 import posts_service.service
 import users_service.service
-from shared.audit import audit_command_name, audit_route
+from shared.audit import audit_route
+from shared.authorization import Party, Policy
+from shared.commands import COMMANDS, RESOURCES, commands_of
 from shared.database import create_pool
-from shared.routes import CommandRoute, check_routes
+from shared.declarations import Command
+from shared.roles import Role
+from shared.routes import check_routes
 from shared.service import WireFn
 from shared.settings import Settings
 from support.accounts import User, login, make_admin, register, token_claims
 from support.broker import BrokerProbe
+from support.fingerprint import changed_tables, fingerprint, settled_fingerprint
 from support.forge import TokenForge
 from support.stack import Stack
 
@@ -60,215 +66,78 @@ WIRES: dict[str, WireFn] = {
     users_service.service.NAME: users_service.service.wire,
     posts_service.service.NAME: posts_service.service.wire,
 }
-#: The commands the contract lets anyone send without a token.
+#: The commands the contract lets anyone send without a token (../shared/CONTRACT.md).
 CONTRACT_PUBLIC = frozenset({"register", "login", "get-post", "list-posts", "get-user"})
+GUARDED: list[Command] = [c for c in COMMANDS.values() if c.guarded]
 
-# -- "nothing changed": a fingerprint of every table ---------------------------------------------
+# -- the credentials -----------------------------------------------------------------------------
 
-SCHEMAS = ("auth", "users", "posts")
-#: Tables a refusal is expected to write to: the denial is recorded there.
-UNFINGERPRINTED = ("audit_log",)
-#: Rows a service deletes on a timer, not in answer to a message: left out of the fingerprint
-#: once they are due before the horizon, so housekeeping in the middle of a comparison (in a long
-#: run, tokens from early tests expire) is not mistaken for an effect.
-HOUSEKEPT = {"processed_commands": "expires_at"}
-HORIZON = timedelta(minutes=2)
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    digests: dict[str, str]  # md5 of each table's full contents, by `schema.table`
-    horizon: datetime
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Fingerprint) and self.digests == other.digests
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-async def fingerprint(db: asyncpg.Pool, *, like: Fingerprint | None = None) -> Fingerprint:
-    """Every table in the services' schemas; `like` reuses an earlier fingerprint's horizon."""
-    horizon = like.horizon if like is not None else datetime.now(UTC) + HORIZON
-    async with db.acquire() as conn:
-        tables = await conn.fetch(
-            "SELECT table_schema, table_name FROM information_schema.tables"
-            " WHERE table_schema = ANY($1::text[]) AND table_type = 'BASE TABLE' AND table_name <> ALL($2::text[])"
-            " ORDER BY 1, 2",
-            list(SCHEMAS), list(UNFINGERPRINTED),
-        )
-        assert tables, "no tables found in the services' schemas"
-
-        def digest(schema: str, table: str) -> str:
-            due = HOUSEKEPT.get(table)
-            where = f" WHERE t.{_ident(due)} >= '{horizon.isoformat()}'::timestamptz" if due else ""
-            return (
-                f"SELECT '{schema}.{table}' AS name, (SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
-                f" FROM {_ident(schema)}.{_ident(table)} t{where}) AS digest"
-            )
-
-        rows = await conn.fetch(" UNION ALL ".join(digest(r["table_schema"], r["table_name"]) for r in tables))
-    return Fingerprint({r["name"]: r["digest"] for r in rows}, horizon)
-
-
-async def outboxes_empty(db: asyncpg.Pool) -> bool:
-    async with db.acquire() as conn:
-        return all([await conn.fetchval(f"SELECT count(*) = 0 FROM {schema}.outbox") for schema in SCHEMAS])
-
-
-def changed_tables(before: Fingerprint, after: Fingerprint) -> list[str]:
-    names = before.digests.keys() | after.digests.keys()
-    return sorted(name for name in names if before.digests.get(name) != after.digests.get(name))
-
-
-async def settled_fingerprint(db: asyncpg.Pool, *, like: Fingerprint | None = None, quiet: float = 0.2, timeout: float = 15.0) -> Fingerprint:
-    """The fingerprint once setup's events have been relayed and consumed: every outbox empty
-    and no table changing for `quiet` seconds."""
-    deadline = time.monotonic() + timeout
-    last = await fingerprint(db, like=like)
-    while True:
-        await asyncio.sleep(quiet)
-        current = await fingerprint(db, like=last)
-        if current == last and await outboxes_empty(db):
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the database never settled; still changing: {changed_tables(last, current)}")
-        last = current
-
-
-# -- the commands, from the services' own wiring -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServiceRoute:
-    service: str  # also the schema whose audit_log records the decision
-    route: CommandRoute
-
-    @property
-    def name(self) -> str:
-        return self.route.name
-
-    @property
-    def public(self) -> bool:
-        return self.route.policy.name == "public" or not self.route.policy.needs_token
-
-
-@pytest.fixture(scope="module")
-async def routes(stack: Stack) -> list[ServiceRoute]:
-    """Every command every service consumes, as `shared.service.serve` assembles them."""
-    settings = Settings.from_env(stack.env)
-    found: list[ServiceRoute] = []
-    for service, wire in WIRES.items():
-        pool = await create_pool(settings.database_url, service, min_size=1, max_size=2)
-        try:
-            wiring = await wire(settings, pool)
-        finally:
-            await pool.close()
-        table = check_routes([*wiring.commands, audit_route(service)])
-        found.extend(ServiceRoute(service, route) for route in table.values())
-    names = [r.name for r in found]
-    assert len(names) == len(set(names)), f"a command is consumed by two services: {sorted(names)}"
-    return found
-
-
-def guarded(routes: list[ServiceRoute]) -> list[ServiceRoute]:
-    return [r for r in routes if not r.public]
-
-
-# -- sample payloads: one valid payload per guarded command --------------------------------------
-
-
-@dataclass
-class SampleContext:
-    """What a sample may use: `victim` is the ordinary user whose resource the command acts on."""
-
-    victim: User
-    http: aiohttp.ClientSession
-    db: asyncpg.Pool
-    wait_until: WaitUntil
-
-
-async def wait_for_profile(ctx: SampleContext, user: User) -> None:
-    async def exists() -> bool:
-        return await ctx.db.fetchval("SELECT EXISTS (SELECT 1 FROM users.profiles WHERE id = $1)", user.id)
-
-    await ctx.wait_until(exists, timeout=5.0)
-
-
-async def post_of_victim(ctx: SampleContext) -> dict[str, Any]:
-    async with ctx.http.post("/posts", json={"title": "Mine", "body": "Hands off"}, headers=ctx.victim.auth) as response:
-        assert response.status == 201, await response.text()
-        return {"post_id": (await response.json())["id"]}
-
-
-async def ban_of_victim(ctx: SampleContext) -> dict[str, Any]:
-    await wait_for_profile(ctx, ctx.victim)
-    return {"user_id": ctx.victim.id, "reason": "injected"}
-
-
-async def no_fields(_ctx: SampleContext) -> dict[str, Any]:
-    return {}
-
-
-async def a_page_of_audit(_ctx: SampleContext) -> dict[str, Any]:
-    return {"limit": 5}
-
-
-async def a_new_post(_ctx: SampleContext) -> dict[str, Any]:
-    return {"title": "Injected", "body": "This post must not exist"}
-
-
-SAMPLES: dict[str, Callable[[SampleContext], Awaitable[dict[str, Any]]]] = {
-    "logout": no_fields,
-    "get-me": no_fields,
-    "create-post": a_new_post,
-    "delete-post": post_of_victim,
-    "ban-user": ban_of_victim,
-    **{audit_command_name(service): a_page_of_audit for service in WIRES},
-}
-
-
-def sample_for(route: ServiceRoute) -> Callable[[SampleContext], Awaitable[dict[str, Any]]]:
-    sample = SAMPLES.get(route.name)
-    assert sample is not None, (
-        f"{route.name!r} ({route.service}_service, policy {route.route.policy.name}) has no sample payload: "
-        f"add a SAMPLES entry in {__name__} that builds a valid payload for it, so it is injected with every bad credential"
-    )
-    return sample
-
-
-# -- credentials ---------------------------------------------------------------------------------
-
-#: forge.bad_tokens() names, then the ones this module adds.
-BAD_TOKENS = (
+#: forge.bad_tokens() names, in its order.
+FORGED = (
     "no token", "garbage token", "alg none", "HS256 with the public key", "foreign key with the real kid",
     "expired", "wrong aud", "wrong iss",
 )
+WRONG_TYP = "wrong typ"
+FORGED_SIGNATURE = "forged signature"
+MISSING_CLAIM = "missing sid claim"
 EXPIRED_PAST_LEEWAY = "expired 10 s ago"
 LOGGED_OUT = "logged out"
 BANNED = "banned"
-ANOTHER_USER = "another user"  # not the owner for owner-or-admin, not an admin for admin
-CASES = (*BAD_TOKENS, EXPIRED_PAST_LEEWAY, LOGGED_OUT, BANNED, ANOTHER_USER)
-STATUS = {**dict.fromkeys((*BAD_TOKENS, EXPIRED_PAST_LEEWAY, LOGGED_OUT), 401), BANNED: 403, ANOTHER_USER: 403}
-KNOWN_POLICIES = ("user", "owner_or_admin", "admin")
-
-
-def applies(case: str, route: ServiceRoute) -> bool:
-    return case != ANOTHER_USER or route.route.policy.name in ("owner_or_admin", "admin")
+DEMOTED = "demoted admin"
+CREDENTIALS = (*FORGED, WRONG_TYP, FORGED_SIGNATURE, MISSING_CLAIM, EXPIRED_PAST_LEEWAY, LOGGED_OUT, BANNED, DEMOTED)
+STATUS = {**dict.fromkeys(CREDENTIALS, 401), BANNED: 403}
 
 
 def flawed_tokens(forge: TokenForge, holder: User, role: str) -> dict[str, str | None]:
-    """forge.bad_tokens() for the holder's real sub and sid, claiming the holder's real role."""
+    """Every way a token of the holder's real sub and sid, claiming its real role, can be wrong
+    without touching the session."""
     now = int(time.time())
     tokens = forge.bad_tokens(holder.id, holder.session_id, role=role)
-    assert tuple(tokens) == BAD_TOKENS, f"the forge's list changed to {tuple(tokens)}; update BAD_TOKENS"
+    assert tuple(tokens) == FORGED, f"the forge's list changed to {tuple(tokens)}; update FORGED"
+    good = forge.claims(holder.id, holder.session_id, role=role)
+    tokens[WRONG_TYP] = forge.sign(good, headers={"typ": "JWT"})
+    header, _, signature = forge.sign(good).split(".")
+    tampered = base64.urlsafe_b64encode(json.dumps({**good, "role": "admin", "sub": str(uuid4())}).encode()).rstrip(b"=").decode()
+    tokens[FORGED_SIGNATURE] = f"{header}.{tampered}.{signature}"
+    tokens[MISSING_CLAIM] = forge.sign({k: v for k, v in good.items() if k != "sid"})
     tokens[EXPIRED_PAST_LEEWAY] = forge.sign(forge.claims(holder.id, holder.session_id, role=role, iat=now - 610, exp=now - 10))
     return tokens
 
 
+# -- the cases, derived from the declarations ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    command: Command
+    credential: str  # a CREDENTIALS name, or the case of one of the policy's refusals
+    party: Party  # who holds the credential
+    status: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.command.name}-{self.credential.replace(' ', '-')}"
+
+
+def cases() -> list[Case]:
+    found = []
+    for command in GUARDED:
+        policy: Policy = command.policy
+        granted = policy.grants[0]
+        found.extend(Case(command, credential, granted, STATUS[credential]) for credential in CREDENTIALS)
+        found.extend(Case(command, refusal.case, refusal.party, refusal.status) for refusal in policy.refusals)
+    return found
+
+
+CASES = cases()
+
+# -- sample payloads, from the models ------------------------------------------------------------
+
+
 @dataclass
-class Injector:
+class World:
+    """What the matrix needs to make people and things."""
+
     http: aiohttp.ClientSession
     db: asyncpg.Pool
     broker: BrokerProbe
@@ -277,84 +146,56 @@ class Injector:
     admin: User
     wait_until: WaitUntil
 
-    async def holder(self, route: ServiceRoute, case: str, victim: User) -> tuple[User, str]:
-        """Who presents the credential, and the role their token claims."""
-        policy = route.route.policy.name
-        assert policy in KNOWN_POLICIES, (
-            f"{route.name!r} has policy {policy!r}, which this test does not know: decide which credentials it must refuse"
-        )
-        if policy == "user":
-            return victim, "user"
-        if policy == "owner_or_admin":
-            return (await register(self.http, "other") if case == ANOTHER_USER else victim), "user"
-        if case == ANOTHER_USER:
-            return await register(self.http, "plain"), "user"
-        if case == BANNED:  # a banned *admin*: the 403 must come from the ban, not the role
-            return await make_admin(self.http, self.stack), "admin"
-        return self.admin, "admin"
+    async def party(self, party: Party, *, fresh: bool = False) -> User:
+        """A signed-in user of the party's role (a fresh admin when asked: one the test will change)."""
+        if party.role is Role.ADMIN:
+            return await make_admin(self.http, self.stack) if fresh else self.admin
+        return await register(self.http, "holder")
 
-    async def credential(self, case: str, holder: User, role: str, schema: str) -> str | None:
-        if case == LOGGED_OUT:
-            return await self.logged_out_token(holder, schema)
-        if case == BANNED:
-            await self.ban(holder, schema)
-            return holder.token
-        if case == ANOTHER_USER:
-            return holder.token
-        return flawed_tokens(self.forge, holder, role)[case]
-
-    async def logged_out_token(self, holder: User, schema: str) -> str:
-        """A real token of a second session of `holder`, logged out through the gateway."""
-        token = await login(self.http, holder.email, holder.password)
-        async with self.http.post("/auth/logout", headers={"Authorization": f"Bearer {token}"}) as response:
-            assert response.status == 204, await response.text()
-        sid = token_claims(token)["sid"]
-
-        async def revoked_there() -> bool:
-            return await self.db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {schema}.revoked_sessions WHERE session_id = $1)", sid)
-
-        await self.wait_until(revoked_there, timeout=5.0)
-        return token
-
-    async def ban(self, user: User, schema: str) -> None:
-        async def profile() -> bool:
+    async def wait_for_profile(self, user: User) -> None:
+        async def exists() -> bool:
             return await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM users.profiles WHERE id = $1)", user.id)
 
-        await self.wait_until(profile, timeout=5.0)
-        async with self.http.post(f"/users/{user.id}/ban", json={"reason": "test"}, headers=self.admin.auth) as response:
-            assert response.status == 200, await response.text()
+        await self.wait_until(exists, timeout=5.0)
 
-        async def banned_there() -> bool:
-            return await self.db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {schema}.banned_accounts WHERE user_id = $1)", user.id)
+    async def a_post(self, owner: User) -> str:
+        async with self.http.post("/posts", json={"title": "Mine", "body": "Hands off"}, headers=owner.auth) as response:
+            assert response.status == 201, await response.text()
+            return str((await response.json())["id"])
 
-        await self.wait_until(banned_there, timeout=5.0)
+    async def a_user(self, owner: User) -> str:
+        await self.wait_for_profile(owner)
+        return owner.id
 
-    def context(self, victim: User) -> SampleContext:
-        return SampleContext(victim, self.http, self.db, self.wait_until)
+    async def resource(self, name: str, owner: User) -> str:
+        """A new resource of kind `name` owned by `owner`, by its id."""
+        makers: dict[str, Callable[[User], Awaitable[str]]] = {"post": self.a_post, "user": self.a_user}
+        assert name in makers, f"no maker for the resource {name!r}: add one to World.resource"
+        return await makers[name](owner)
 
-    async def expect_refusal(self, route: ServiceRoute, case: str) -> None:
-        """Inject `route` with the credential `case` names; refused, audited, nothing changed."""
-        sample = sample_for(route)
-        victim = await register(self.http, "victim")
-        payload = await sample(self.context(victim))
-        holder, role = await self.holder(route, case, victim)
-        token = await self.credential(case, holder, role, route.service)
-        expected = STATUS[case]
-        before = await settled_fingerprint(self.db)
-        message_id = str(uuid4())
+    async def sample(self, command: Command, owner: User | None) -> dict[str, Any]:
+        """A valid payload of the command whose resources `owner` owns (None: a new victim)."""
+        payload: dict[str, Any] = {}
+        by_field = {r.id_field: r.name for r in RESOURCES}
+        for name, field in command.payload.model_fields.items():
+            if name in by_field:
+                owner = owner or await register(self.http, "victim")
+                payload[name] = await self.resource(by_field[name], owner)
+            elif field.examples:
+                payload[name] = field.examples[0]
+            elif field.is_required():
+                payload[name] = example_of(field.annotation)
+        command.payload.model_validate_json(json.dumps(payload))  # as the service reads it; refused: this module's bug
+        return payload
 
-        reply = await self.broker.command(route.name, payload, token=token, message_id=message_id)
 
-        assert reply is not None and reply.get("ok") is False, f"expected a {expected} refusal, the command ran: {reply}"
-        assert reply["error"]["status"] == expected, f"expected status {expected}, got {reply['error']}"
-        await asyncio.sleep(0.3)
-        after = await fingerprint(self.db, like=before)
-        assert after == before, f"refused, but it changed {changed_tables(before, after)}"
-        denied = await self.db.fetchval(
-            f"SELECT count(*) FROM {route.service}.audit_log WHERE decision = 'denied' AND command = $1 AND message_id = $2",
-            route.name, message_id,
-        )
-        assert denied == 1, f"expected one 'denied' row in {route.service}.audit_log for message {message_id}, found {denied}"
+def example_of(annotation: Any) -> Any:
+    """A value of a required field without `examples`: give the field examples if this fails."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)[0]
+    simple = {str: "sample", int: 1, bool: False, float: 1.0}
+    assert annotation in simple, f"no example for a field of type {annotation!r}: add `examples` to its Field"
+    return simple[annotation]
 
 
 @pytest.fixture(scope="module")
@@ -363,63 +204,128 @@ async def admin(http: aiohttp.ClientSession, stack: Stack) -> User:
 
 
 @pytest.fixture
-def injector(
+def world(
     http: aiohttp.ClientSession, db: asyncpg.Pool, broker: BrokerProbe, forge: TokenForge, stack: Stack,
     admin: User, wait_until: WaitUntil,
-) -> Injector:
-    return Injector(http, db, broker, forge, stack, admin, wait_until)
+) -> World:
+    return World(http, db, broker, forge, stack, admin, wait_until)
+
+
+# -- setting up a credential ---------------------------------------------------------------------
+
+
+async def logged_out_token(world: World, holder: User, schema: str) -> str:
+    """A real token of a second session of `holder`, logged out through the gateway."""
+    token = await login(world.http, holder.email, holder.password)
+    async with world.http.post("/auth/logout", headers={"Authorization": f"Bearer {token}"}) as response:
+        assert response.status == 204, await response.text()
+    await revoked_in(world, token_claims(token)["sid"], schema)
+    return token
+
+
+async def revoked_in(world: World, sid: str, schema: str) -> None:
+    async def revoked_there() -> bool:
+        return await world.db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {schema}.revoked_sessions WHERE session_id = $1)", sid)
+
+    await world.wait_until(revoked_there, timeout=5.0)
+
+
+async def ban(world: World, user: User, schema: str) -> None:
+    await world.wait_for_profile(user)
+    async with world.http.post(f"/users/{user.id}/ban", json={"reason": "test"}, headers=world.admin.auth) as response:
+        assert response.status == 200, await response.text()
+
+    async def banned_there() -> bool:
+        return await world.db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {schema}.banned_accounts WHERE user_id = $1)", user.id)
+
+    await world.wait_until(banned_there, timeout=5.0)
+
+
+async def demote(world: World, admin: User, schema: str) -> None:
+    result = world.stack.run_cli("set-role", admin.email, "user")
+    assert result.returncode == 0, result.stderr
+    await revoked_in(world, admin.session_id, schema)
+
+
+async def prepare(world: World, case: Case) -> tuple[dict[str, Any], str | None]:
+    """The payload and the credential of a case, with everything they need in place."""
+    schema = case.command.service.name
+    # A holder the case changes (banned, demoted) is made for it; a demoted admin is an admin first.
+    party = Party(Role.ADMIN, case.party.owns) if case.credential == DEMOTED else case.party
+    holder = await world.party(party, fresh=case.credential in (BANNED, DEMOTED))
+    payload = await world.sample(case.command, holder if case.party.owns else None)
+    if case.credential == LOGGED_OUT:
+        return payload, await logged_out_token(world, holder, schema)
+    if case.credential == BANNED:
+        await ban(world, holder, schema)
+        return payload, holder.token
+    if case.credential == DEMOTED:
+        await demote(world, holder, schema)
+        return payload, holder.token
+    if case.credential in STATUS:
+        return payload, flawed_tokens(world.forge, holder, party.role.value)[case.credential]
+    return payload, holder.token  # one of the policy's refusals: a real, valid token
 
 
 # -- the tests -----------------------------------------------------------------------------------
 
 
-async def test_wiring_lists_the_contract_commands(routes: list[ServiceRoute]) -> None:
-    """Sanity of the enumeration itself: it sees at least every command of the contract."""
-    names = {r.name for r in routes}
-    contract = {"register", "login", "logout", "get-me", "create-post", "get-post", "list-posts", "delete-post", "get-user", "ban-user"}
-    assert contract <= names, f"the wiring is missing {sorted(contract - names)}"
-    assert {audit_command_name(s) for s in WIRES} <= names
+def test_every_guarded_command_is_in_the_matrix() -> None:
+    named = {case.command.name for case in CASES}
+    assert named == {c.name for c in GUARDED} and named, "a guarded command has no case"
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids))
 
 
-async def test_public_commands_are_the_contracts(routes: list[ServiceRoute]) -> None:
-    unexpected = sorted(f"{r.name} ({r.service}_service)" for r in routes if r.public and r.name not in CONTRACT_PUBLIC)
+def test_public_commands_are_the_contracts() -> None:
+    unexpected = sorted(name for name, c in COMMANDS.items() if not c.guarded and name not in CONTRACT_PUBLIC)
     assert not unexpected, (
         f"declared PUBLIC but not public in the contract: {unexpected}. A public command reads no token; "
         "if that is really intended, change the contract and CONTRACT_PUBLIC"
     )
 
 
-async def test_every_guarded_command_has_a_sample(routes: list[ServiceRoute]) -> None:
-    missing = sorted(r.name for r in guarded(routes) if r.name not in SAMPLES)
-    assert not missing, f"no sample payload for {missing}: add a SAMPLES entry for each in {__name__}"
-
-
-async def test_every_sample_runs_with_a_valid_credential(routes: list[ServiceRoute], injector: Injector) -> None:
-    """Positive control: the owner (or an admin, for admin commands) runs each sample."""
-    failures = []
-    for route in guarded(routes):
+async def test_the_running_services_serve_exactly_the_declarations(stack: Stack) -> None:
+    """What the matrix injects is what the stack consumes: each service's own wiring, as
+    `shared.service.serve` assembles it, against the declarations."""
+    settings = Settings.from_env(stack.env)
+    for service, wire in WIRES.items():
+        pool = await create_pool(settings.database_url, service, min_size=1, max_size=2)
         try:
-            victim = await register(injector.http, "victim")
-            payload = await sample_for(route)(injector.context(victim))
-            caller = injector.admin if route.route.policy.name == "admin" else victim
-            reply = await injector.broker.command(route.name, payload, token=caller.token)
-            assert reply is not None and reply.get("ok") is True, f"the sample did not run: {reply}"
-        except Exception as exc:  # noqa: BLE001 - report every command, then fail
-            failures.append(f"{route.name} with a valid credential: {type(exc).__name__}: {exc}")
-    assert not failures, "\n".join(failures)
+            wiring = await wire(settings, pool)
+        finally:
+            await pool.close()
+        table = check_routes([*wiring.commands, audit_route(service)])
+        assert {name: route.declaration for name, route in table.items()} == {c.name: c for c in commands_of(service)}
 
 
-@pytest.mark.parametrize("case", CASES)
-async def test_every_guarded_command_refuses(case: str, routes: list[ServiceRoute], injector: Injector) -> None:
-    failures = []
-    checked = []
-    for route in guarded(routes):
-        if not applies(case, route):
-            continue
-        checked.append(route.name)
-        try:
-            await injector.expect_refusal(route, case)
-        except Exception as exc:  # noqa: BLE001 - report every command, then fail
-            failures.append(f"{route.name} ({route.service}_service) with {case!r}: {type(exc).__name__}: {exc}")
-    assert checked, f"no guarded command takes the credential {case!r}"
-    assert not failures, "\n".join(failures)
+@pytest.mark.parametrize("command", GUARDED, ids=lambda c: c.name)
+async def test_each_granted_party_runs_the_sample(command: Command, world: World) -> None:
+    """Positive control: every party the policy grants runs the sample with a valid token."""
+    for party in command.policy.grants:
+        holder = await world.party(party)
+        payload = await world.sample(command, holder if party.owns else None)
+        reply = await world.broker.command(command.name, payload, token=holder.token)
+        assert reply is not None and reply.get("ok") is True, f"{party} could not run the sample {payload}: {reply}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+async def test_injected_and_refused(case: Case, world: World) -> None:
+    """Straight into RabbitMQ: refused with the contract's status, audited, and nothing changed."""
+    payload, token = await prepare(world, case)
+    before = await settled_fingerprint(world.db)
+    message_id = str(uuid4())
+
+    reply = await world.broker.command(case.command.name, payload, token=token, message_id=message_id)
+
+    assert reply is not None and reply.get("ok") is False, f"expected a {case.status} refusal, the command ran: {reply}"
+    assert reply["error"]["status"] == case.status, f"expected status {case.status}, got {reply['error']}"
+    await asyncio.sleep(0.3)
+    after = await fingerprint(world.db, like=before)
+    assert after == before, f"refused, but it changed {changed_tables(before, after)}"
+    schema = case.command.service.name
+    denied = await world.db.fetchval(
+        f"SELECT count(*) FROM {schema}.audit_log WHERE decision = 'denied' AND command = $1 AND message_id = $2",
+        case.command.name, message_id,
+    )
+    assert denied == 1, f"expected one 'denied' row in {schema}.audit_log for message {message_id}, found {denied}"

@@ -37,7 +37,7 @@ import pytest
 from support.accounts import User, login, make_admin, register, token_claims
 from support.broker import BrokerProbe
 from support.stack import Stack
-from test_every_command_is_guarded import changed_tables, fingerprint, settled_fingerprint
+from support.fingerprint import changed_tables, fingerprint, settled_fingerprint
 
 WaitUntil = Callable[..., Awaitable[Any]]
 

@@ -55,7 +55,8 @@ from support.backends import Backends
 from support.broker import BrokerProbe
 from support.forge import TokenForge
 from support.stack import Stack
-from test_every_command_is_guarded import CONTRACT_PUBLIC, Fingerprint, changed_tables, settled_fingerprint
+from support.fingerprint import Fingerprint, changed_tables, settled_fingerprint
+from test_every_command_is_guarded import CONTRACT_PUBLIC
 
 SERVICES = ("auth", "users", "posts")
 REAL_COMMANDS = (*sorted(COMMAND_PAYLOADS), *(audit_command_name(s) for s in SERVICES))
