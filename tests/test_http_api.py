@@ -406,6 +406,84 @@ async def test_create_post_author_id_field_is_422_and_grants_nothing(
     assert await db.fetchval("SELECT author_id::text FROM posts.posts WHERE id = $1", post.id) == user.id
 
 
+# -- PATCH /posts/{id} -----------------------------------------------------------------------
+
+async def post_in_db(db: asyncpg.Pool, post_id: Any) -> tuple[str, str] | None:
+    row = await db.fetchrow("SELECT title, body FROM posts.posts WHERE id = $1", post_id)
+    return None if row is None else (row["title"], row["body"])
+
+
+async def test_author_edits_the_title_and_keeps_the_body(http: aiohttp.ClientSession, new_user, db: asyncpg.Pool) -> None:
+    user: User = await new_user("editor")
+    post = await create_post(http, user, "First title", "The body stays")
+    async with http.patch(f"/posts/{post.id}", json={"title": "  Second title "}, headers=user.auth) as response:
+        assert response.status == 200, await response.text()
+        edited = Post.model_validate(await response.json())
+    assert (edited.id, edited.author_id, edited.created_at) == (post.id, post.author_id, post.created_at)
+    assert (edited.title, edited.body) == ("Second title", "The body stays")
+    assert await post_in_db(db, post.id) == ("Second title", "The body stays")
+    async with http.patch(f"/posts/{post.id}", json={"body": "New body", "title": "Third"}, headers=user.auth) as response:
+        assert response.status == 200, await response.text()
+    async with http.get(f"/posts/{post.id}") as response:
+        assert (await response.json())["body"] == "New body"
+
+
+async def test_an_admin_who_is_not_the_author_cannot_edit(http: aiohttp.ClientSession, new_user, new_admin, db: asyncpg.Pool) -> None:
+    author, admin = await new_user("author"), await new_admin()
+    post = await create_post(http, author)
+    async with http.patch(f"/posts/{post.id}", json={"title": "Admin was here"}, headers=admin.auth) as response:
+        await expect_problem(response, 403, "You do not have permission to edit this post")
+    assert await post_in_db(db, post.id) == ("A title", "A body")
+
+
+async def test_another_user_cannot_edit(http: aiohttp.ClientSession, new_user, db: asyncpg.Pool) -> None:
+    author, other = await new_user("author"), await new_user("other")
+    post = await create_post(http, author)
+    async with http.patch(f"/posts/{post.id}", json={"body": "Mine now"}, headers=other.auth) as response:
+        await expect_problem(response, 403, "You do not have permission to edit this post")
+    async with http.patch(f"/posts/{post.id}", json={"body": "Mine now"}) as response:
+        await expect_problem(response, 401)
+    assert await post_in_db(db, post.id) == ("A title", "A body")
+
+
+async def test_edit_unknown_post_is_404(http: aiohttp.ClientSession, new_user) -> None:
+    user: User = await new_user("ghost")
+    async with http.patch(f"/posts/{uuid4()}", json={"title": "x"}, headers=user.auth) as response:
+        await expect_problem(response, 404, "No post with that id")
+    async with http.patch("/posts/not-a-uuid", json={"title": "x"}, headers=user.auth) as response:
+        await expect_problem(response, 404, "No post with that id")
+
+
+async def test_edit_bodies_that_change_nothing_or_too_much_are_refused(http: aiohttp.ClientSession, new_user, db: asyncpg.Pool) -> None:
+    user: User = await new_user("careful")
+    post = await create_post(http, user)
+    refusals: list[tuple[Any, int]] = [
+        ({}, 422), ({"title": None, "body": None}, 422), ({"title": " "}, 422), ({"title": 5}, 422),
+        ({"title": "x", "author_id": user.id}, 422), ({"post_id": str(uuid4()), "title": "x"}, 422),
+        ([], 422), ("a string", 422),
+    ]
+    for body, status in refusals:
+        async with http.patch(f"/posts/{post.id}", json=body, headers=user.auth) as response:
+            await expect_problem(response, status)
+    async with http.patch(f"/posts/{post.id}", data=b"{not json", headers={**user.auth, "Content-Type": "application/json"}) as response:
+        await expect_problem(response, 400)
+    async with http.patch(f"/posts/{post.id}", headers=user.auth) as response:
+        await expect_problem(response, 400, "The body is not valid JSON")  # no body at all, as for POST /posts
+    assert await post_in_db(db, post.id) == ("A title", "A body")
+
+
+async def test_edit_with_an_idempotency_key_is_applied_once(http: aiohttp.ClientSession, new_user, db: asyncpg.Pool) -> None:
+    user: User = await new_user("retrier")
+    post = await create_post(http, user)
+    headers = {**user.auth, "Idempotency-Key": f"edit-{uuid4()}"}
+    async with http.patch(f"/posts/{post.id}", json={"title": "Once"}, headers=headers) as response:
+        first = await response.json()
+    await db.execute("UPDATE posts.posts SET title = 'Changed since' WHERE id = $1", post.id)
+    async with http.patch(f"/posts/{post.id}", json={"title": "Once"}, headers=headers) as response:
+        assert response.status == 200 and await response.json() == first  # the first answer, not a second effect
+    assert await post_in_db(db, post.id) == ("Changed since", "A body")
+
+
 # -- DELETE /posts/{id} ----------------------------------------------------------------------
 
 async def test_author_deletes_own_post(http: aiohttp.ClientSession, new_user, db: asyncpg.Pool) -> None:
@@ -577,7 +655,7 @@ CONTRACT_ROUTES = {
     "/auth/logout": {"post"},
     "/auth/me": {"get"},
     "/posts": {"get", "post"},
-    "/posts/{}": {"get", "delete"},
+    "/posts/{}": {"get", "patch", "delete"},
     "/users/{}": {"get"},
     "/users/{}/ban": {"post"},
 }

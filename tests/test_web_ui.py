@@ -184,6 +184,62 @@ async def test_the_author_deletes_their_own_post(
     assert await post_exists(db, kept)
 
 
+async def post_row(db: asyncpg.Pool, post_id: str) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT title, body FROM posts.posts WHERE id = $1::uuid", post_id)
+
+
+async def test_the_author_edits_their_post(
+    open_page: OpenPage, new_user: Callable[..., Awaitable[User]], http: aiohttp.ClientSession, db: asyncpg.Pool
+) -> None:
+    author = await new_user("author")
+    post_id = await write_post_via_api(http, author)
+    page = await open_page("author")
+    await log_in(page, author)
+    post = post_item(page, post_id)
+
+    await post.get_by_test_id("edit-post").click()
+    await expect(post.get_by_test_id("edit-post-title")).to_be_focused()
+    await post.get_by_test_id("edit-post-title").fill("Edited in Chromium")
+    await post.get_by_test_id("edit-post-body").fill("A better body.\nOn two lines.")
+    await snapshot(page, "editing-own-post")
+    await post.get_by_test_id("edit-post-save").click()
+
+    await expect(page.locator("#notice")).to_have_text("Post updated.")
+    await expect(post.get_by_test_id("edit-post-form")).to_have_count(0)
+    await expect(post.get_by_test_id("post-title")).to_have_text("Edited in Chromium")
+    await expect(post.get_by_test_id("post-body")).to_have_text("A better body.\nOn two lines.")
+    await expect(page.locator("#alert")).to_be_hidden()
+    row = await post_row(db, post_id)
+    assert row is not None and (row["title"], row["body"]) == ("Edited in Chromium", "A better body.\nOn two lines.")
+
+    await page.reload()  # what the server holds, not what the page remembers
+    await expect(post_item(page, post_id).get_by_test_id("post-title")).to_have_text("Edited in Chromium")
+
+
+async def test_an_admin_who_is_not_the_author_cannot_edit_and_sees_why(
+    open_page: OpenPage, new_user: Callable[..., Awaitable[User]], new_admin: Callable[[], Awaitable[User]],
+    http: aiohttp.ClientSession, db: asyncpg.Pool,
+) -> None:
+    author, admin = await new_user("author"), await new_admin()
+    post_id = await write_post_via_api(http, author)
+    before = await post_row(db, post_id)
+    page = await open_page("admin")
+    await log_in(page, admin)
+    post = post_item(page, post_id)
+
+    await post.get_by_test_id("edit-post").click()
+    await post.get_by_test_id("edit-post-title").fill("Rewritten by an admin")
+    await post.get_by_test_id("edit-post-save").click()
+
+    await expect(page.locator("#alert")).to_have_text("You do not have permission to edit this post")
+    await expect(post.get_by_test_id("edit-post-form")).to_have_count(1)  # kept open, with what was typed
+    await expect(post.get_by_test_id("edit-post-title")).to_have_value("Rewritten by an admin")
+    await snapshot(page, "refused-edit")
+    await post.get_by_test_id("edit-post-cancel").click()
+    await expect(post.get_by_test_id("post-title")).not_to_have_text("Rewritten by an admin")
+    assert await post_row(db, post_id) == before
+
+
 async def test_an_admin_bans_an_author_whose_next_action_shows_the_ban(
     open_page: OpenPage, new_user: Callable[..., Awaitable[User]], new_admin: Callable[[], Awaitable[User]],
     http: aiohttp.ClientSession, db: asyncpg.Pool, wait_until: Callable[..., Awaitable[object]],

@@ -1,4 +1,4 @@
-// Web UI for the posts gateway: sign up, log in/out, read, write and delete posts, and
+// Web UI for the posts gateway: sign up, log in/out, read, write, edit and delete posts, and
 // (for admins) ban authors. Plain browser JavaScript, no build step, same-origin JSON API.
 // The server decides every permission; this page only shows what it answers.
 // All user-supplied text is written with textContent, never innerHTML.
@@ -8,7 +8,7 @@ const TOKEN_KEY = "access_token";
 const PAGE_SIZE = 20;
 const $ = (id) => document.getElementById(id);
 
-const state = { me: null, posts: [], nextCursor: null, loaded: false, generation: 0 };
+const state = { me: null, posts: [], nextCursor: null, loaded: false, generation: 0, editing: null }; // editing: {id, title, body} of the open edit form
 const authors = new Map(); // author_id -> Promise of {id, display_name, banned} or null
 
 class ApiError extends Error {
@@ -105,6 +105,7 @@ async function run(button, action) {
 function signOutLocally() {
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
+  state.editing = null;
   authors.clear(); // re-read the authors too (a ban may be why we are signed out)
   renderSession();
   renderPosts();
@@ -154,6 +155,11 @@ function renderPost(post) {
   const item = el("li", { class: "post", "data-testid": "post", "data-post-id": post.id });
   const titleId = `title-${post.id}`;
   item.append(el("h3", { id: titleId, class: "post-title", "data-testid": "post-title" }, post.title));
+  const me = state.me;
+  if (me && state.editing && state.editing.id === post.id) {
+    item.append(renderEditForm(post, titleId));
+    return item;
+  }
 
   const meta = el("p", { class: "post-meta" }, "by ");
   const author = el("span", { class: "post-author", "data-testid": "post-author", "data-author-id": post.author_id }, "…");
@@ -167,7 +173,6 @@ function renderPost(post) {
   });
   meta.append(author);
 
-  const me = state.me;
   if (me && me.role === "admin" && post.author_id !== me.id) {
     const ban = el("button", { type: "button", class: "ban-author", "data-testid": "ban-author", "data-author-id": post.author_id, "aria-describedby": titleId }, "Ban author");
     ban.addEventListener("click", () => run(ban, () => banAuthor(post.author_id)));
@@ -177,13 +182,50 @@ function renderPost(post) {
   item.append(meta, el("p", { class: "post-body", "data-testid": "post-body" }, post.body));
 
   if (me) {
+    // Offered to everyone signed in: the server decides (only the author may edit; the author or
+    // an admin may delete), and a refusal is shown in the alert.
+    const edit = el("button", { type: "button", class: "edit-post", "data-testid": "edit-post", "aria-describedby": titleId }, "Edit");
+    edit.addEventListener("click", () => {
+      clearAlert();
+      state.editing = { id: post.id, title: post.title, body: post.body };
+      renderPosts();
+      const title = $(`edit-title-${post.id}`);
+      if (title) title.focus();
+    });
     const del = el("button", { type: "button", class: "delete-post", "data-testid": "delete-post", "aria-describedby": titleId }, "Delete");
     del.addEventListener("click", () => run(del, () => deletePost(post.id)));
     const actions = el("div", { class: "post-actions" });
-    actions.append(del);
+    actions.append(edit, " ", del);
     item.append(actions);
   }
   return item;
+}
+
+// The inline form that edits one post. What is typed lives in state.editing, so a re-render (a
+// refusal re-reads the session) keeps it, and the form stays open with the alert.
+function renderEditForm(post, titleId) {
+  const draft = state.editing;
+  const form = el("form", { class: "edit-post-form", "data-testid": "edit-post-form", "aria-labelledby": titleId, novalidate: "" });
+  const titleInput = el("input", { id: `edit-title-${post.id}`, "data-testid": "edit-post-title", type: "text", required: "" });
+  titleInput.value = draft.title;
+  titleInput.addEventListener("input", () => { draft.title = titleInput.value; });
+  const bodyInput = el("textarea", { id: `edit-body-${post.id}`, "data-testid": "edit-post-body", rows: "4", required: "" });
+  bodyInput.value = draft.body;
+  bodyInput.addEventListener("input", () => { draft.body = bodyInput.value; });
+  const save = el("button", { type: "submit", "data-testid": "edit-post-save" }, "Save");
+  const cancel = el("button", { type: "button", "data-testid": "edit-post-cancel" }, "Cancel");
+  cancel.addEventListener("click", () => {
+    state.editing = null;
+    renderPosts();
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    run(save, () => editPost(post, titleInput.value, bodyInput.value));
+  });
+  const buttons = el("div", { class: "form-buttons" });
+  buttons.append(save, cancel);
+  form.append(el("label", { for: titleInput.id }, "Title"), titleInput, el("label", { for: bodyInput.id }, "Body"), bodyInput, buttons);
+  return form;
 }
 
 function renderPosts() {
@@ -216,6 +258,20 @@ async function loadMore() {
   const seen = new Set(state.posts.map((p) => p.id));
   state.posts.push(...page.items.filter((p) => !seen.has(p.id)));
   state.nextCursor = page.next_cursor;
+  renderPosts();
+}
+
+async function editPost(post, title, body) {
+  const changes = {};
+  if (title !== post.title) changes.title = title;
+  if (body !== post.body) changes.body = body;
+  if (Object.keys(changes).length > 0) {
+    // The answer is the post as it now is: show exactly that.
+    const updated = await api("PATCH", `/posts/${encodeURIComponent(post.id)}`, { auth: true, idempotent: true, body: changes });
+    state.posts = state.posts.map((p) => (p.id === updated.id ? updated : p));
+    setNotice("Post updated.");
+  }
+  state.editing = null;
   renderPosts();
 }
 
