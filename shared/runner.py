@@ -55,6 +55,7 @@ from shared.envelope import (
 from shared.errors import AppError, BadRequest, Forbidden, InternalError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
 from shared.metrics import ServiceMetrics
 from shared.outbox import OutboxRelay
+from shared.pacing import Backoff, wait_for_event
 from shared.routes import CommandRoute, EventRoute, check_routes
 from shared.tokens import Caller, TokenVerifier, bearer_token
 
@@ -207,19 +208,19 @@ class MessageProcessor:
     async def _hold_through_outage(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         """Run `attempt`, waiting out a database outage with backoff while the message stays
         unacked; when shutting down mid-outage, hand the message back instead."""
-        delay = 0.2
+        delays = Backoff(0.2)
         while True:
             try:
                 return await attempt()
             except TRANSIENT_DATABASE_ERRORS as exc:
                 if self.stopping:
                     raise _Requeue() from exc
+                delay = next(delays)
                 log.warning(
                     f"database unavailable; holding the {what} and retrying",
                     extra={"error": str(exc) or type(exc).__name__, "retry_in": delay},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _execute_once(
         self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage
@@ -406,8 +407,5 @@ class MessageProcessor:
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        """Whether every message in flight finished within `timeout` seconds."""
+        return await wait_for_event(self._idle, timeout)

@@ -32,6 +32,7 @@ from shared.logs import configure_logging
 from shared.metrics import ServiceMetrics
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
 from shared.outbox import OutboxRelay
+from shared.pacing import Backoff, every
 from shared.probes import build_probe_app
 from shared.routes import CommandRoute, EventRoute, check_routes
 from shared.runner import MessageProcessor
@@ -47,6 +48,8 @@ T = TypeVar("T")
 SHUTDOWN_DEADLINE_SECONDS = 10.0
 #: How often the gauges that need a query (outbox backlog, dead-letter depth) are refreshed.
 GAUGE_SECONDS = 5.0
+#: How often expired idempotency records are purged.
+PURGE_SECONDS = 60.0
 #: How long registering the consumers may take at start-up. A broker lost at that moment can leave
 #: aio-pika waiting for a channel that is never restored; failing start-up lets a supervisor retry.
 CONSUME_START_SECONDS = 30.0
@@ -195,28 +198,24 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
 
 async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
     """Keep trying to reach a dependency at start-up, so the stack can start in any order."""
-    delay = 0.5
+    delays = Backoff(0.5)
     while True:
         try:
             return await attempt()
         except (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
             if stop.is_set():
                 raise
+            delay = next(delays)
             log.warning(f"waiting for the {what}", extra={"error": str(exc) or type(exc).__name__, "retry_in": delay})
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 async def _purge_idempotency_records(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-    while not stop.is_set():
+    async for _ in every(PURGE_SECONDS, stop):
         try:
             async with pool.acquire() as conn:
                 await idempotency.purge_expired(conn)
         except TRANSIENT_DATABASE_ERRORS:
-            pass
-        try:
-            await asyncio.wait_for(stop.wait(), 60)
-        except TimeoutError:
             pass
 
 
@@ -226,7 +225,7 @@ async def _watch_dead_letters(
     """Keep the dead_letter_queue_depth gauge current, so parked messages show on a dashboard."""
     # A channel of its own: a failed passive declare closes the channel it ran on.
     channel: aio_pika.abc.AbstractChannel | None = None
-    while not stop.is_set():
+    async for _ in every(GAUGE_SECONDS, stop):
         if channel is None:
             try:
                 channel = await connection.channel()
@@ -242,10 +241,6 @@ async def _watch_dead_letters(
                 )
             except aio_pika.exceptions.AMQPError:
                 pass  # the broker is away; the gauge keeps its last value
-        try:
-            await asyncio.wait_for(stop.wait(), GAUGE_SECONDS)
-        except TimeoutError:
-            pass
 
 
 async def _observe_outbox(relay: OutboxRelay, metrics: ServiceMetrics) -> None:
@@ -257,12 +252,8 @@ async def _observe_outbox(relay: OutboxRelay, metrics: ServiceMetrics) -> None:
 async def _watch_outbox(relay: OutboxRelay, metrics: ServiceMetrics, stop: asyncio.Event) -> None:
     """Keep outbox_pending_events and outbox_oldest_event_age_seconds current: a backlog that
     grows or ages means the relay cannot reach the broker."""
-    while not stop.is_set():
+    async for _ in every(GAUGE_SECONDS, stop):
         try:
             await _observe_outbox(relay, metrics)
         except TRANSIENT_DATABASE_ERRORS:
             pass  # the database is away; the gauges keep their last value
-        try:
-            await asyncio.wait_for(stop.wait(), GAUGE_SECONDS)
-        except TimeoutError:
-            pass
