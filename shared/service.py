@@ -10,6 +10,7 @@ SIGTERM stops consuming, lets in-flight messages finish, flushes the outbox and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -84,6 +85,8 @@ def run_service(name: str, migrations: Path, wire: WireFn) -> None:
 
 
 async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the service until `stop` is set (or SIGTERM). Whatever start-up opened is closed on the
+    way out, in reverse order, whether the service stopped or start-up failed part-way."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -95,11 +98,14 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
     await _retry_until_up("database", lambda: migrate(
         settings.database_url, name, [MigrationSource("platform", PLATFORM_MIGRATIONS), MigrationSource(name, migrations)]
     ), stop)
-    pool = await create_pool(settings.database_url, name)
-    read_pool = await create_pool(settings.database_url, name, max_size=4, read_only=True)
-    http = aiohttp.ClientSession()
-    metrics = ServiceMetrics()
-    try:
+    async with contextlib.AsyncExitStack() as opened:
+        pool = await create_pool(settings.database_url, name)
+        opened.push_async_callback(pool.close)
+        read_pool = await create_pool(settings.database_url, name, max_size=4, read_only=True)
+        opened.push_async_callback(read_pool.close)
+        http = await opened.enter_async_context(aiohttp.ClientSession())
+        metrics = ServiceMetrics()
+
         wiring = await wire(settings, pool)
         check_routes(wiring.commands)  # refuse to start with an undeclared policy
         check_wiring(name, [r.name for r in wiring.commands] + [audit_command_name(name)], [r.routing_key for r in wiring.events])
@@ -109,6 +115,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         connection = await _retry_until_up(
             "broker", lambda: aio_pika.connect_robust(settings.amqp_url, reconnect_interval=RECONNECT_SECONDS), stop
         )
+        opened.push_async_callback(connection.close)
         # References to channels and queues are kept for the life of the process: connect_robust
         # restores only what is still referenced after a broker restart.
         consume_channel = await connection.channel(publisher_confirms=False)
@@ -156,6 +163,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         )
         runner = web.AppRunner(probe_app, access_log=None)
         await runner.setup()
+        opened.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, wiring.http_port).start()
 
         background = [
@@ -167,33 +175,44 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             ),
             asyncio.create_task(_watch_outbox(relay, metrics, stop), name="outbox-gauges"),
         ]
+        opened.push_async_callback(_cancel, background)
+        # Flushed before the tasks are cancelled and the broker connection closes.
+        opened.push_async_callback(relay.stop)
+
+        consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        # Registered before the consumers, so it runs once they are cancelled, whatever happens.
+        opened.push_async_callback(_finish_in_flight, processor)
+        opened.push_async_callback(_stop_consuming, processor, consumers)
         async with asyncio.timeout(CONSUME_START_SECONDS):
-            command_tag = await command_queue.consume(processor.on_command)
-            event_tag = await event_queue.consume(processor.on_event)
+            consumers.append((command_queue, await command_queue.consume(processor.on_command)))
+            consumers.append((event_queue, await event_queue.consume(processor.on_event)))
         consuming.set()
         log.info("service started", extra={"commands": sorted(processor.commands), "http_port": wiring.http_port})
 
         await stop.wait()
         log.info("stopping: no new messages, finishing in-flight ones")
-        processor.stopping = True
-        for queue, tag in ((command_queue, command_tag), (event_queue, event_tag)):
-            try:
-                await queue.cancel(tag)
-            except aio_pika.exceptions.AMQPError:
-                pass
-        if not await processor.wait_idle(SHUTDOWN_DEADLINE_SECONDS):
-            log.warning("shutdown deadline passed with messages in flight; they will be redelivered")
-        await relay.stop()
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await runner.cleanup()
-        await connection.close()
-    finally:
-        await http.close()
-        await pool.close()
-        await read_pool.close()
     log.info("service stopped")
+
+
+async def _stop_consuming(processor: MessageProcessor, consumers: list[tuple[aio_pika.abc.AbstractQueue, str]]) -> None:
+    """Take no new messages; those already delivered are held or finished (`_finish_in_flight`)."""
+    processor.stopping = True
+    for queue, tag in consumers:
+        try:
+            await queue.cancel(tag)
+        except aio_pika.exceptions.AMQPError:
+            pass
+
+
+async def _finish_in_flight(processor: MessageProcessor) -> None:
+    if not await processor.wait_idle(SHUTDOWN_DEADLINE_SECONDS):
+        log.warning("shutdown deadline passed with messages in flight; they will be redelivered")
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
