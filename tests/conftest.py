@@ -92,6 +92,19 @@ def new_user(http: aiohttp.ClientSession) -> Callable[..., Awaitable[User]]:
     return make
 
 
+@pytest.fixture(scope="module")
+async def admin(http: aiohttp.ClientSession, stack: Stack) -> User:
+    """An admin for the module's tests to act with."""
+    return await make_admin(http, stack)
+
+
+@pytest.fixture(scope="module")
+async def plain_http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client with no base URL, for a service's own HTTP port (its /metrics)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
 @pytest.fixture
 def new_admin(http: aiohttp.ClientSession, stack: Stack) -> Callable[[], Awaitable[User]]:
     async def make() -> User:
