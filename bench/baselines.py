@@ -6,7 +6,8 @@ from __future__ import annotations
 from uuid import uuid4
 
 from bench.drivers import Context
-from bench.processes import ProcessSet, free_port
+from bench.processes import ProcessSet
+from tests.support.stack import free_port
 
 BASELINE_PROCESSES = ("hello", "echo_server", "echo_consumer")
 

@@ -24,8 +24,9 @@ from uuid import uuid4
 
 from bench import wrk
 from bench.options import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL
-from bench.processes import ProcessSet, free_port
+from bench.processes import ProcessSet
 from bench.stack import Backends
+from tests.support.stack import free_port
 
 
 async def _start_echo(processes: ProcessSet, name: str, amqp_url: str, *consumer_args: str) -> str:

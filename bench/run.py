@@ -107,7 +107,7 @@ async def start_processes(options: Options, ctx: Context, processes: ProcessSet,
         return None, pids
     if backends is not None:
         say("starting the stack")
-        stack = await start_stack(processes, backends, ctx.work_dir)
+        stack = await start_stack(backends, ctx.work_dir)
     else:
         assert options.gateway_url is not None
         database = urllib.parse.urlsplit(options.database_url).path.lstrip("/") or None
@@ -138,6 +138,7 @@ async def run(options: Options) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     processes = ProcessSet(work_dir)
     backends = None if options.external else Backends(options.database_url, options.amqp_url)
+    stack: Stack | None = None
     failed = True
     try:
         if backends is not None:
@@ -162,6 +163,8 @@ async def run(options: Options) -> int:
         return 1 if options.strict and any(t.status == "FAIL" for t in targets) else 0
     finally:
         processes.stop()
+        if stack is not None:
+            stack.stop()
         if backends is not None:
             await backends.drop()
         if failed:

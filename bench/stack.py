@@ -21,9 +21,10 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_service.keys import to_pem
-from bench.processes import ProcessSet, free_port
+from tests.support import stack as launcher
 
-SERVICES = {"auth": "auth_service", "users": "users_service", "posts": "posts_service", "gateway": "gateway"}
+#: How long the services may take to answer /readyz: a loaded machine starts them slowly.
+READY_SECONDS = 90.0
 
 
 @dataclass
@@ -32,6 +33,12 @@ class Stack:
     amqp_url: str
     database_name: str | None
     pids: dict[str, int] = field(default_factory=dict)
+    #: The service processes, when this run started them; `stop()` ends them.
+    services: launcher.Stack | None = None
+
+    def stop(self) -> None:
+        if self.services is not None:
+            self.services.stop_all()
 
 
 def with_path(url: str, path: str) -> str:
@@ -71,35 +78,11 @@ class Backends:
             await conn.close()
 
 
-def service_env(backends: Backends, run_dir: Path) -> dict[str, str]:
+async def start_stack(backends: Backends, run_dir: Path) -> Stack:
+    """The four services as production runs them (default settings), ready to serve; their logs
+    are `<run_dir>/<service>.log`."""
     key_file = run_dir / "signing-key.pem"
     key_file.write_text(to_pem(Ed25519PrivateKey.generate()))
-    auth_port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "AMQP_URL": backends.amqp_url,
-            "DATABASE_URL": backends.database_url,
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_PORT": str(free_port()),
-            "AUTH_HTTP_PORT": str(auth_port),
-            "USERS_HTTP_PORT": str(free_port()),
-            "POSTS_HTTP_PORT": str(free_port()),
-            "AUTH_JWKS_URL": f"http://127.0.0.1:{auth_port}/.well-known/jwks.json",
-            "AUTH_SIGNING_KEY_FILE": str(key_file),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
-async def start_stack(processes: ProcessSet, backends: Backends, run_dir: Path) -> Stack:
-    """The four services as production runs them (default settings), ready to serve."""
-    env = service_env(backends, run_dir)
-    processes.start("auth", SERVICES["auth"], env=env)
-    await processes.wait_ok(f"http://127.0.0.1:{env['AUTH_HTTP_PORT']}/readyz")
-    for name in ("users", "posts", "gateway"):
-        processes.start(name, SERVICES[name], env=env)
-    gateway_url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
-    await processes.wait_ok(gateway_url + "/readyz")
-    return Stack(gateway_url, backends.amqp_url, backends.name, {n: processes.pid(n) for n in SERVICES})
+    env = launcher.service_env(backends.database_url, backends.amqp_url, key_file, os.environ)
+    services = await launcher.start_stack(env, run_dir, timeout=READY_SECONDS)
+    return Stack(services.gateway_url, backends.amqp_url, backends.name, services.pids, services)

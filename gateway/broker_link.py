@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractRobustConnection
 from shared.broker import RECONNECT_SECONDS
 from shared.client import CommandClient
 from shared.errors import ServiceUnavailable
+from shared.pacing import Backoff
 from shared.settings import BrokerTopology
 from shared.topology import TopologyError
 
@@ -56,7 +57,7 @@ class BrokerLink:
         return self._client is not None and self._client.ready
 
     async def _connect_forever(self) -> None:
-        delay = 0.5
+        delays = Backoff(0.5)
         while True:
             connection = None
             try:
@@ -70,6 +71,6 @@ class BrokerLink:
                 if connection is not None:  # connected, but the client could not start: do not leak it
                     await connection.close()
                 what = "broker topology incomplete" if isinstance(exc, TopologyError) else "broker unreachable"
+                delay = next(delays)
                 log.warning(f"{what}; retrying", extra={"error": str(exc) or type(exc).__name__, "retry_in": delay})
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)

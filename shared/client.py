@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 from shared import jsoncodec
 from shared.broker import COMMANDS_EXCHANGE
 from shared.envelope import build_command
-from shared.errors import AppError, GatewayTimeout, InternalError, ServiceUnavailable, error_from_dict
+from shared.errors import GatewayTimeout, InternalError, ServiceUnavailable, error_from_dict
 from shared.settings import BrokerTopology
 from shared.topology import TopologyError, open_exchange
 
@@ -144,13 +144,3 @@ class CommandClient:
             future.set_exception(error_from_dict(reply.get("error")))
         else:
             future.set_exception(InternalError("The service sent an unreadable reply"))
-
-
-def raise_for_reply(reply: Any) -> Any:
-    """Decode a raw reply dict into its result, or raise its AppError (for callers not using call())."""
-    if isinstance(reply, dict) and reply.get("ok") is True:
-        return reply.get("result")
-    raise error_from_dict(reply.get("error") if isinstance(reply, dict) else None)
-
-
-__all__ = ["CommandClient", "REPLY_QUEUE", "raise_for_reply", "AppError"]

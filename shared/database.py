@@ -79,7 +79,3 @@ class Params:
     def __call__(self, value: Any) -> str:
         self.values.append(value)
         return f"${len(self.values)}"
-
-
-def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
-    return dict(record) if record is not None else None

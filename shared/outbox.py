@@ -33,6 +33,7 @@ from shared import jsoncodec
 from shared.broker import EVENTS_EXCHANGE
 from shared.database import TRANSIENT_DATABASE_ERRORS, Params
 from shared.events import EVENTS
+from shared.pacing import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +185,8 @@ class OutboxRelay:
                         pass
                 except (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError) as exc:
                     log.warning("outbox relay paused", extra={"error": str(exc) or type(exc).__name__})
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
-                except TimeoutError:
-                    pass
-                if self._wake.is_set() and not self._stopping:
+                woken = await wait_for_event(self._wake, self._poll)
+                if woken and not self._stopping:
                     # Let the commits of the next few milliseconds join the batch: a batch costs
                     # three round trips however many events it carries, and nobody waits on an
                     # event the way a caller waits on a reply.

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aio_pika
@@ -55,6 +56,7 @@ from shared.envelope import (
 from shared.errors import AppError, BadRequest, Forbidden, InternalError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
 from shared.metrics import ServiceMetrics
 from shared.outbox import OutboxRelay
+from shared.pacing import Backoff, wait_for_event
 from shared.routes import CommandRoute, EventRoute, check_routes
 from shared.tokens import Caller, TokenVerifier, bearer_token
 
@@ -75,6 +77,22 @@ class Malformed(Exception):
 
 class _Requeue(Exception):
     """Give the message back to the broker (we are shutting down mid-outage)."""
+
+
+@dataclass(slots=True)
+class _Command:
+    """One attempt at a command inside its transaction, and the decision reached so far."""
+
+    route: CommandRoute
+    caller: Caller | None
+    payload: Any
+    key: bookkeeping.Key | None
+    decision: audit.Decision | None = None
+
+    @property
+    def audited(self) -> bool:
+        # PUBLIC commands make no decision worth a row: anyone may run them.
+        return self.route.policy.needs_token
 
 
 class MessageProcessor:
@@ -207,60 +225,98 @@ class MessageProcessor:
     async def _hold_through_outage(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         """Run `attempt`, waiting out a database outage with backoff while the message stays
         unacked; when shutting down mid-outage, hand the message back instead."""
-        delay = 0.2
+        delays = Backoff(0.2)
         while True:
             try:
                 return await attempt()
             except TRANSIENT_DATABASE_ERRORS as exc:
                 if self.stopping:
                     raise _Requeue() from exc
+                delay = next(delays)
                 log.warning(
                     f"database unavailable; holding the {what} and retrying",
                     extra={"error": str(exc) or type(exc).__name__, "retry_in": delay},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def _execute_once(
         self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage
     ) -> Any:
+        """One attempt at a command. Each outcome leaves by its own exit: a public read returns
+        its result; a replay returns the stored reply; a denial raises from `_open` or
+        `_authorize`; anything the handler or `_close` raises rolls back and is recorded by
+        `_record_after_rollback`; otherwise the transaction commits and the result is returned."""
         if route.reads_only:
-            # `check_routes` let it through only as PUBLIC and not replaying: nothing to book.
-            async with self._read_pool.acquire() as conn:
-                return await route.handler(payload, caller, conn)
-        key = self._idempotency_key(route, caller, message)
-        audited = route.policy.needs_token  # PUBLIC commands make no decision
-        decision: audit.Decision | None = None
+            return await self._run_public_read(route, caller, payload)
+        command = _Command(route, caller, payload, self._idempotency_key(route, caller, message))
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 with outbox.buffered(conn, route.emits) as events:
-                    try:
-                        stored = await bookkeeping.open_command(conn, caller, key, route.name)
-                        if not idempotency.is_new(stored):
-                            decision = self._decide("replayed", route, caller, payload, "repeat of an executed message_id")
-                            if audited:
-                                await audit.record(conn, decision)
-                            return stored
-                        await route.policy.authorize(caller, payload, conn)
-                    except DENIALS as exc:
-                        decision = self._decide("denied", route, caller, payload, exc.detail) if audited else None
-                        raise
-                    if audited:
-                        decision = self._decide("allowed", route, caller, payload, f"policy {route.policy.name}")
+                    stored = await self._open(conn, command)
+                    if not idempotency.is_new(stored):
+                        return stored
+                    await self._authorize(conn, command)
                     result = await route.handler(payload, caller, conn)
-                    await bookkeeping.close_command(
-                        conn, key, result, decision, events.take(), notify=self._relay is None
-                    )
+                    await self._close(conn, command, result, events.take())
         except AppError as exc:
-            # The transaction rolled back, and the audit row with it: write the decision on its own.
-            if decision is not None:
-                if decision.decision == "allowed":
-                    decision = decision.followed_by(f"{exc.status} {exc.detail}")
-                await audit.record_alone(self._pool, decision)
+            await self._record_after_rollback(command, exc)
             raise
         if self._relay is not None:
             self._relay.wake()
         return result
+
+    async def _run_public_read(self, route: CommandRoute, caller: Caller | None, payload: Any) -> Any:
+        # `check_routes` let it through only as PUBLIC and not replaying: nothing to book.
+        async with self._read_pool.acquire() as conn:
+            return await route.handler(payload, caller, conn)
+
+    async def _open(self, conn: asyncpg.Connection, command: _Command) -> Any:
+        """Check the caller's session and ban and claim the message id (one statement). Returns
+        the stored reply of an earlier run, its replay recorded in this transaction, or
+        `idempotency.UNSET` when the command is new."""
+        try:
+            stored = await bookkeeping.open_command(conn, command.caller, command.key, command.route.name)
+        except DENIALS as exc:
+            self._deny(command, exc)
+            raise
+        if not idempotency.is_new(stored):
+            command.decision = self._decide(
+                "replayed", command.route, command.caller, command.payload, "repeat of an executed message_id"
+            )
+            if command.audited:
+                await audit.record(conn, command.decision)
+        return stored
+
+    async def _authorize(self, conn: asyncpg.Connection, command: _Command) -> None:
+        """Ask the route's policy; a refusal raises, an allowance waits for the closing statement."""
+        route = command.route
+        try:
+            await route.policy.authorize(command.caller, command.payload, conn)
+        except DENIALS as exc:
+            self._deny(command, exc)
+            raise
+        if command.audited:
+            command.decision = self._decide("allowed", route, command.caller, command.payload, f"policy {route.policy.name}")
+
+    def _deny(self, command: _Command, exc: AppError) -> None:
+        if command.audited:
+            command.decision = self._decide("denied", command.route, command.caller, command.payload, exc.detail)
+
+    async def _close(
+        self, conn: asyncpg.Connection, command: _Command, result: Any, events: list[outbox.OutboxEvent]
+    ) -> None:
+        """The reply, the audit row and the events, in one statement before the commit. A runner
+        with a relay of its own wakes it after the commit instead of having PostgreSQL notify."""
+        await bookkeeping.close_command(conn, command.key, result, command.decision, events, notify=self._relay is None)
+
+    async def _record_after_rollback(self, command: _Command, exc: AppError) -> None:
+        """The transaction rolled back, and the audit row with it: write the decision on its own."""
+        decision = command.decision
+        if decision is None:
+            return
+        if decision.decision == "allowed":
+            decision = decision.followed_by(f"{exc.status} {exc.detail}")
+        await audit.record_alone(self._pool, decision)
 
     def _idempotency_key(
         self, route: CommandRoute, caller: Caller | None, message: AbstractIncomingMessage
@@ -406,8 +462,5 @@ class MessageProcessor:
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        """Whether every message in flight finished within `timeout` seconds."""
+        return await wait_for_event(self._idle, timeout)

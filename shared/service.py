@@ -10,6 +10,7 @@ SIGTERM stops consuming, lets in-flight messages finish, flushes the outbox and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -32,6 +33,7 @@ from shared.logs import configure_logging
 from shared.metrics import ServiceMetrics
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
 from shared.outbox import OutboxRelay
+from shared.pacing import Backoff, every
 from shared.probes import build_probe_app
 from shared.routes import CommandRoute, EventRoute, check_routes
 from shared.runner import MessageProcessor
@@ -47,6 +49,8 @@ T = TypeVar("T")
 SHUTDOWN_DEADLINE_SECONDS = 10.0
 #: How often the gauges that need a query (outbox backlog, dead-letter depth) are refreshed.
 GAUGE_SECONDS = 5.0
+#: How often expired idempotency records are purged.
+PURGE_SECONDS = 60.0
 #: How long registering the consumers may take at start-up. A broker lost at that moment can leave
 #: aio-pika waiting for a channel that is never restored; failing start-up lets a supervisor retry.
 CONSUME_START_SECONDS = 30.0
@@ -81,6 +85,8 @@ def run_service(name: str, migrations: Path, wire: WireFn) -> None:
 
 
 async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run the service until `stop` is set (or SIGTERM). Whatever start-up opened is closed on the
+    way out, in reverse order, whether the service stopped or start-up failed part-way."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -92,11 +98,14 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
     await _retry_until_up("database", lambda: migrate(
         settings.database_url, name, [MigrationSource("platform", PLATFORM_MIGRATIONS), MigrationSource(name, migrations)]
     ), stop)
-    pool = await create_pool(settings.database_url, name)
-    read_pool = await create_pool(settings.database_url, name, max_size=4, read_only=True)
-    http = aiohttp.ClientSession()
-    metrics = ServiceMetrics()
-    try:
+    async with contextlib.AsyncExitStack() as opened:
+        pool = await create_pool(settings.database_url, name)
+        opened.push_async_callback(pool.close)
+        read_pool = await create_pool(settings.database_url, name, max_size=4, read_only=True)
+        opened.push_async_callback(read_pool.close)
+        http = await opened.enter_async_context(aiohttp.ClientSession())
+        metrics = ServiceMetrics()
+
         wiring = await wire(settings, pool)
         check_routes(wiring.commands)  # refuse to start with an undeclared policy
         check_wiring(name, [r.name for r in wiring.commands] + [audit_command_name(name)], [r.routing_key for r in wiring.events])
@@ -106,6 +115,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         connection = await _retry_until_up(
             "broker", lambda: aio_pika.connect_robust(settings.amqp_url, reconnect_interval=RECONNECT_SECONDS), stop
         )
+        opened.push_async_callback(connection.close)
         # References to channels and queues are kept for the life of the process: connect_robust
         # restores only what is still referenced after a broker restart.
         consume_channel = await connection.channel(publisher_confirms=False)
@@ -153,6 +163,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         )
         runner = web.AppRunner(probe_app, access_log=None)
         await runner.setup()
+        opened.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, settings.http_host, wiring.http_port).start()
 
         background = [
@@ -164,59 +175,66 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             ),
             asyncio.create_task(_watch_outbox(relay, metrics, stop), name="outbox-gauges"),
         ]
+        opened.push_async_callback(_cancel, background)
+        # Flushed before the tasks are cancelled and the broker connection closes.
+        opened.push_async_callback(relay.stop)
+
+        consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        # Registered before the consumers, so it runs once they are cancelled, whatever happens.
+        opened.push_async_callback(_finish_in_flight, processor)
+        opened.push_async_callback(_stop_consuming, processor, consumers)
         async with asyncio.timeout(CONSUME_START_SECONDS):
-            command_tag = await command_queue.consume(processor.on_command)
-            event_tag = await event_queue.consume(processor.on_event)
+            consumers.append((command_queue, await command_queue.consume(processor.on_command)))
+            consumers.append((event_queue, await event_queue.consume(processor.on_event)))
         consuming.set()
         log.info("service started", extra={"commands": sorted(processor.commands), "http_port": wiring.http_port})
 
         await stop.wait()
         log.info("stopping: no new messages, finishing in-flight ones")
-        processor.stopping = True
-        for queue, tag in ((command_queue, command_tag), (event_queue, event_tag)):
-            try:
-                await queue.cancel(tag)
-            except aio_pika.exceptions.AMQPError:
-                pass
-        if not await processor.wait_idle(SHUTDOWN_DEADLINE_SECONDS):
-            log.warning("shutdown deadline passed with messages in flight; they will be redelivered")
-        await relay.stop()
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await runner.cleanup()
-        await connection.close()
-    finally:
-        await http.close()
-        await pool.close()
-        await read_pool.close()
     log.info("service stopped")
+
+
+async def _stop_consuming(processor: MessageProcessor, consumers: list[tuple[aio_pika.abc.AbstractQueue, str]]) -> None:
+    """Take no new messages; those already delivered are held or finished (`_finish_in_flight`)."""
+    processor.stopping = True
+    for queue, tag in consumers:
+        try:
+            await queue.cancel(tag)
+        except aio_pika.exceptions.AMQPError:
+            pass
+
+
+async def _finish_in_flight(processor: MessageProcessor) -> None:
+    if not await processor.wait_idle(SHUTDOWN_DEADLINE_SECONDS):
+        log.warning("shutdown deadline passed with messages in flight; they will be redelivered")
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
     """Keep trying to reach a dependency at start-up, so the stack can start in any order."""
-    delay = 0.5
+    delays = Backoff(0.5)
     while True:
         try:
             return await attempt()
         except (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
             if stop.is_set():
                 raise
+            delay = next(delays)
             log.warning(f"waiting for the {what}", extra={"error": str(exc) or type(exc).__name__, "retry_in": delay})
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 async def _purge_idempotency_records(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-    while not stop.is_set():
+    async for _ in every(PURGE_SECONDS, stop):
         try:
             async with pool.acquire() as conn:
                 await idempotency.purge_expired(conn)
         except TRANSIENT_DATABASE_ERRORS:
-            pass
-        try:
-            await asyncio.wait_for(stop.wait(), 60)
-        except TimeoutError:
             pass
 
 
@@ -226,7 +244,7 @@ async def _watch_dead_letters(
     """Keep the dead_letter_queue_depth gauge current, so parked messages show on a dashboard."""
     # A channel of its own: a failed passive declare closes the channel it ran on.
     channel: aio_pika.abc.AbstractChannel | None = None
-    while not stop.is_set():
+    async for _ in every(GAUGE_SECONDS, stop):
         if channel is None:
             try:
                 channel = await connection.channel()
@@ -242,10 +260,6 @@ async def _watch_dead_letters(
                 )
             except aio_pika.exceptions.AMQPError:
                 pass  # the broker is away; the gauge keeps its last value
-        try:
-            await asyncio.wait_for(stop.wait(), GAUGE_SECONDS)
-        except TimeoutError:
-            pass
 
 
 async def _observe_outbox(relay: OutboxRelay, metrics: ServiceMetrics) -> None:
@@ -257,12 +271,8 @@ async def _observe_outbox(relay: OutboxRelay, metrics: ServiceMetrics) -> None:
 async def _watch_outbox(relay: OutboxRelay, metrics: ServiceMetrics, stop: asyncio.Event) -> None:
     """Keep outbox_pending_events and outbox_oldest_event_age_seconds current: a backlog that
     grows or ages means the relay cannot reach the broker."""
-    while not stop.is_set():
+    async for _ in every(GAUGE_SECONDS, stop):
         try:
             await _observe_outbox(relay, metrics)
         except TRANSIENT_DATABASE_ERRORS:
             pass  # the database is away; the gauges keep their last value
-        try:
-            await asyncio.wait_for(stop.wait(), GAUGE_SECONDS)
-        except TimeoutError:
-            pass

@@ -24,7 +24,7 @@ from support.accounts import User, make_admin, register
 from support.backends import Backends, provision
 from support.broker import BrokerProbe
 from support.forge import TokenForge
-from support.stack import Stack, stack_env
+from support.stack import Stack, stack_env, start_stack
 
 T = TypeVar("T")
 
@@ -48,14 +48,8 @@ async def stack(backends: Backends, signing_key: Ed25519PrivateKey, tmp_path_fac
     run_dir: Path = tmp_path_factory.mktemp("stack")
     key_file = run_dir / "signing-key.pem"
     key_file.write_text(to_pem(signing_key))
-    running = Stack(stack_env(backends.database_url, backends.amqp_url, key_file), run_dir)
-    # auth first: the others fetch its JWKS (they would retry, but this keeps start-up quiet).
-    running.start("auth")
-    await running.wait_ready("auth")
-    for service in ("users", "posts", "gateway"):
-        running.start(service)
+    running = await start_stack(stack_env(backends.database_url, backends.amqp_url, key_file), run_dir)
     try:
-        await running.wait_ready("gateway")
         yield running
     finally:
         running.stop_all()
@@ -96,6 +90,19 @@ def new_user(http: aiohttp.ClientSession) -> Callable[..., Awaitable[User]]:
         return await register(http, name)
 
     return make
+
+
+@pytest.fixture(scope="module")
+async def admin(http: aiohttp.ClientSession, stack: Stack) -> User:
+    """An admin for the module's tests to act with."""
+    return await make_admin(http, stack)
+
+
+@pytest.fixture(scope="module")
+async def plain_http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client with no base URL, for a service's own HTTP port (its /metrics)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture

@@ -18,25 +18,22 @@ another or to a forged token.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
-import aio_pika
 import aiohttp
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from support.accounts import User, login, make_admin, token_claims
-from support.broker import BrokerProbe
+from support.accounts import User, login, token_claims
+from support.broker import BrokerProbe, EventTap, WaitUntil
 from support.forge import TokenForge
 from support.stack import Stack
 
-WaitUntil = Callable[..., Awaitable[Any]]
 
 #: The names forge.bad_tokens() returns, in its order; checked against the forge below.
 BAD_TOKENS = (
@@ -70,53 +67,14 @@ IDENTITY_HEADERS = ("x-user-id", "x-user", "x-role", "role", "x-admin", "user_id
 # -- fixtures and helpers -----------------------------------------------------------------------
 
 
-class EventTap:
-    """A private queue bound to the events this module cares about, to see what was announced."""
-
-    ROUTING_KEYS = ("user.banned", "session.revoked", "post.created", "post.deleted")
-
-    def __init__(self, queue: aio_pika.abc.AbstractQueue, db: asyncpg.Pool, wait_until: WaitUntil) -> None:
-        self._queue = queue
-        self._db = db
-        self._wait_until = wait_until
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    async def settled(self, schema: str, routing_key: str, **match: str) -> list[dict[str, Any]]:
-        """Events `routing_key` matching `match`, once `schema`'s outbox has been relayed.
-
-        An effect's event is committed with it, before the reply; once the outbox is empty it has
-        been published (with confirms), so it is in our queue if it was ever going to be.
-        """
-
-        async def outbox_empty() -> bool:
-            return await self._db.fetchval(f"SELECT count(*) FROM {schema}.outbox") == 0
-
-        await self._wait_until(outbox_empty, timeout=5.0)
-        while (message := await self._queue.get(no_ack=True, fail=False)) is not None:
-            self.seen.append((message.routing_key or "", json.loads(message.body)))
-        return [
-            body for key, body in self.seen if key == routing_key and all(body.get(f) == v for f, v in match.items())
-        ]
+#: The events this module checks were (or were not) announced.
+TAPPED_EVENTS = ("user.banned", "session.revoked", "post.created", "post.deleted")
 
 
 @pytest.fixture(scope="module")
 async def tap(broker: BrokerProbe, db: asyncpg.Pool, wait_until: WaitUntil) -> AsyncIterator[EventTap]:
-    queue = await broker.channel.declare_queue(exclusive=True, auto_delete=True)
-    for key in EventTap.ROUTING_KEYS:
-        await queue.bind("events", routing_key=key)
-    yield EventTap(queue, db, wait_until)
-    await queue.delete(if_unused=False, if_empty=False)
-
-
-@pytest.fixture(scope="module")
-async def admin(http: aiohttp.ClientSession, stack: Stack) -> User:
-    return await make_admin(http, stack)
-
-
-@pytest.fixture(scope="module")
-async def plain_http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    async with broker.tap(TAPPED_EVENTS, wait_until, db) as opened:
+        yield opened
 
 
 def flawed_tokens(forge: TokenForge, holder: User, *, role: str = "user") -> dict[str, str | None]:

@@ -25,7 +25,7 @@ async def test_a_message_past_the_delivery_limit_is_parked_and_can_be_replayed(
     message_id = str(uuid4())
     stack.stop("posts")  # a consumer of our own stands in for one that crashes on this message
     try:
-        channel = await broker._connection.channel()  # noqa: SLF001 - a raw channel for a raw consumer
+        channel = await broker.open_channel()  # a raw consumer standing in for the service
         await channel.set_qos(prefetch_count=1)
         queue = await channel.get_queue("posts.commands", ensure=False)
         await broker.command("create-post", {"title": "poison", "body": "b"}, token=user.token,

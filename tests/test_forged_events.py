@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -34,12 +34,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from support.accounts import User, login, make_admin, register, token_claims
-from support.broker import BrokerProbe
+from support.accounts import User, login, register, token_claims
+from support.broker import BrokerProbe, EventTap, WaitUntil
 from support.stack import Stack
 from support.fingerprint import changed_tables, fingerprint, settled_fingerprint
 
-WaitUntil = Callable[..., Awaitable[Any]]
 
 SERVICES = ("auth", "users", "posts")
 #: Who consumes each event of the contract (the services' bindings on `events`).
@@ -58,45 +57,10 @@ def now() -> str:
 # -- fixtures and helpers -----------------------------------------------------------------------
 
 
-class EventTap:
-    """A private queue on `events`, to capture real events and replay them."""
-
-    def __init__(self, queue: aio_pika.abc.AbstractQueue, wait_until: WaitUntil) -> None:
-        self._queue = queue
-        self._wait_until = wait_until
-        self.seen: list[tuple[str, dict[str, Any]]] = []
-
-    async def captured(self, routing_key: str, **match: str) -> dict[str, Any]:
-        """The one event `routing_key` whose fields equal `match`, waiting for it to be published."""
-
-        async def found() -> list[dict[str, Any]]:
-            while (message := await self._queue.get(no_ack=True, fail=False)) is not None:
-                self.seen.append((message.routing_key or "", json.loads(message.body)))
-            return [b for k, b in self.seen if k == routing_key and all(b.get(f) == v for f, v in match.items())]
-
-        events = await self._wait_until(found, timeout=5.0)
-        assert len(events) == 1, f"expected one {routing_key} event matching {match}, got {events}"
-        return events[0]
-
-
 @pytest.fixture(scope="module")
 async def tap(broker: BrokerProbe, wait_until: WaitUntil) -> AsyncIterator[EventTap]:
-    queue = await broker.channel.declare_queue(exclusive=True, auto_delete=True)
-    for key in CONSUMERS:
-        await queue.bind("events", routing_key=key)
-    yield EventTap(queue, wait_until)
-    await queue.delete(if_unused=False, if_empty=False)
-
-
-@pytest.fixture(scope="module")
-async def admin(http: aiohttp.ClientSession, stack: Stack) -> User:
-    return await make_admin(http, stack)
-
-
-@pytest.fixture(scope="module")
-async def plain_http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    async with broker.tap(CONSUMERS, wait_until) as opened:
+        yield opened
 
 
 class Consumption:
@@ -182,16 +146,10 @@ async def ban_through_gateway(http: aiohttp.ClientSession, admin: User, user: Us
         assert response.status == 200, await response.text()
 
 
-async def find_dead_letter(broker: BrokerProbe, wait_until: WaitUntil, queue: str, marker: str) -> aio_pika.abc.AbstractIncomingMessage:
+async def find_dead_letter(broker: BrokerProbe, queue: str, marker: str) -> aio_pika.abc.AbstractIncomingMessage:
     """Drain `<queue>.dead` until a message whose body holds `marker` turns up."""
-    drained: list[aio_pika.abc.AbstractIncomingMessage] = []
-
-    async def check() -> list[aio_pika.abc.AbstractIncomingMessage]:
-        drained.extend(await broker.dead_letters(queue))
-        return [m for m in drained if marker.encode() in m.body]
-
     try:
-        return (await wait_until(check, timeout=5.0))[0]
+        return await broker.parked(queue, lambda message: marker.encode() in message.body)
     except AssertionError:
         elsewhere = [
             f"{other}.dead"
@@ -432,10 +390,7 @@ async def test_unknown_routing_key_changes_nothing(
         # it; it sees the queue's name as the routing key.
         refused = {s: await consumption.count(s, f"{s}.events", "malformed") for s in SERVICES}
         for service in SERVICES:
-            await broker.channel.default_exchange.publish(
-                aio_pika.Message(json.dumps(body).encode(), content_type="application/json", type=routing_key),
-                routing_key=f"{service}.events",
-            )
+            await broker.to_queue(f"{service}.events", json.dumps(body).encode(), type=routing_key)
         for service in SERVICES:
             await consumption.wait_past({service: refused[service]}, f"{service}.events", "malformed")
 
@@ -449,7 +404,7 @@ async def test_unknown_routing_key_changes_nothing(
     await still_serving(http, broker)
     if path != "events exchange":
         for service in SERVICES:  # parked next to the queue it died in, as shared/broker.py documents
-            await find_dead_letter(broker, wait_until, f"{service}.events", body["event_id"])
+            await find_dead_letter(broker, f"{service}.events", body["event_id"])
 
 
 # -- malformed bodies under known routing keys --------------------------------------------------
@@ -490,7 +445,7 @@ async def test_malformed_event_is_dead_lettered(
     await broker.event(routing_key, body)
 
     for service in CONSUMERS[routing_key]:
-        parked = await find_dead_letter(broker, wait_until, f"{service}.events", marker)
+        parked = await find_dead_letter(broker, f"{service}.events", marker)
         assert parked.headers.get("x-original-routing-key") in (routing_key, routing_key.encode())
     after = await fingerprint(db, like=before)
     assert after == before, f"a malformed {routing_key} changed {changed_tables(before, after)}"

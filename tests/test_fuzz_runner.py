@@ -34,7 +34,7 @@ import asyncio
 import json
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -52,7 +52,7 @@ from shared.audit import audit_command_name
 from shared.commands import COMMAND_PAYLOADS
 from support.accounts import User, make_admin, register
 from support.backends import Backends
-from support.broker import BrokerProbe
+from support.broker import REPLY_TO, BrokerProbe, WaitUntil
 from support.forge import TokenForge
 from support.stack import Stack
 from support.fingerprint import Fingerprint, changed_tables, settled_fingerprint
@@ -60,11 +60,9 @@ from test_every_command_is_guarded import CONTRACT_PUBLIC
 
 SERVICES = ("auth", "users", "posts")
 REAL_COMMANDS = (*sorted(COMMAND_PAYLOADS), *(audit_command_name(s) for s in SERVICES))
-WaitUntil = Callable[..., Awaitable[Any]]
 COMMAND_QUEUES = tuple(f"{s}.commands" for s in SERVICES)
 #: What must never show in an error a caller sees.
 LEAKS = ("Traceback", "Error(", "<" + "object at")
-REPLY_TO = "amq.rabbitmq.reply-to"
 ISSUER, AUDIENCE = "auth_service", "posts-platform"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "role", "iat", "exp", "jti")
 

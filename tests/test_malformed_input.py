@@ -10,7 +10,6 @@ service still does real work afterwards.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -27,20 +26,6 @@ TWO_MB = 2 * 1024 * 1024
 def header(message: AbstractIncomingMessage, name: str) -> str | None:
     value = (message.headers or {}).get(name)
     return value.decode() if isinstance(value, bytes) else value
-
-
-async def find_dead_letter(
-    broker, wait_until, queue: str, matches: Callable[[AbstractIncomingMessage], bool]
-) -> AbstractIncomingMessage:
-    """Drain `<queue>.dead` until a message `matches` arrives (dead-lettering follows the reply)."""
-    drained: list[AbstractIncomingMessage] = []
-
-    async def check() -> list[AbstractIncomingMessage]:
-        drained.extend(await broker.dead_letters(queue))
-        return [m for m in drained if matches(m)]
-
-    hits = await wait_until(check, timeout=3.0)
-    return hits[0]
 
 
 def assert_error_reply(reply: dict[str, Any] | None, status: int) -> None:
@@ -91,7 +76,7 @@ async def test_posts_service_refuses_and_dead_letters_malformed_command(case, br
     )
 
     assert_error_reply(reply, status)
-    dead = await find_dead_letter(broker, wait_until, "posts.commands", lambda m: m.message_id == message_id)
+    dead = await broker.parked("posts.commands", lambda m: m.message_id == message_id, timeout=3.0)
     assert header(dead, "x-dead-letter-reason"), "a dead-lettered command must say why"
     assert_no_live_credential(dead, user.token)
     assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE author_id = $1", user.id) == 0
@@ -134,7 +119,7 @@ async def test_auth_service_refuses_and_dead_letters_malformed_command(case, bro
     )
 
     assert_error_reply(reply, status)
-    dead = await find_dead_letter(broker, wait_until, "auth.commands", lambda m: m.message_id == message_id)
+    dead = await broker.parked("auth.commands", lambda m: m.message_id == message_id, timeout=3.0)
     assert header(dead, "x-dead-letter-reason"), "a dead-lettered command must say why"
     assert_no_live_credential(dead, user.token)
     assert await db.fetchval("SELECT count(*) FROM auth.accounts WHERE email LIKE $1", f"%{uid}%") == 0
@@ -157,7 +142,7 @@ async def test_dead_lettered_public_command_does_not_keep_a_capitalised_authoriz
     )
 
     assert_error_reply(reply, 400)
-    dead = await find_dead_letter(broker, wait_until, "auth.commands", lambda m: m.message_id == message_id)
+    dead = await broker.parked("auth.commands", lambda m: m.message_id == message_id, timeout=3.0)
     assert_no_live_credential(dead, user.token)
 
 
@@ -172,7 +157,7 @@ async def test_a_malformed_protected_command_is_parked_whoever_sent_it(broker, d
     reply = await broker.command("create-post", body=b"{not json", headers=headers, message_id=message_id)
 
     assert_error_reply(reply, 400)
-    dead = await find_dead_letter(broker, wait_until, "posts.commands", lambda m: m.message_id == message_id)
+    dead = await broker.parked("posts.commands", lambda m: m.message_id == message_id, timeout=3.0)
     assert header(dead, "x-dead-letter-reason")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from uuid import uuid4
 
-import aio_pika
 import asyncpg
 import pytest
 
@@ -20,28 +19,15 @@ from support.accounts import User
 from support.broker import BrokerProbe
 
 
-async def find_parked(broker: BrokerProbe, queue: str, wait_until, message_id: str) -> aio_pika.abc.AbstractIncomingMessage:
-    found: list = []
-
-    async def parked() -> list:
-        found.extend(await broker.dead_letters(queue))
-        return [m for m in found if m.message_id == message_id]
-
-    return (await wait_until(parked, timeout=3))[0]
-
-
 async def test_a_forged_ban_through_the_default_exchange_bans_nobody(
-    broker: BrokerProbe, db: asyncpg.Pool, new_user, wait_until
+    broker: BrokerProbe, db: asyncpg.Pool, new_user
 ) -> None:
     victim: User = await new_user("victim")
     await broker.dead_letters("users.events")
     event_id = str(uuid4())
     body = {"event_id": event_id, "occurred_at": "2026-01-01T00:00:00+00:00", "user_id": victim.id, "by": None, "reason": "forged"}
-    await broker.channel.default_exchange.publish(
-        aio_pika.Message(json.dumps(body).encode(), content_type="application/json", message_id=event_id),
-        routing_key="users.events",
-    )
-    parked = await find_parked(broker, "users.events", wait_until, event_id)
+    await broker.to_queue("users.events", json.dumps(body).encode(), message_id=event_id)
+    parked = await broker.parked("users.events", lambda m: m.message_id == event_id, timeout=3)
     assert b"events exchange" in str(parked.headers.get("x-dead-letter-reason")).encode()
     assert await db.fetchval("SELECT count(*) FROM users.banned_accounts WHERE user_id = $1", victim.id) == 0
     me = await broker.command("get-me", {}, token=victim.token)
@@ -50,18 +36,15 @@ async def test_a_forged_ban_through_the_default_exchange_bans_nobody(
 
 @pytest.mark.parametrize("command", ["create-post", "delete-post"])
 async def test_a_command_through_the_default_exchange_is_refused(
-    broker: BrokerProbe, db: asyncpg.Pool, new_user, wait_until, command: str
+    broker: BrokerProbe, db: asyncpg.Pool, new_user, command: str
 ) -> None:
     user: User = await new_user("sideways")
     await broker.dead_letters("posts.commands")
     message_id = str(uuid4())
     payload = {"title": "sideways", "body": "b"} if command == "create-post" else {"post_id": str(uuid4())}
-    await broker.channel.default_exchange.publish(
-        aio_pika.Message(
-            json.dumps(payload).encode(), content_type="application/json", message_id=message_id, type=command,
-            headers={"authorization": f"Bearer {user.token}"},
-        ),
-        routing_key="posts.commands",
+    await broker.to_queue(
+        "posts.commands", json.dumps(payload).encode(), message_id=message_id, type=command,
+        headers={"authorization": f"Bearer {user.token}"},
     )
-    await find_parked(broker, "posts.commands", wait_until, message_id)
+    await broker.parked("posts.commands", lambda m: m.message_id == message_id, timeout=3)
     assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE author_id = $1", user.id) == 0

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 from uuid import uuid4
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+import asyncpg
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+
+#: RabbitMQ's direct reply-to pseudo-queue: replies come back on the channel that consumes it.
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+#: `conftest.eventually`: poll a check until it returns something truthy, or fail.
+WaitUntil = Callable[..., Awaitable[Any]]
 
 
 class BrokerProbe:
@@ -28,7 +38,7 @@ class BrokerProbe:
 
     async def _open(self) -> None:
         self.channel = await self._connection.channel()
-        reply_queue = await self.channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
+        reply_queue = await self.channel.get_queue(REPLY_TO, ensure=False)
         await reply_queue.consume(self._on_reply, no_ack=True)
 
     async def _reopen(self, *_: Any) -> None:
@@ -72,7 +82,7 @@ class BrokerProbe:
             message_id=message_id or str(uuid4()),
             type=command if message_type is True else (message_type or None),
             headers=all_headers,
-            reply_to="amq.rabbitmq.reply-to" if reply else None,
+            reply_to=REPLY_TO if reply else None,
             correlation_id=correlation_id,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
@@ -100,3 +110,84 @@ class BrokerProbe:
         while (message := await dead.get(no_ack=True, fail=False)) is not None:
             found.append(message)
         return found
+
+    async def to_queue(self, queue: str, body: bytes, **properties: Any) -> None:
+        """Publish straight to `queue` through the default exchange. Any broker user may (services
+        need it for replies), so a consumer must refuse what arrives that way."""
+        await self.ready()
+        await self.channel.default_exchange.publish(
+            aio_pika.Message(body, content_type="application/json", **properties), routing_key=queue
+        )
+
+    async def parked(
+        self, queue: str, matches: Callable[[AbstractIncomingMessage], bool], *, timeout: float = 5.0
+    ) -> AbstractIncomingMessage:
+        """Drain `<queue>.dead` until a message that `matches` turns up (dead-lettering follows the
+        reply, so it may take a moment); AssertionError after `timeout`."""
+        drained: list[AbstractIncomingMessage] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            drained.extend(await self.dead_letters(queue))
+            hits = [message for message in drained if matches(message)]
+            if hits:
+                return hits[0]
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no matching message in {queue}.dead within {timeout} s ({len(drained)} others)")
+            await asyncio.sleep(0.05)
+
+    async def open_channel(self) -> AbstractChannel:
+        """A channel of the probe's connection for a test's own consumer; the test closes it."""
+        return await self._connection.channel()
+
+    @asynccontextmanager
+    async def tap(
+        self, routing_keys: Iterable[str], wait_until: WaitUntil, db: asyncpg.Pool | None = None
+    ) -> AsyncIterator[EventTap]:
+        """An `EventTap` on `routing_keys` for the life of the block."""
+        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        for key in routing_keys:
+            await queue.bind("events", routing_key=key)
+        try:
+            yield EventTap(queue, wait_until, db)
+        finally:
+            await queue.delete(if_unused=False, if_empty=False)
+
+
+class EventTap:
+    """A private queue bound to some routing keys of `events`, to see what was announced (and to
+    capture real events for replaying them)."""
+
+    def __init__(self, queue: AbstractQueue, wait_until: WaitUntil, db: asyncpg.Pool | None = None) -> None:
+        self._queue = queue
+        self._wait_until = wait_until
+        self._db = db
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def arrived(self, routing_key: str, **match: str) -> list[dict[str, Any]]:
+        """The events `routing_key` whose fields equal `match`, among all that arrived so far."""
+        while (message := await self._queue.get(no_ack=True, fail=False)) is not None:
+            self.seen.append((message.routing_key or "", json.loads(message.body)))
+        return [
+            body for key, body in self.seen if key == routing_key and all(body.get(f) == v for f, v in match.items())
+        ]
+
+    async def captured(self, routing_key: str, **match: str) -> dict[str, Any]:
+        """The one event `routing_key` whose fields equal `match`, waiting for it to be published."""
+        events = await self._wait_until(lambda: self.arrived(routing_key, **match), timeout=5.0)
+        assert len(events) == 1, f"expected one {routing_key} event matching {match}, got {events}"
+        return events[0]
+
+    async def settled(self, schema: str, routing_key: str, **match: str) -> list[dict[str, Any]]:
+        """Events `routing_key` matching `match`, once `schema`'s outbox has been relayed.
+
+        An effect's event is committed with it, before the reply; once the outbox is empty it has
+        been published (with confirms), so it is in our queue if it was ever going to be.
+        """
+        assert self._db is not None, "a tap that waits for an outbox needs the database"
+        db = self._db
+
+        async def outbox_empty() -> bool:
+            return await db.fetchval(f"SELECT count(*) FROM {schema}.outbox") == 0
+
+        await self._wait_until(outbox_empty, timeout=5.0)
+        return await self.arrived(routing_key, **match)

@@ -1,7 +1,12 @@
 """The four services running as real processes (`python -m …`), pointed at the run's backends.
 
-Tests talk to them only as clients would: HTTP to the gateway, messages on the broker, and reads
-of the database to check what changed. Services can be stopped and started to test restarts.
+The one launcher of a local stack: the test suite and the benchmark harness (`bench/stack.py`)
+both start theirs with `start_stack`, on an environment built by `service_env`. It imports
+nothing of the project, so `python -m bench` can use it from the repository root.
+
+Tests talk to the services only as clients would: HTTP to the gateway, messages on the broker,
+and reads of the database to check what changed. Services can be stopped and started to test
+restarts.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +65,10 @@ class Stack:
             process.kill()
             return process.wait()
 
+    @property
+    def pids(self) -> dict[str, int]:
+        return {service: process.pid for service, process in self.processes.items()}
+
     def stop_all(self) -> None:
         for service in list(self.processes):
             self.stop(service)
@@ -92,9 +102,11 @@ class Stack:
         raise RuntimeError(f"{service} was not ready within {timeout} s\n{details}")
 
 
-def stack_env(database_url: str, amqp_url: str, key_file: Path) -> dict[str, str]:
+def service_env(database_url: str, amqp_url: str, key_file: Path, base: Mapping[str, str]) -> dict[str, str]:
+    """`base` with what the four services need to find their backends and each other: the run's
+    database and vhost, fresh ports, the signing key. Everything else keeps its default."""
     auth_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_",))}
+    env = dict(base)
     env.update(
         {
             "AMQP_URL": amqp_url,
@@ -106,15 +118,41 @@ def stack_env(database_url: str, amqp_url: str, key_file: Path) -> dict[str, str
             "POSTS_HTTP_PORT": str(free_port()),
             "AUTH_JWKS_URL": f"http://127.0.0.1:{auth_port}/.well-known/jwks.json",
             "AUTH_SIGNING_KEY_FILE": str(key_file),
-            "JWT_ISSUER": "auth_service",
-            "JWT_AUDIENCE": "posts-platform",
-            "ACCESS_TOKEN_TTL_SECONDS": "900",
-            # Every test client is 127.0.0.1: the per-address limit is tested through the broker instead.
-            "LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
-            "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
     )
     return env
 
 
+def stack_env(database_url: str, amqp_url: str, key_file: Path) -> dict[str, str]:
+    """The test suite's environment: no tracing, and token and login settings the tests rely on."""
+    env = service_env(
+        database_url, amqp_url, key_file, {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    )
+    env.update(
+        {
+            "JWT_ISSUER": "auth_service",
+            "JWT_AUDIENCE": "posts-platform",
+            "ACCESS_TOKEN_TTL_SECONDS": "900",
+            # Every test client is 127.0.0.1: the per-address limit is tested through the broker instead.
+            "LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    return env
+
+
+async def start_stack(env: dict[str, str], log_dir: Path, *, timeout: float = 60) -> Stack:
+    """The four services, ready to serve; none left running if one of them fails to start."""
+    stack = Stack(env, log_dir)
+    try:
+        # auth first: the others fetch its JWKS (they would retry, but this keeps start-up quiet).
+        stack.start("auth")
+        await stack.wait_ready("auth", timeout)
+        for service in ("users", "posts", "gateway"):
+            stack.start(service)
+        await stack.wait_ready("gateway", timeout)
+    except BaseException:
+        stack.stop_all()
+        raise
+    return stack
