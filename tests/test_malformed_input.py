@@ -275,7 +275,9 @@ async def test_malformed_events_are_dead_lettered_and_nothing_crashes(
     for service in EVENT_CONSUMERS:
         drained: list[AbstractIncomingMessage] = []
 
-        async def both_parked(queue: str = f"{service}.events") -> list[AbstractIncomingMessage]:
+        async def both_parked(
+            queue: str = f"{service}.events", drained: list[AbstractIncomingMessage] = drained
+        ) -> list[AbstractIncomingMessage]:
             drained.extend(await broker.dead_letters(queue))
             hits = [next((m for m in drained if e in m.body), None) for e in (not_json, marker.encode())]
             return hits if all(hits) else []

@@ -7,16 +7,15 @@ from uuid import uuid4
 
 import pytest
 
+import auth_service.service
+import posts_service.service
+import users_service.service
 from shared.authorization import ADMIN, PUBLIC, USER, OwnerOrAdmin, Policy, require_admin, require_owner_or_admin, require_user
 from shared.commands import COMMAND_PAYLOADS
 from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.routes import UndeclaredPolicyError, check_routes, command
 from shared.settings import Settings
 from shared.tokens import Caller
-
-import auth_service.service
-import posts_service.service
-import users_service.service
 
 
 def caller(role: str = "user") -> Caller:

@@ -135,11 +135,12 @@ async def test_one_request_is_one_trace_across_gateway_broker_service_and_databa
 ) -> None:
     user: User = await new_user("traced")
     request_id = f"otel-{uuid4().hex}"
-    async with aiohttp.ClientSession(base_url=traced.gateway_url) as http:
-        async with http.post(
-            "/posts", json={"title": "traced", "body": "b"}, headers={**user.auth, "X-Request-ID": request_id}
-        ) as response:
-            assert response.status == 201, await response.text()
+    headers = {**user.auth, "X-Request-ID": request_id}
+    async with (
+        aiohttp.ClientSession(base_url=traced.gateway_url) as http,
+        http.post("/posts", json={"title": "traced", "body": "b"}, headers=headers) as response,
+    ):
+        assert response.status == 201, await response.text()
 
     async def request_span() -> Span | None:
         return next(
