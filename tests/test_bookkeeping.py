@@ -52,10 +52,10 @@ async def test_the_closing_statement_writes_reply_audit_row_and_events_in_order(
     caller = a_caller()
     key = key_of(caller)
     async with schema_pool.acquire() as conn, conn.transaction():
-        with outbox.buffered(conn) as events:
+        with outbox.buffered(conn) as events:  # type: ignore[arg-type]  # TEMPORARY: until outbox takes a pool connection
             assert idempotency.is_new(await bookkeeping.open_command(conn, caller, key, "create-post"))
-            first = await outbox.add_event(conn, "post.created", {"post_id": "p-1"})
-            second = await outbox.add_event(conn, "post.deleted", {"post_id": "p-1"})
+            first = await outbox.add_event(conn, "post.created", {"post_id": "p-1"})  # type: ignore[arg-type]  # TEMPORARY: until outbox takes a pool connection
+            second = await outbox.add_event(conn, "post.deleted", {"post_id": "p-1"})  # type: ignore[arg-type]  # TEMPORARY: until outbox takes a pool connection
             # Buffered, not written: nothing is in the outbox until the closing statement.
             assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
             await bookkeeping.close_command(conn, key, {"id": "p-1"}, allowed(caller), events.take(), notify=False)
@@ -64,6 +64,7 @@ async def test_the_closing_statement_writes_reply_audit_row_and_events_in_order(
         "SELECT reply FROM processed_commands WHERE subject = $1 AND message_id = 'm-1'", caller.subject
     ) == {"id": "p-1"}
     row = await schema_pool.fetchrow("SELECT decision, command, caller, reason, message_id, request_id FROM audit_log")
+    assert row is not None
     assert dict(row) == {
         "decision": "allowed", "command": "create-post", "caller": f"user:{caller.subject}",
         "reason": "policy USER", "message_id": "m-1", "request_id": "r-1",
@@ -126,9 +127,9 @@ async def test_a_revoked_or_banned_caller_is_refused_and_claims_nothing(
 async def test_events_left_in_the_buffer_roll_the_transaction_back(schema_pool: asyncpg.Pool) -> None:
     with pytest.raises(RuntimeError, match="never written"):
         async with schema_pool.acquire() as conn, conn.transaction():
-            with outbox.buffered(conn):
+            with outbox.buffered(conn):  # type: ignore[arg-type]  # TEMPORARY: until outbox takes a pool connection
                 await conn.execute("INSERT INTO seen_events (event_id) VALUES ($1)", uuid4())
-                await outbox.add_event(conn, "post.created", {"post_id": "p-1"})
+                await outbox.add_event(conn, "post.created", {"post_id": "p-1"})  # type: ignore[arg-type]  # TEMPORARY: until outbox takes a pool connection
     assert await schema_pool.fetchval("SELECT count(*) FROM seen_events") == 0
     assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 0
 
@@ -143,9 +144,9 @@ async def test_an_event_on_another_connection_is_written_at_once_and_notifies_on
         await listener.add_listener(outbox.notify_channel(schema), lambda *args: heard["own"].put_nowait(args[2]))
         await listener.add_listener(outbox.notify_channel("posts"), lambda *args: heard["other"].put_nowait(args[2]))
         async with schema_pool.acquire() as buffered_conn, schema_pool.acquire() as conn:
-            with outbox.buffered(buffered_conn):
+            with outbox.buffered(buffered_conn):  # type: ignore[arg-type]  # TEMPORARY: until outbox takes a pool connection
                 async with conn.transaction():
-                    await outbox.add_event(conn, "session.revoked", {"session_id": str(uuid4())})
+                    await outbox.add_event(conn, "session.revoked", {"session_id": str(uuid4())})  # type: ignore[arg-type]  # TEMPORARY: until outbox takes a pool connection
         assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 1
         assert await asyncio.wait_for(heard["own"].get(), 5) == outbox.notify_channel(schema)
         await asyncio.sleep(0.2)
@@ -184,7 +185,7 @@ async def test_commits_within_the_linger_leave_in_one_batch(schema_pool: asyncpg
         await asyncio.sleep(0.2)  # its first pass found nothing; it waits for a wake-up
         for n in range(5):
             async with schema_pool.acquire() as conn, conn.transaction():
-                await outbox.add_event(conn, "test.linger", {"n": n})
+                await outbox.add_event(conn, "test.linger", {"n": n})  # type: ignore[arg-type]  # TEMPORARY: until outbox takes a pool connection
             relay.wake()
         async with asyncio.timeout(5):
             while relay.published < 5:
