@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
@@ -96,7 +97,7 @@ def ancestors(span: Span, spans: list[Span]) -> list[Span]:
 
 
 @pytest.fixture
-async def receiver() -> OtlpReceiver:
+async def receiver() -> AsyncIterator[OtlpReceiver]:
     running = OtlpReceiver()
     await running.start()
     yield running
@@ -104,7 +105,7 @@ async def receiver() -> OtlpReceiver:
 
 
 @pytest.fixture
-async def traced(stack: Stack, receiver: OtlpReceiver, tmp_path: Path) -> Stack:
+async def traced(stack: Stack, receiver: OtlpReceiver, tmp_path: Path) -> AsyncIterator[Stack]:
     """A gateway and a posts_service exporting traces to `receiver`, in place of the stack's posts_service."""
     env = {
         **stack.env,
@@ -151,7 +152,7 @@ async def test_one_request_is_one_trace_across_gateway_broker_service_and_databa
 
     root = await wait_until(request_span, timeout=10)
 
-    async def whole_trace() -> dict[str, Span] | None:
+    async def whole_trace() -> dict[str, Span | None] | None:
         spans = receiver.trace(root.trace_id)
         found = {
             "publish": next((s for s in spans if s.service == "gateway" and s.kind == ProtoSpan.SPAN_KIND_PRODUCER), None),
