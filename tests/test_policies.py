@@ -17,6 +17,8 @@ from shared.routes import UndeclaredPolicyError, check_routes, command
 from shared.settings import Settings
 from shared.tokens import Caller
 
+pytestmark = pytest.mark.unit
+
 
 def caller(role: str = "user") -> Caller:
     return Caller(subject=uuid4(), session_id=uuid4(), role=role, token_id="t", expires_at=0)  # type: ignore[arg-type]

@@ -214,6 +214,7 @@ async def test_a_trace_header_on_a_command_grants_nothing_and_breaks_nothing(
         ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, []),
     ],
 )
+@pytest.mark.unit
 def test_tracing_is_off_unless_the_environment_asks_for_it(env: dict[str, str], exporters: list[str]) -> None:
     assert tracing_exporters(env) == exporters
 
@@ -227,6 +228,7 @@ def test_tracing_is_off_unless_the_environment_asks_for_it(env: dict[str, str], 
          "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
     ],
 )
+@pytest.mark.unit
 def test_an_exporter_that_is_not_installed_stops_the_process_naming_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigurationError, match=variable):
         tracing_exporters(env)
