@@ -7,13 +7,14 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.errors import Conflict, NotFound
 
 ACCOUNT_COLUMNS = "id, kind, email, service_name, display_name, password_hash, role"
 
 
-async def create_user(conn: asyncpg.Connection, email: str, display_name: str, password_hash: str) -> asyncpg.Record:
+async def create_user(conn: asyncpg.Connection | PoolConnectionProxy, email: str, display_name: str, password_hash: str) -> asyncpg.Record:
     try:
         row = await conn.fetchrow(
             f"INSERT INTO accounts (id, kind, email, display_name, password_hash) VALUES ($1, 'user', $2, $3, $4)"
@@ -29,26 +30,26 @@ async def create_user(conn: asyncpg.Connection, email: str, display_name: str, p
     return row
 
 
-async def find_by_email(conn: asyncpg.Connection, email: str) -> asyncpg.Record | None:
+async def find_by_email(conn: asyncpg.Connection | PoolConnectionProxy, email: str) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = $1", email)
 
 
-async def get_account(conn: asyncpg.Connection, account_id: UUID) -> asyncpg.Record:
+async def get_account(conn: asyncpg.Connection | PoolConnectionProxy, account_id: UUID) -> asyncpg.Record:
     row = await conn.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
     if row is None:
         raise NotFound("No such account")
     return row
 
 
-async def set_password_hash(conn: asyncpg.Connection, account_id: UUID, password_hash: str) -> None:
+async def set_password_hash(conn: asyncpg.Connection | PoolConnectionProxy, account_id: UUID, password_hash: str) -> None:
     await conn.execute("UPDATE accounts SET password_hash = $2 WHERE id = $1", account_id, password_hash)
 
 
-async def set_role(conn: asyncpg.Connection, account_id: UUID, role: str) -> None:
+async def set_role(conn: asyncpg.Connection | PoolConnectionProxy, account_id: UUID, role: str) -> None:
     await conn.execute("UPDATE accounts SET role = $2 WHERE id = $1", account_id, role)
 
 
-async def upsert_service_account(conn: asyncpg.Connection, name: str, role: str) -> tuple[asyncpg.Record, bool]:
+async def upsert_service_account(conn: asyncpg.Connection | PoolConnectionProxy, name: str, role: str) -> tuple[asyncpg.Record, bool]:
     """The service account called `name` with `role`; True when its role changed."""
     existing = await conn.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE service_name = $1 FOR UPDATE", name)
     if existing is None:
@@ -68,7 +69,7 @@ async def upsert_service_account(conn: asyncpg.Connection, name: str, role: str)
 
 
 async def create_session(
-    conn: asyncpg.Connection, session_id: UUID, account_id: UUID, token_id: str, expires_at: datetime
+    conn: asyncpg.Connection | PoolConnectionProxy, session_id: UUID, account_id: UUID, token_id: str, expires_at: datetime
 ) -> None:
     await conn.execute(
         "INSERT INTO sessions (id, account_id, token_id, expires_at) VALUES ($1, $2, $3, $4)",
@@ -79,11 +80,11 @@ async def create_session(
     )
 
 
-async def mark_session_revoked(conn: asyncpg.Connection, session_id: UUID) -> None:
+async def mark_session_revoked(conn: asyncpg.Connection | PoolConnectionProxy, session_id: UUID) -> None:
     await conn.execute("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", session_id)
 
 
-async def active_sessions(conn: asyncpg.Connection, account_id: UUID) -> list[UUID]:
+async def active_sessions(conn: asyncpg.Connection | PoolConnectionProxy, account_id: UUID) -> list[UUID]:
     rows = await conn.fetch(
         "SELECT id FROM sessions WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > now() FOR UPDATE",
         account_id,
@@ -91,7 +92,7 @@ async def active_sessions(conn: asyncpg.Connection, account_id: UUID) -> list[UU
     return [r["id"] for r in rows]
 
 
-async def find_session(conn: asyncpg.Connection, session_or_token_id: str) -> asyncpg.Record | None:
+async def find_session(conn: asyncpg.Connection | PoolConnectionProxy, session_or_token_id: str) -> asyncpg.Record | None:
     """A session by its id (`sid`) or by the id of its token (`jti`)."""
     try:
         session_id: UUID | None = UUID(session_or_token_id)
@@ -104,15 +105,15 @@ async def find_session(conn: asyncpg.Connection, session_or_token_id: str) -> as
     )
 
 
-async def record_login_failure(conn: asyncpg.Connection, account_key: str, address: str | None) -> None:
+async def record_login_failure(conn: asyncpg.Connection | PoolConnectionProxy, account_key: str, address: str | None) -> None:
     await conn.execute("INSERT INTO login_failures (account_key, address) VALUES ($1, $2)", account_key, address)
 
 
-async def clear_login_failures(conn: asyncpg.Connection, account_key: str) -> None:
+async def clear_login_failures(conn: asyncpg.Connection | PoolConnectionProxy, account_key: str) -> None:
     await conn.execute("DELETE FROM login_failures WHERE account_key = $1", account_key)
 
 
-async def failures_since(conn: asyncpg.Connection, column: str, value: str, window: timedelta) -> tuple[int, datetime | None]:
+async def failures_since(conn: asyncpg.Connection | PoolConnectionProxy, column: str, value: str, window: timedelta) -> tuple[int, datetime | None]:
     """How many failures `column` (account_key or address) had in the window, and the oldest one."""
     if column not in ("account_key", "address"):
         raise ValueError(column)

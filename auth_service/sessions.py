@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from auth_service import repository
 from auth_service.issuer import IssuedToken, TokenIssuer
@@ -13,7 +14,7 @@ from shared.revocation import revoke_session
 
 
 async def open_session(
-    conn: asyncpg.Connection, issuer: TokenIssuer, account: asyncpg.Record, ttl_seconds: int
+    conn: asyncpg.Connection | PoolConnectionProxy, issuer: TokenIssuer, account: asyncpg.Record, ttl_seconds: int
 ) -> IssuedToken:
     """A new session for `account` and the access token that carries it."""
     session_id = uuid4()
@@ -31,13 +32,13 @@ async def open_session(
     return issued
 
 
-async def close_session(conn: asyncpg.Connection, session_id: UUID, account_id: UUID) -> None:
+async def close_session(conn: asyncpg.Connection | PoolConnectionProxy, session_id: UUID, account_id: UUID) -> None:
     """Revoke one session here and, through the `session.revoked` event, everywhere."""
     await repository.mark_session_revoked(conn, session_id)
     await revoke_session(conn, session_id, account_id)
 
 
-async def close_all_sessions(conn: asyncpg.Connection, account_id: UUID) -> int:
+async def close_all_sessions(conn: asyncpg.Connection | PoolConnectionProxy, account_id: UUID) -> int:
     sessions = await repository.active_sessions(conn, account_id)
     for session_id in sessions:
         await close_session(conn, session_id, account_id)

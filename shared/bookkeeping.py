@@ -18,6 +18,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared import audit, idempotency
 from shared.database import Params
@@ -29,7 +30,7 @@ from shared.tokens import Caller
 Key = tuple[UUID, str, int]
 
 
-async def open_command(conn: asyncpg.Connection, caller: Caller | None, key: Key | None, command: str) -> Any:
+async def open_command(conn: asyncpg.Connection | PoolConnectionProxy, caller: Caller | None, key: Key | None, command: str) -> Any:
     """Check the caller and claim the message; returns the stored reply of an earlier run of the
     same message, or `idempotency.UNSET` when this one is new (or has no key)."""
     if caller is None:
@@ -57,7 +58,7 @@ async def open_command(conn: asyncpg.Connection, caller: Caller | None, key: Key
 
 
 async def close_command(
-    conn: asyncpg.Connection,
+    conn: asyncpg.Connection | PoolConnectionProxy,
     key: Key | None,
     reply: Any,
     decision: audit.Decision | None,

@@ -55,10 +55,11 @@ def origin(message: AbstractIncomingMessage) -> tuple[str, str]:
     headers = message.headers or {}
     if "x-original-exchange" in headers:
         return _text(headers["x-original-exchange"]), _text(headers["x-original-routing-key"])
-    deaths = headers.get("x-death") or []
-    if deaths and isinstance(deaths[0], dict):
-        keys = deaths[0].get("routing-keys") or [message.routing_key]
-        return _text(deaths[0].get("exchange", "")), _text(keys[0])
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        death = deaths[0]
+        keys = death.get("routing-keys")
+        return _text(death.get("exchange", "")), _text(keys[0] if isinstance(keys, list) and keys else message.routing_key)
     raise ValueError("the message does not say where it came from")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.errors import Conflict
 
@@ -42,7 +43,7 @@ def anonymous_key(message_id: str, body: bytes) -> str:
 
 
 async def claim(
-    conn: asyncpg.Connection, subject: UUID, message_id: str, command: str, expires_at: int
+    conn: asyncpg.Connection | PoolConnectionProxy, subject: UUID, message_id: str, command: str, expires_at: int
 ) -> Any:
     """Claim the message for this transaction; returns the stored reply if it already ran, else UNSET."""
     inserted = await conn.fetchval(
@@ -57,7 +58,7 @@ async def claim(
     return await stored_reply(conn, subject, message_id, command)
 
 
-async def stored_reply(conn: asyncpg.Connection, subject: UUID, message_id: str, command: str) -> Any:
+async def stored_reply(conn: asyncpg.Connection | PoolConnectionProxy, subject: UUID, message_id: str, command: str) -> Any:
     """The reply of the command that already claimed (subject, message_id); 409 if it was another command."""
     row = await conn.fetchrow(
         "SELECT command, reply FROM processed_commands WHERE subject = $1 AND message_id = $2",
@@ -74,7 +75,7 @@ def is_new(claimed: Any) -> bool:
     return claimed is UNSET
 
 
-async def purge_expired(conn: asyncpg.Connection) -> int:
+async def purge_expired(conn: asyncpg.Connection | PoolConnectionProxy) -> int:
     """Drop records whose token has expired; returns how many went."""
     status = await conn.execute("DELETE FROM processed_commands WHERE expires_at < now()")
     return int(status.split()[-1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared.errors import Forbidden, Unauthorized
 from shared.events import SessionRevoked, UserBanned
@@ -27,7 +28,7 @@ def caller_state_sql(session_id: str, user_id: str) -> str:
     )
 
 
-async def check_caller(conn: asyncpg.Connection, caller: Caller) -> None:
+async def check_caller(conn: asyncpg.Connection | PoolConnectionProxy, caller: Caller) -> None:
     """401 if the caller's session was revoked, 403 if the account is banned."""
     row = await conn.fetchrow(f"SELECT {caller_state_sql('$1', '$2')}", caller.session_id, caller.subject)
     assert row is not None
@@ -42,7 +43,7 @@ def refuse(*, revoked: bool, banned: bool) -> None:
         raise Unauthorized("Your session has ended; sign in again")
 
 
-async def revoke_session(conn: asyncpg.Connection, session_id: UUID, user_id: UUID) -> bool:
+async def revoke_session(conn: asyncpg.Connection | PoolConnectionProxy, session_id: UUID, user_id: UUID) -> bool:
     """Revoke a session here and tell every other service; False if it was already revoked."""
     inserted = await conn.fetchval(
         "INSERT INTO revoked_sessions (session_id, user_id) VALUES ($1, $2)"
@@ -55,7 +56,7 @@ async def revoke_session(conn: asyncpg.Connection, session_id: UUID, user_id: UU
     return bool(inserted)
 
 
-async def record_ban(conn: asyncpg.Connection, user_id: UUID) -> bool:
+async def record_ban(conn: asyncpg.Connection | PoolConnectionProxy, user_id: UUID) -> bool:
     """Remember that an account is banned; False if it already was."""
     return bool(
         await conn.fetchval(
@@ -64,7 +65,7 @@ async def record_ban(conn: asyncpg.Connection, user_id: UUID) -> bool:
     )
 
 
-async def on_session_revoked(event: SessionRevoked, conn: asyncpg.Connection) -> None:
+async def on_session_revoked(event: SessionRevoked, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
     await conn.execute(
         "INSERT INTO revoked_sessions (session_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         event.session_id,
@@ -72,5 +73,5 @@ async def on_session_revoked(event: SessionRevoked, conn: asyncpg.Connection) ->
     )
 
 
-async def on_user_banned(event: UserBanned, conn: asyncpg.Connection) -> None:
+async def on_user_banned(event: UserBanned, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
     await record_ban(conn, event.user_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 from urllib.parse import urlsplit
 
 #: How a process meets the broker topology (shared/topology): create it, or only check it exists.
@@ -124,5 +124,5 @@ class Settings:
             login_max_failures_per_address=_int(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, low=1, high=100_000),
             login_window_seconds=_int(env, "LOGIN_WINDOW_SECONDS", 300, low=1, high=86_400),
             log_level=log_level,
-            broker_topology=cast(BrokerTopology, topology),
+            broker_topology=topology,
         )

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.settings import ConfigurationError
+
+if TYPE_CHECKING:  # imported only once tracing is on
+    from opentelemetry.propagators.textmap import TextMapPropagator
 
 EXPORTERS = ("otlp", "console")
 #: Health probes and scrapes would make a trace every few seconds and tell nothing.
@@ -118,7 +121,7 @@ def _sample_roots() -> Any:
     return RequestRoots()
 
 
-def _tolerant(inner: Any) -> Any:
+def _tolerant(inner: TextMapPropagator) -> TextMapPropagator:
     """The configured propagator, except that a malformed trace header (a number where text
     belongs, say: anyone can publish one) means no parent instead of an exception that would
     fail the message before the runner ever saw it."""

@@ -86,10 +86,12 @@ def message(doc: dict[str, Any], channel: str) -> dict[str, Any]:
     return resolve(doc, ref["$ref"])
 
 
+@pytest.mark.unit
 def test_the_committed_document_is_what_the_generator_writes() -> None:
     assert DOCUMENT.read_text(encoding="utf-8") == render(), "asyncapi.yaml is stale: run `python -m shared.generate`"
 
 
+@pytest.mark.unit
 def test_every_command_of_the_contract_is_described(doc: dict[str, Any]) -> None:
     for name in CONTRACT_COMMANDS:
         channel = doc["channels"][f"command.{name}"]
@@ -115,6 +117,7 @@ def test_every_command_of_the_contract_is_described(doc: dict[str, Any]) -> None
         assert message(doc, f"command.list-audit.{service}")["payload"]["$ref"] == "#/components/schemas/ListAudit"
 
 
+@pytest.mark.unit
 def test_every_event_of_the_contract_is_described(doc: dict[str, Any]) -> None:
     assert set(EVENT_MODELS) == set(CONTRACT_EVENTS)
     for key, fields in CONTRACT_EVENTS.items():
@@ -129,6 +132,7 @@ def test_every_event_of_the_contract_is_described(doc: dict[str, Any]) -> None:
     assert resolve(doc, doc["channels"]["dead-letters"]["bindings"]["$ref"])["amqp"]["exchange"]["name"] == "dead-letters"
 
 
+@pytest.mark.unit
 def test_each_event_has_the_publisher_the_broker_permits() -> None:
     """deploy/rabbitmq/definitions.json's topic permissions say who may publish each event."""
     definitions = json.loads((ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
@@ -137,6 +141,7 @@ def test_each_event_has_the_publisher_the_broker_permits() -> None:
         assert allowed == [f"{service}_service"], key
 
 
+@pytest.mark.unit
 def test_it_is_a_structurally_valid_asyncapi_3_document(doc: dict[str, Any]) -> None:
     assert doc["asyncapi"] == "3.0.0"
     assert set(doc) <= {"asyncapi", "id", "info", "servers", "defaultContentType", "channels", "operations", "components"}
@@ -168,6 +173,7 @@ def test_it_is_a_structurally_valid_asyncapi_3_document(doc: dict[str, Any]) -> 
             assert resolve(doc, msg["correlationId"]["$ref"])["location"].startswith("$message.header#/"), name
 
 
+@pytest.mark.unit
 def test_payload_schemas_accept_and_refuse_what_the_models_do(doc: dict[str, Any]) -> None:
     samples = {**SAMPLES, "list-audit.posts": {"decision": "denied", "limit": 10}}
     for name, sample in samples.items():

@@ -20,6 +20,8 @@ from bench.measurement import CaseResult, LoadResult, Memory
 from bench.report import format_table
 from bench.targets import check_targets
 
+pytestmark = pytest.mark.unit
+
 WRK_STDOUT = """\
 Running 5s test @ http://127.0.0.1:8080/posts
   2 threads and 64 connections

@@ -22,8 +22,8 @@ from shared.database import create_pool
 from shared.errors import Conflict, Forbidden, Unauthorized
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
 from shared.tokens import Caller
-from tests.support.backends import Backends
-from tests.support.stack import Stack
+from support.backends import Backends
+from support.stack import Stack
 
 
 @pytest.fixture

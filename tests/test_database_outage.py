@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -28,9 +29,8 @@ pytestmark = pytest.mark.fault
 
 
 async def status_of(url: str) -> int:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
-            return response.status
+    async with aiohttp.ClientSession() as http, http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+        return response.status
 
 
 async def test_a_service_holds_commands_through_a_database_outage(
@@ -90,5 +90,5 @@ async def _answers(url: str, status: int) -> bool:
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from uuid import uuid4
 
+import pytest
+
 from support.broker import BrokerProbe
 from support.stack import ROOT, Stack
 
@@ -53,6 +55,7 @@ def test_an_unknown_queue_is_a_clear_error(stack: Stack) -> None:
     assert result.returncode == 1 and "no dead-letter queue" in result.stderr
 
 
+@pytest.mark.unit
 def test_help_has_examples() -> None:
     result = subprocess.run([sys.executable, "-m", "shared.dead_letters", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and "examples:" in result.stdout

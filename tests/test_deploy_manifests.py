@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytestmark = pytest.mark.unit
+
 KUBE = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 SERVICES = {"gateway": 8080, "auth_service": 8081, "users_service": 8082, "posts_service": 8083}
 

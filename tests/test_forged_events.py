@@ -257,7 +257,7 @@ async def assert_banned_everywhere(http: aiohttp.ClientSession, broker: BrokerPr
         assert (await response.json())["banned"] is True
 
 
-ALTERATIONS = {
+ALTERATIONS: dict[str, dict[str, Any]] = {
     "banned false": {"banned": False},
     "unban true": {"unban": True},
     "banned false, unban true, by and reason": {"banned": False, "unban": True, "by": str(uuid4()), "reason": "appeal granted"},

@@ -568,6 +568,7 @@ async def test_admin_bans_a_user_and_again(http: aiohttp.ClientSession, new_user
         profile = UserProfile.model_validate(data)
         assert (str(profile.id), profile.display_name, profile.banned) == (user.id, user.display_name, True)
     row = await db.fetchrow("SELECT banned, banned_by, ban_reason FROM users.profiles WHERE id = $1", user.id)
+    assert row is not None
     assert row["banned"] is True and str(row["banned_by"]) == admin.id and row["ban_reason"] == "spam"
     async with http.get(f"/users/{user.id}") as response:
         assert UserProfile.model_validate(await response.json()).banned is True
@@ -577,9 +578,9 @@ async def test_ban_reason_is_optional(http: aiohttp.ClientSession, new_user, new
     admin: User = await new_admin()
     no_body: User = await new_user("no-body")
     empty_object: User = await new_user("empty-object")
-    for user, kwargs in ((no_body, {}), (empty_object, {"json": {}})):
+    for user, json in ((no_body, None), (empty_object, {})):
         await wait_until(partial(profile_exists, http, user.id))
-        async with http.post(f"/users/{user.id}/ban", headers=admin.auth, **kwargs) as response:
+        async with http.post(f"/users/{user.id}/ban", headers=admin.auth, json=json) as response:
             assert response.status == 200, await response.text()
             assert UserProfile.model_validate(await response.json()).banned is True
         assert await db.fetchval("SELECT banned FROM users.profiles WHERE id = $1", user.id) is True

@@ -10,6 +10,8 @@ import pytest
 
 from shared import jsoncodec
 
+pytestmark = pytest.mark.unit
+
 
 def standard(value: object) -> object:
     return json.loads(json.dumps(value, default=str))

@@ -25,7 +25,7 @@ TWO_MB = 2 * 1024 * 1024
 
 def header(message: AbstractIncomingMessage, name: str) -> str | None:
     value = (message.headers or {}).get(name)
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
 
 
 def assert_error_reply(reply: dict[str, Any] | None, status: int) -> None:
@@ -260,10 +260,12 @@ async def test_malformed_events_are_dead_lettered_and_nothing_crashes(
     for service in EVENT_CONSUMERS:
         drained: list[AbstractIncomingMessage] = []
 
-        async def both_parked(queue: str = f"{service}.events") -> list[AbstractIncomingMessage]:
+        async def both_parked(
+            queue: str = f"{service}.events", drained: list[AbstractIncomingMessage] = drained
+        ) -> list[AbstractIncomingMessage]:
             drained.extend(await broker.dead_letters(queue))
             hits = [next((m for m in drained if e in m.body), None) for e in (not_json, marker.encode())]
-            return hits if all(hits) else []
+            return [hit for hit in hits if hit is not None] if all(hits) else []
 
         for dead in await wait_until(both_parked, timeout=3.0):
             assert header(dead, "x-dead-letter-reason"), f"{service}: a dead-lettered event must say why"

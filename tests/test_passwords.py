@@ -10,6 +10,8 @@ from argon2 import PasswordHasher
 
 from auth_service import passwords
 
+pytestmark = pytest.mark.unit
+
 
 class CountingHasher:
     """The real hasher, counting how many hashes run at once and on which threads."""

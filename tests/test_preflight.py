@@ -153,6 +153,7 @@ async def test_a_bad_variable_stops_it_before_anything_is_contacted(stack: Stack
     assert all(verdicts[name] == "not checked: the configuration has a problem" for name in CHECKS[1:])
 
 
+@pytest.mark.unit
 def test_help_shows_examples() -> None:
     result = subprocess.run([sys.executable, "-m", "shared.preflight", "--help"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0

@@ -83,6 +83,7 @@ def json_logging(capsys: pytest.CaptureFixture[str]):
     structlog.reset_defaults()
 
 
+@pytest.mark.unit
 def test_every_line_written_while_a_request_id_is_bound_carries_it(json_logging) -> None:
     logs.configure_logging("test_service", "INFO")
     bound = logs.bind(request_id="req-42", command="delete-post")

@@ -8,6 +8,8 @@ import pytest
 
 from shared.settings import ConfigurationError, Settings
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_are_the_contracts() -> None:
     s = Settings.from_env({})

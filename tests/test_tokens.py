@@ -24,6 +24,8 @@ from shared.errors import Unauthorized
 from shared.tokens import JwksKeySource, TokenVerifier, bearer_token
 from support.forge import TokenForge
 
+pytestmark = pytest.mark.unit
+
 ISS, AUD = "auth_service", "posts-platform"
 
 

@@ -42,6 +42,7 @@ def canonical(entries: list[dict[str, Any]]) -> list[str]:
     return sorted(json.dumps(entry, sort_keys=True) for entry in entries)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", ["exchanges", "queues", "bindings"])
 def test_definitions_json_holds_exactly_the_code_topology(kind: str) -> None:
     document = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
@@ -52,6 +53,7 @@ def test_definitions_json_holds_exactly_the_code_topology(kind: str) -> None:
     )
 
 
+@pytest.mark.unit
 def test_the_definitions_command_keeps_everything_else_and_changes_nothing_twice(tmp_path: Path) -> None:
     copy = tmp_path / "definitions.json"
     shutil.copy(DEFINITIONS, copy)
@@ -62,6 +64,7 @@ def test_the_definitions_command_keeps_everything_else_and_changes_nothing_twice
     assert json.loads(copy.read_text()) == json.loads(DEFINITIONS.read_text())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("args", [["--help"], ["declare", "--help"], ["definitions", "--help"]])
 def test_the_command_explains_itself_with_examples(args: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", "shared.topology", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -69,6 +72,7 @@ def test_the_command_explains_itself_with_examples(args: list[str]) -> None:
     assert "examples:" in result.stdout and "python -m shared.topology declare" in result.stdout
 
 
+@pytest.mark.unit
 def test_every_contract_command_goes_to_exactly_one_service() -> None:
     routed = [key for service in ROUTES for key in ROUTES[service].commands]
     assert sorted(routed) == sorted(COMMAND_PAYLOADS), "each contract command must be bound to one command queue"
@@ -77,6 +81,7 @@ def test_every_contract_command_goes_to_exactly_one_service() -> None:
         assert set(ROUTES[service].events) <= CONTRACT_EVENTS
 
 
+@pytest.mark.unit
 def test_each_command_queue_is_bound_to_its_own_commands_only() -> None:
     for service in ROUTES:
         keys = {b.routing_key for b in bindings(service) if b.exchange == "commands"}
@@ -84,6 +89,7 @@ def test_each_command_queue_is_bound_to_its_own_commands_only() -> None:
         assert keys == set(command_keys(service))
 
 
+@pytest.mark.unit
 def test_a_wiring_that_disagrees_with_the_topology_is_refused() -> None:
     check_wiring("posts", command_keys("posts"), ROUTES["posts"].events)
     with pytest.raises(TopologyError, match="posts"):

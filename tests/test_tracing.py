@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
@@ -96,7 +97,7 @@ def ancestors(span: Span, spans: list[Span]) -> list[Span]:
 
 
 @pytest.fixture
-async def receiver() -> OtlpReceiver:
+async def receiver() -> AsyncIterator[OtlpReceiver]:
     running = OtlpReceiver()
     await running.start()
     yield running
@@ -104,7 +105,7 @@ async def receiver() -> OtlpReceiver:
 
 
 @pytest.fixture
-async def traced(stack: Stack, receiver: OtlpReceiver, tmp_path: Path) -> Stack:
+async def traced(stack: Stack, receiver: OtlpReceiver, tmp_path: Path) -> AsyncIterator[Stack]:
     """A gateway and a posts_service exporting traces to `receiver`, in place of the stack's posts_service."""
     env = {
         **stack.env,
@@ -135,11 +136,12 @@ async def test_one_request_is_one_trace_across_gateway_broker_service_and_databa
 ) -> None:
     user: User = await new_user("traced")
     request_id = f"otel-{uuid4().hex}"
-    async with aiohttp.ClientSession(base_url=traced.gateway_url) as http:
-        async with http.post(
-            "/posts", json={"title": "traced", "body": "b"}, headers={**user.auth, "X-Request-ID": request_id}
-        ) as response:
-            assert response.status == 201, await response.text()
+    headers = {**user.auth, "X-Request-ID": request_id}
+    async with (
+        aiohttp.ClientSession(base_url=traced.gateway_url) as http,
+        http.post("/posts", json={"title": "traced", "body": "b"}, headers=headers) as response,
+    ):
+        assert response.status == 201, await response.text()
 
     async def request_span() -> Span | None:
         return next(
@@ -150,7 +152,7 @@ async def test_one_request_is_one_trace_across_gateway_broker_service_and_databa
 
     root = await wait_until(request_span, timeout=10)
 
-    async def whole_trace() -> dict[str, Span] | None:
+    async def whole_trace() -> dict[str, Span | None] | None:
         spans = receiver.trace(root.trace_id)
         found = {
             "publish": next((s for s in spans if s.service == "gateway" and s.kind == ProtoSpan.SPAN_KIND_PRODUCER), None),
@@ -212,6 +214,7 @@ async def test_a_trace_header_on_a_command_grants_nothing_and_breaks_nothing(
         ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, []),
     ],
 )
+@pytest.mark.unit
 def test_tracing_is_off_unless_the_environment_asks_for_it(env: dict[str, str], exporters: list[str]) -> None:
     assert tracing_exporters(env) == exporters
 
@@ -225,6 +228,7 @@ def test_tracing_is_off_unless_the_environment_asks_for_it(env: dict[str, str], 
          "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
     ],
 )
+@pytest.mark.unit
 def test_an_exporter_that_is_not_installed_stops_the_process_naming_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigurationError, match=variable):
         tracing_exporters(env)
