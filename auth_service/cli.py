@@ -25,6 +25,7 @@ from auth_service.service import MIGRATIONS, NAME
 from auth_service.sessions import close_all_sessions, close_session, open_session
 from shared.database import create_pool
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
+from shared.roles import ROLES
 from shared.settings import ConfigurationError, Settings
 
 EPILOG = """examples:
@@ -52,14 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: python -m auth_service set-role alice@example.com admin",
     )
     set_role.add_argument("email")
-    set_role.add_argument("role", choices=["user", "admin"])
+    set_role.add_argument("role", choices=ROLES)
     issue = sub.add_parser(
         "issue-service-token",
         help="print an access token for an internal service account",
         epilog="example: python -m auth_service issue-service-token reports-job --role user --ttl 3600",
     )
     issue.add_argument("name", help="the service account's name; created if new")
-    issue.add_argument("--role", choices=["user", "admin"], required=True)
+    issue.add_argument("--role", choices=ROLES, required=True)
     issue.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default ACCESS_TOKEN_TTL_SECONDS)")
     revoke = sub.add_parser(
         "revoke-token",
@@ -71,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _with_pool(settings: Settings) -> asyncpg.Pool:
-    await migrate(
-        settings.database_url, NAME, [MigrationSource("platform", PLATFORM_MIGRATIONS), MigrationSource(NAME, MIGRATIONS)]
-    )
+    await migrate(settings.database_url, NAME, [MigrationSource("platform", PLATFORM_MIGRATIONS), MigrationSource(NAME, MIGRATIONS)])
     return await create_pool(settings.database_url, NAME, min_size=1, max_size=2)
 
 

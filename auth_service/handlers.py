@@ -20,8 +20,8 @@ from auth_service.sessions import close_all_sessions, close_session, open_sessio
 from shared.commands import GetMe, Login, Logout, Register
 from shared.envelope import current_message
 from shared.errors import Forbidden, TooManyRequests, Unauthorized
-from shared.outbox import add_event
 from shared.events import UserBanned
+from shared.outbox import add_event
 from shared.revocation import on_session_revoked, record_ban
 from shared.routes import CommandHandler, EventHandler
 from shared.settings import Settings
@@ -90,9 +90,7 @@ class AuthHandlers:
             count, oldest = await repository.failures_since(conn, column, value, window)
             if count >= limit and oldest is not None:
                 wait = (oldest + window - datetime.now(UTC)).total_seconds()
-                raise TooManyRequests(
-                    "Too many failed sign-in attempts; try again later", retry_after=max(1, math.ceil(wait))
-                )
+                raise TooManyRequests("Too many failed sign-in attempts; try again later", retry_after=max(1, math.ceil(wait)))
 
     async def _record_failure(self, email: str, address: str | None) -> None:
         # On its own connection: the command's transaction rolls back with the 401 it raises,

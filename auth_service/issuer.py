@@ -29,9 +29,7 @@ class TokenIssuer:
     def new_token_id(self) -> str:
         return str(uuid4())
 
-    def issue(
-        self, *, subject: UUID, session_id: UUID, role: str, kind: str, ttl_seconds: int, token_id: str
-    ) -> IssuedToken:
+    def issue(self, *, subject: UUID, session_id: UUID, role: str, kind: str, ttl_seconds: int, token_id: str) -> IssuedToken:
         now = int(time.time())
         claims = {
             "iss": self._issuer,

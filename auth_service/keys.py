@@ -69,9 +69,7 @@ def load_pem(pem: bytes, source: str) -> Ed25519PrivateKey:
 
 
 def to_pem(key: Ed25519PrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
 
 
 async def load_signing_key(settings: Settings, pool: asyncpg.Pool) -> SigningKey:

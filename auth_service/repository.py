@@ -113,7 +113,9 @@ async def clear_login_failures(conn: asyncpg.Connection | PoolConnectionProxy, a
     await conn.execute("DELETE FROM login_failures WHERE account_key = $1", account_key)
 
 
-async def failures_since(conn: asyncpg.Connection | PoolConnectionProxy, column: str, value: str, window: timedelta) -> tuple[int, datetime | None]:
+async def failures_since(
+    conn: asyncpg.Connection | PoolConnectionProxy, column: str, value: str, window: timedelta
+) -> tuple[int, datetime | None]:
     """How many failures `column` (account_key or address) had in the window, and the oldest one."""
     if column not in ("account_key", "address"):
         raise ValueError(column)

@@ -26,9 +26,7 @@ async def open_session(
         ttl_seconds=ttl_seconds,
         token_id=issuer.new_token_id(),
     )
-    await repository.create_session(
-        conn, session_id, account["id"], issued.token_id, datetime.fromtimestamp(issued.expires_at, UTC)
-    )
+    await repository.create_session(conn, session_id, account["id"], issued.token_id, datetime.fromtimestamp(issued.expires_at, UTC))
     return issued
 
 

@@ -54,8 +54,11 @@ async def measure(duration: int, connections: int, statements: int, runs: int) -
                 await wrk.run_wrk(wrk.WrkRun(run.url, connections, 1, run.script), work_dir)  # warm-up
                 result, _ = await wrk.run_wrk(run, work_dir)
                 measured.append(result.requests / result.duration_s)
-            print(f"run {number}: echo {measured[0]:.0f} req/s, echo + transaction {measured[1]:.0f} req/s,"
-                  f" ratio {measured[1] / measured[0]:.2f}", flush=True)
+            print(
+                f"run {number}: echo {measured[0]:.0f} req/s, echo + transaction {measured[1]:.0f} req/s,"
+                f" ratio {measured[1] / measured[0]:.2f}",
+                flush=True,
+            )
             pairs.append((measured[0], measured[1]))
         return pairs
     finally:
@@ -72,8 +75,10 @@ def main() -> None:
     options = parser.parse_args()
     pairs = asyncio.run(measure(options.duration, options.connections, options.statements, options.runs))
     ratios = [tx / echo for echo, tx in pairs]
-    print(f"median ratio (echo + BEGIN, {options.statements} INSERTs, COMMIT) / echo at c={options.connections}:"
-          f" {statistics.median(ratios):.2f}")
+    print(
+        f"median ratio (echo + BEGIN, {options.statements} INSERTs, COMMIT) / echo at c={options.connections}:"
+        f" {statistics.median(ratios):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -64,8 +64,10 @@ def _pid(text: str) -> tuple[str, int]:
 
 def parse_options(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description="Benchmark the stack against two baselines measured in the same run.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m bench",
+        description="Benchmark the stack against two baselines measured in the same run.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--concurrency", type=_positive_ints, default=(1, 16, 64), help="connections or RPCs in flight (default 1,16,64)")
     parser.add_argument("--duration", type=int, default=10, help="whole seconds per case and concurrency (default 10)")
@@ -73,20 +75,39 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--cases", type=_cases, default=tuple(CASES), help=f"comma-separated, among {', '.join(CASES)}")
     parser.add_argument("--users", type=int, default=8, help="authors writing and deleting posts (default 8)")
     parser.add_argument("--gateway-url", help="use a stack already running at this gateway instead of starting one")
-    parser.add_argument("--amqp-url", default=DEFAULT_AMQP_URL,
-                        help="the broker: with --gateway-url the running stack's (vhost included), else where to create a vhost")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
-                        help="PostgreSQL: with --gateway-url the running stack's database, else where to create one")
-    parser.add_argument("--pid", type=_pid, action="append", default=[], metavar="NAME=PID",
-                        help="with --gateway-url: a process to measure (gateway, auth, users, posts); repeatable")
+    parser.add_argument(
+        "--amqp-url",
+        default=DEFAULT_AMQP_URL,
+        help="the broker: with --gateway-url the running stack's (vhost included), else where to create a vhost",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=DEFAULT_DATABASE_URL,
+        help="PostgreSQL: with --gateway-url the running stack's database, else where to create one",
+    )
+    parser.add_argument(
+        "--pid",
+        type=_pid,
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="with --gateway-url: a process to measure (gateway, auth, users, posts); repeatable",
+    )
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where the JSON and PNG go (default bench/results)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.users < 1:
         parser.error("--duration must be positive, --warmup not negative, --users at least 1")
     return Options(
-        concurrency=tuple(sorted(set(args.concurrency))), duration_s=args.duration, warmup_s=args.warmup,
-        cases=args.cases, users=args.users, gateway_url=args.gateway_url.rstrip("/") if args.gateway_url else None,
-        amqp_url=args.amqp_url, database_url=args.database_url, pids=dict(args.pid), output_dir=args.output_dir,
+        concurrency=tuple(sorted(set(args.concurrency))),
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        cases=args.cases,
+        users=args.users,
+        gateway_url=args.gateway_url.rstrip("/") if args.gateway_url else None,
+        amqp_url=args.amqp_url,
+        database_url=args.database_url,
+        pids=dict(args.pid),
+        output_dir=args.output_dir,
         strict=args.strict,
     )

@@ -25,8 +25,11 @@ class ProcessSet:
     def start(self, name: str, module: str, *args: str, env: Mapping[str, str] | None = None) -> int:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", module, *args], cwd=ROOT, env=dict(env) if env else None,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=dict(env) if env else None,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         return self.processes[name].pid
 

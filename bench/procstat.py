@@ -74,9 +74,7 @@ def by_comm(name: str) -> PidFinder:
 
 def postgres_backends_of(database: str) -> PidFinder:
     """Backends serving `database`: their title is `postgres: <cluster>: <user> <database> <host> ...`."""
-    return lambda proc: [
-        pid for pid, comm, cmdline in _processes(proc) if comm == "postgres" and f" {database} " in f"{cmdline} "
-    ]
+    return lambda proc: [pid for pid, comm, cmdline in _processes(proc) if comm == "postgres" and f" {database} " in f"{cmdline} "]
 
 
 def fixed(pid: int) -> PidFinder:

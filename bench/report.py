@@ -14,8 +14,14 @@ from bench.targets import Target
 
 #: CPU columns: (heading, process name or a case role).
 CPU_COLUMNS = (
-    ("http", "@http"), ("svc", "@service"), ("auth", "auth"), ("users", "users"),
-    ("rabbit", "rabbitmq"), ("pg all", "postgres"), ("pg db", "postgres_db"), ("loadgen", "loadgen"),
+    ("http", "@http"),
+    ("svc", "@service"),
+    ("auth", "auth"),
+    ("users", "users"),
+    ("rabbit", "rabbitmq"),
+    ("pg all", "postgres"),
+    ("pg db", "postgres_db"),
+    ("loadgen", "loadgen"),
 )
 
 
@@ -32,8 +38,10 @@ def format_table(results: Iterable[CaseResult]) -> str:
     lines = [" " * 68 + "| CPU µs per request", head, "-" * len(head)]
     for r in results:
         load = r.load
-        line = (f"{r.label:<34} {r.concurrency:>3} {load.rps:>7.0f} {load.p50_ms:>7.2f} {load.p95_ms:>7.2f} "
-                f"{load.p99_ms:>7.2f} {load.error_count:>6} |")
+        line = (
+            f"{r.label:<34} {r.concurrency:>3} {load.rps:>7.0f} {load.p50_ms:>7.2f} {load.p95_ms:>7.2f} "
+            f"{load.p99_ms:>7.2f} {load.error_count:>6} |"
+        )
         lines.append(line + "".join(f" {_cpu_cell(r, process):>7}" for _, process in CPU_COLUMNS))
     lines.append("latency in ms; http = gateway or baseline server, svc = posts_service or echo consumer")
     return "\n".join(lines)
@@ -50,8 +58,14 @@ def format_targets(targets: Iterable[Target]) -> str:
 
 
 def write_json(
-    path: Path, *, machine: Mapping[str, Any], options: Mapping[str, Any], results: Iterable[CaseResult],
-    final_memory: Mapping[str, Memory], targets: Iterable[Target], background: Mapping[str, Mapping[str, float]],
+    path: Path,
+    *,
+    machine: Mapping[str, Any],
+    options: Mapping[str, Any],
+    results: Iterable[CaseResult],
+    final_memory: Mapping[str, Memory],
+    targets: Iterable[Target],
+    background: Mapping[str, Mapping[str, float]],
 ) -> None:
     document = {
         "machine": dict(machine),

@@ -69,8 +69,9 @@ async def measure_background(groups: dict[str, procstat.PidFinder]) -> dict[str,
     return {name: round(100 * seconds / IDLE_SECONDS, 1) for name, seconds in spent.items()}
 
 
-async def measure_all(ctx: Context, options: Options, groups: dict[str, procstat.PidFinder],
-                      pids: dict[str, int], processes: ProcessSet) -> list[CaseResult]:
+async def measure_all(
+    ctx: Context, options: Options, groups: dict[str, procstat.PidFinder], pids: dict[str, int], processes: ProcessSet
+) -> list[CaseResult]:
     runs = [(case, c) for case in options.cases for c in options.concurrency]
     results: list[CaseResult] = []
     since, harvested = datetime.now(UTC), False
@@ -89,14 +90,18 @@ async def measure_all(ctx: Context, options: Options, groups: dict[str, procstat
         results.append(result)
         if case in ("create_post", "delete_post", "broker_delete"):
             ctx.writes_rps.append(load.rps)
-        say(f"    {load.rps:.0f} req/s, p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms, "
-            f"{load.error_count} errors" + (f", {load.exhausted} past the last id" if load.exhausted else ""))
+        say(
+            f"    {load.rps:.0f} req/s, p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms, "
+            f"{load.error_count} errors" + (f", {load.exhausted} past the last id" if load.exhausted else "")
+        )
         if CASES[case].baseline and not any(CASES[c].baseline for c, _ in runs[number:]):
             processes.stop(*BASELINE_PROCESSES)  # done with them: only the stack runs from here
     return results
 
 
-async def start_processes(options: Options, ctx: Context, processes: ProcessSet, backends: Backends | None) -> tuple[Stack | None, dict[str, int]]:
+async def start_processes(
+    options: Options, ctx: Context, processes: ProcessSet, backends: Backends | None
+) -> tuple[Stack | None, dict[str, int]]:
     """Start the baselines and the stack (or describe the running one); the pids to measure."""
     pids: dict[str, int] = {}
     if any(CASES[case].baseline for case in options.cases):
@@ -116,8 +121,13 @@ async def start_processes(options: Options, ctx: Context, processes: ProcessSet,
     return stack, {**pids, **stack.pids}
 
 
-def publish(options: Options, machine: dict[str, object], results: list[CaseResult], final_memory: dict[str, Memory],
-            background: dict[str, dict[str, float]]) -> list[Target]:
+def publish(
+    options: Options,
+    machine: dict[str, object],
+    results: list[CaseResult],
+    final_memory: dict[str, Memory],
+    background: dict[str, dict[str, float]],
+) -> list[Target]:
     """The table and targets on the terminal, the JSON file and the plot; the targets."""
     targets = check_targets(results, final_memory)
     print(report.format_table(results))
@@ -127,8 +137,15 @@ def publish(options: Options, machine: dict[str, object], results: list[CaseResu
     options.output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path, png_path = options.output_dir / f"{stamp}.json", options.output_dir / f"{stamp}.png"
-    report.write_json(json_path, machine=machine, options=_options_json(options), results=results,
-                      final_memory=final_memory, targets=targets, background=background)
+    report.write_json(
+        json_path,
+        machine=machine,
+        options=_options_json(options),
+        results=results,
+        final_memory=final_memory,
+        targets=targets,
+        background=background,
+    )
     plot_results(results, png_path, f"{machine['cores']} cores, {machine['date']}, {options.duration_s} s per point")
     print(f"wrote {json_path} and {png_path}")
     return targets
@@ -179,6 +196,10 @@ def _percentages(cpu: dict[str, float]) -> str:
 
 def _options_json(options: Options) -> dict[str, object]:
     return {
-        "concurrency": list(options.concurrency), "duration_s": options.duration_s, "warmup_s": options.warmup_s,
-        "cases": list(options.cases), "users": options.users, "external_stack": options.external,
+        "concurrency": list(options.concurrency),
+        "duration_s": options.duration_s,
+        "warmup_s": options.warmup_s,
+        "cases": list(options.cases),
+        "users": options.users,
+        "external_stack": options.external,
     }

@@ -68,9 +68,7 @@ class Backends:
             await asyncio.to_thread(subprocess.run, ["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
     async def drop(self) -> None:
-        await asyncio.to_thread(
-            subprocess.run, ["rabbitmqctl", "delete_vhost", self.name], check=False, capture_output=True, timeout=120
-        )
+        await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "delete_vhost", self.name], check=False, capture_output=True, timeout=120)
         conn = await asyncpg.connect(self._admin_database_url)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

@@ -48,8 +48,7 @@ def check_targets(results: Iterable[CaseResult], final_memory: Mapping[str, Memo
         targets.append(Target(name, "SKIP", "POST /posts or the echo baseline was not measured at that concurrency"))
     else:
         ratio = post.load.rps / echo.load.rps
-        targets.append(Target(name, _verdict(ratio >= THROUGHPUT_RATIO),
-                              f"{post.load.rps:.0f} / {echo.load.rps:.0f} req/s = {ratio:.2f}x"))
+        targets.append(Target(name, _verdict(ratio >= THROUGHPUT_RATIO), f"{post.load.rps:.0f} / {echo.load.rps:.0f} req/s = {ratio:.2f}x"))
 
     name = f"POST /posts p99 <= {P99_LIMIT_MS:g} ms at c={HIGH_CONCURRENCY}"
     if post is None:
@@ -68,8 +67,13 @@ def check_targets(results: Iterable[CaseResult], final_memory: Mapping[str, Memo
     for case in STACK_CASES:
         low = by.get((case, LOW_CONCURRENCY))
         if low is not None:
-            targets.append(Target(f"{CASES[case].label} p50 <= {P50_LIMIT_MS:g} ms at c={LOW_CONCURRENCY}",
-                                  _verdict(low.load.p50_ms <= P50_LIMIT_MS), f"p50 {low.load.p50_ms:.2f} ms"))
+            targets.append(
+                Target(
+                    f"{CASES[case].label} p50 <= {P50_LIMIT_MS:g} ms at c={LOW_CONCURRENCY}",
+                    _verdict(low.load.p50_ms <= P50_LIMIT_MS),
+                    f"p50 {low.load.p50_ms:.2f} ms",
+                )
+            )
 
     for service in SERVICES:
         name = f"{service} RSS <= {RSS_LIMIT_MB:g} MB after the run"
@@ -77,6 +81,7 @@ def check_targets(results: Iterable[CaseResult], final_memory: Mapping[str, Memo
         if memory is None:
             targets.append(Target(name, "SKIP", "pid unknown"))
         else:
-            targets.append(Target(name, _verdict(memory.rss_mb <= RSS_LIMIT_MB),
-                                  f"RSS {memory.rss_mb:.1f} MB (peak {memory.hwm_kb / 1024:.1f} MB)"))
+            targets.append(
+                Target(name, _verdict(memory.rss_mb <= RSS_LIMIT_MB), f"RSS {memory.rss_mb:.1f} MB (peak {memory.hwm_kb / 1024:.1f} MB)")
+            )
     return targets

@@ -66,8 +66,21 @@ def parse_output(stdout: str) -> LoadResult:
 
 def command(run: WrkRun, script_path: Path) -> list[str]:
     return [
-        "wrk", "-t", str(run.threads), "-c", str(run.connections), "-d", f"{run.duration_s}s",
-        "--timeout", TIMEOUT, "-s", str(script_path), run.url, "--", *run.args, str(run.threads),
+        "wrk",
+        "-t",
+        str(run.threads),
+        "-c",
+        str(run.connections),
+        "-d",
+        f"{run.duration_s}s",
+        "--timeout",
+        TIMEOUT,
+        "-s",
+        str(script_path),
+        run.url,
+        "--",
+        *run.args,
+        str(run.threads),
     ]
 
 

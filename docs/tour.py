@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from auth_service.keys import to_pem  # noqa: E402
-from support.backends import provision  # noqa: E402
-from support.stack import Stack, stack_env  # noqa: E402
+from tests.support.backends import provision  # noqa: E402
+from tests.support.stack import Stack, stack_env  # noqa: E402
 
 SCREENSHOT = ROOT / "docs" / "ui.png"
 CHROMIUM = "/usr/bin/chromium"
@@ -62,7 +62,10 @@ async def screenshot(gateway_url: str) -> None:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
         page = await browser.new_page(base_url=gateway_url, viewport={"width": 1100, "height": 700})
-        for title, body in (("Release notes", "Every service now checks every token itself."), ("Coffee", "The new machine on floor 3 works.")):
+        for title, body in (
+            ("Release notes", "Every service now checks every token itself."),
+            ("Coffee", "The new machine on floor 3 works."),
+        ):
             login = await page.request.post("/auth/login", data={"email": "alice@example.com", "password": "correct horse battery"})
             token = (await login.json())["access_token"]
             await page.request.post("/posts", data={"title": title, "body": body}, headers={"Authorization": f"Bearer {token}"})

@@ -13,11 +13,16 @@ class GatewayMetrics:
 
     def __post_init__(self) -> None:
         self.requests = Counter(
-            "http_requests_total", "HTTP requests, by route, method and status", ["route", "method", "status"],
+            "http_requests_total",
+            "HTTP requests, by route, method and status",
+            ["route", "method", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "http_request_duration_seconds", "HTTP request latency", ["route", "method"], registry=self.registry,
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.commands = Counter(

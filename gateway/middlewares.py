@@ -47,7 +47,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
                 level,
                 "request failed" if response.status >= 400 else "request",
                 extra={
-                    "method": request.method, "path": request.path, "status": response.status,
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 },
             )

@@ -113,7 +113,8 @@ def _query_params(command: Command) -> list[dict[str, Any]]:
     schema = command.payload.model_json_schema(ref_template=REF, mode="validation")
     return [
         {"name": name, "in": "query", "required": name in schema.get("required", []), "schema": prop}
-        for name, prop in schema["properties"].items() if name not in http.path_fields
+        for name, prop in schema["properties"].items()
+        if name not in http.path_fields
     ]
 
 
@@ -151,12 +152,19 @@ def _command_operation(command: Command, components: dict[str, Any]) -> dict[str
     errors = _errors(command, body=body is not None, query=bool(_query_params(command)), takes_key=takes_key)
     ok = (http.status, command.summary, command.result)
     operation = _op(
-        f"{command.summary} {command.policy.describe()}", ok=ok, errors=errors, secured=command.guarded,
-        mutating=takes_key, params=params or None,
+        f"{command.summary} {command.policy.describe()}",
+        ok=ok,
+        errors=errors,
+        secured=command.guarded,
+        mutating=takes_key,
+        params=params or None,
     )
     operation["operationId"] = command.name
     if body is not None:
-        operation["requestBody"] = {"required": not command.accepts_empty_body(), "content": {"application/json": {"schema": {"$ref": REF.format(model=body[0])}}}}
+        operation["requestBody"] = {
+            "required": not command.accepts_empty_body(),
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=body[0])}}},
+        }
     return operation
 
 
@@ -175,25 +183,54 @@ def build_document() -> dict[str, Any]:
             paths.setdefault(command.http.path, {})[command.http.method.lower()] = _command_operation(command, components)
     for model in (schemas.Problem, schemas.AuditPage):
         _add_model(model, components, "serialization")
-    paths.update({
-        "/audit": {
-            "get": _op(
-                "Authorization decisions of one service, newest first (admins only)",
-                ok=(200, "A page of audit entries", schemas.AuditPage), errors=[401, 403, 422], secured=True,
-                params=[
-                    {"name": "service", "in": "query", "required": True, "schema": {"type": "string", "enum": list(SERVICE_NAMES)}},
-                    {"name": "decision", "in": "query", "required": False, "schema": {"type": "string", "enum": ["allowed", "denied", "replayed"]}},
-                    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
-                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}},
-                ],
-            )
-        },
-        "/.well-known/jwks.json": {"get": {"summary": "The public keys tokens are signed with", "responses": {"200": {"description": "A JWKS"}, "503": {"description": "Unavailable", "content": PROBLEM}}}},
-        "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "Up"}}}},
-        "/readyz": {"get": {"summary": "The broker and every service are reachable", "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready", "content": PROBLEM}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}}},
-        "/": {"get": {"summary": "The web UI", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
-    })
+    paths.update(
+        {
+            "/audit": {
+                "get": _op(
+                    "Authorization decisions of one service, newest first (admins only)",
+                    ok=(200, "A page of audit entries", schemas.AuditPage),
+                    errors=[401, 403, 422],
+                    secured=True,
+                    params=[
+                        {"name": "service", "in": "query", "required": True, "schema": {"type": "string", "enum": list(SERVICE_NAMES)}},
+                        {
+                            "name": "decision",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["allowed", "denied", "replayed"]},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
+                        },
+                        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}},
+                    ],
+                )
+            },
+            "/.well-known/jwks.json": {
+                "get": {
+                    "summary": "The public keys tokens are signed with",
+                    "responses": {"200": {"description": "A JWKS"}, "503": {"description": "Unavailable", "content": PROBLEM}},
+                }
+            },
+            "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "Up"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "The broker and every service are reachable",
+                    "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready", "content": PROBLEM}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+                }
+            },
+            "/": {"get": {"summary": "The web UI", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+        }
+    )
     return {
         "openapi": "3.1.0",
         "info": {

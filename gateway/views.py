@@ -33,6 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # -- helpers ---------------------------------------------------------------------------------
 
+
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=jsoncodec.dumps(data), status=status, headers=headers, content_type="application/json")
 
@@ -66,9 +67,7 @@ async def read_json_object(request: web.Request, *, optional: bool = False) -> d
     return data
 
 
-async def send(
-    request: web.Request, command: str, payload: dict[str, Any], *, token: str | None = None, mutating: bool = False
-) -> Any:
+async def send(request: web.Request, command: str, payload: dict[str, Any], *, token: str | None = None, mutating: bool = False) -> Any:
     client = request.app[BROKER].client
     try:
         result = await client.call(
@@ -87,6 +86,7 @@ async def send(
 
 
 # -- commands --------------------------------------------------------------------------------
+
 
 def command_view(command: Command) -> Handler:
     """The view of a command with an HTTP binding: everything it does follows from the declaration."""
@@ -141,6 +141,7 @@ def path_id(request: web.Request, name: str) -> str:
 
 # -- audit -----------------------------------------------------------------------------------
 
+
 async def list_audit(request: web.Request) -> web.Response:
     """An admin reads one service's authorization decisions; the service itself checks the role."""
     token = await authenticate(request)
@@ -158,6 +159,7 @@ async def list_audit(request: web.Request) -> web.Response:
 
 
 # -- platform --------------------------------------------------------------------------------
+
 
 async def jwks(request: web.Request) -> web.Response:
     """auth_service's JWKS, passed through so clients need only the gateway's address."""

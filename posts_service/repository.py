@@ -54,14 +54,11 @@ async def delete_post(conn: asyncpg.Connection, post_id: UUID) -> None:
 async def list_posts(conn: asyncpg.Connection, limit: int, cursor: str | None) -> tuple[list[asyncpg.Record], str | None]:
     """A page of posts, newest first, and the cursor of the next page (None on the last)."""
     if cursor is None:
-        rows = await conn.fetch(
-            f"SELECT {COLUMNS} FROM posts ORDER BY created_at DESC, id DESC LIMIT $1", limit + 1
-        )
+        rows = await conn.fetch(f"SELECT {COLUMNS} FROM posts ORDER BY created_at DESC, id DESC LIMIT $1", limit + 1)
     else:
         created_at, post_id = decode_cursor(cursor)
         rows = await conn.fetch(
-            f"SELECT {COLUMNS} FROM posts WHERE (created_at, id) < ($1, $2)"
-            " ORDER BY created_at DESC, id DESC LIMIT $3",
+            f"SELECT {COLUMNS} FROM posts WHERE (created_at, id) < ($1, $2) ORDER BY created_at DESC, id DESC LIMIT $3",
             created_at,
             post_id,
             limit + 1,

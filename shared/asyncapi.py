@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, NotRequired
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
+from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from pydantic.json_schema import JsonSchemaMode
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
@@ -88,12 +88,23 @@ def _properties(name: str, message_id: str, *, command: bool) -> dict[str, Any]:
 
 def _headers(guarded: bool) -> dict[str, Any]:
     props: dict[str, Any] = {
-        REQUEST_ID_HEADER: {"type": "string", "pattern": f"^{REQUEST_ID.pattern}$", "description": "Bound in every log line about the command"},
-        CLIENT_ADDRESS_HEADER: {"type": "string", "description": "The client's address as the gateway saw it; only rate-limits login, grants nothing"},
+        REQUEST_ID_HEADER: {
+            "type": "string",
+            "pattern": f"^{REQUEST_ID.pattern}$",
+            "description": "Bound in every log line about the command",
+        },
+        CLIENT_ADDRESS_HEADER: {
+            "type": "string",
+            "description": "The client's address as the gateway saw it; only rate-limits login, grants nothing",
+        },
     }
     if not guarded:
         return {"type": "object", "properties": props}
-    props[AUTHORIZATION_HEADER] = {"type": "string", "pattern": r"^Bearer \S+$", "description": "Bearer <access token>: the only thing that says who the caller is"}
+    props[AUTHORIZATION_HEADER] = {
+        "type": "string",
+        "pattern": r"^Bearer \S+$",
+        "description": "Bearer <access token>: the only thing that says who the caller is",
+    }
     return {"type": "object", "required": [AUTHORIZATION_HEADER], "properties": props}
 
 
@@ -103,31 +114,51 @@ def _command(key: str, service: str, doc: dict[str, Any]) -> None:
     payload, guarded = declared.payload, declared.guarded
     messages = doc["components"]["messages"]
     messages[f"command.{key}"] = {
-        "name": key, "title": f"{key} command", "summary": summary(key), "headers": _headers(guarded),
-        "payload": _schema_ref(payload.__name__), "correlationId": _ref("components", "correlationIds", "correlationId"),
+        "name": key,
+        "title": f"{key} command",
+        "summary": summary(key),
+        "headers": _headers(guarded),
+        "payload": _schema_ref(payload.__name__),
+        "correlationId": _ref("components", "correlationIds", "correlationId"),
         "bindings": {"amqp": {"messageType": key, "bindingVersion": AMQP_BINDING}},
-        "x-amqp-properties": _properties(key, "Unique; the idempotency key: a repeat from the same caller gets the first reply (login never does)", command=True),
+        "x-amqp-properties": _properties(
+            key, "Unique; the idempotency key: a repeat from the same caller gets the first reply (login never does)", command=True
+        ),
     }
     result = declared.result
-    ok = {"type": "object", "additionalProperties": False, "required": ["ok", "result"],
-          "properties": {"ok": {"const": True}, "result": _schema_ref(result.__name__) if result else {"type": "null"}}}
+    ok = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["ok", "result"],
+        "properties": {"ok": {"const": True}, "result": _schema_ref(result.__name__) if result else {"type": "null"}},
+    }
     messages[f"reply.{key}"] = {
-        "name": f"{key} reply", "title": f"{key} reply", "correlationId": _ref("components", "correlationIds", "correlationId"),
+        "name": f"{key} reply",
+        "title": f"{key} reply",
+        "correlationId": _ref("components", "correlationIds", "correlationId"),
         "payload": {"oneOf": [ok, _schema_ref("ErrorReply")]},
     }
     doc["channels"]["reply"]["messages"][key] = _ref("components", "messages", f"reply.{key}")
     channel = f"command.{key}"
     doc["channels"][channel] = {
-        "address": key, "title": f"{key} on {COMMANDS_EXCHANGE}", "bindings": _ref("components", "channelBindings", COMMANDS_EXCHANGE),
+        "address": key,
+        "title": f"{key} on {COMMANDS_EXCHANGE}",
+        "bindings": _ref("components", "channelBindings", COMMANDS_EXCHANGE),
         "messages": {key: _ref("components", "messages", f"command.{key}")},
     }
     operation: dict[str, Any] = {
-        "action": "receive", "channel": _ref("channels", channel), "messages": [_ref("channels", channel, "messages", key)],
-        "title": f"{service}_service executes {key}", "tags": [{"name": service}],
+        "action": "receive",
+        "channel": _ref("channels", channel),
+        "messages": [_ref("channels", channel, "messages", key)],
+        "title": f"{service}_service executes {key}",
+        "tags": [{"name": service}],
         "description": f"Consumed from the quorum queue {service}.commands. {summary(key)}",
         "bindings": _ref("components", "operationBindings", "consume"),
-        "reply": {"address": {"location": "$message.header#/reply_to", "description": "The command's reply_to property"},
-                  "channel": _ref("channels", "reply"), "messages": [_ref("channels", "reply", "messages", key)]},
+        "reply": {
+            "address": {"location": "$message.header#/reply_to", "description": "The command's reply_to property"},
+            "channel": _ref("channels", "reply"),
+            "messages": [_ref("channels", "reply", "messages", key)],
+        },
     }
     if guarded:
         operation["security"] = [_ref("components", "securitySchemes", "accessToken")]
@@ -138,37 +169,58 @@ def _event(key: str, doc: dict[str, Any]) -> None:
     """Add the channel, message, publishing operation and consuming operations of one event."""
     channel, publisher = f"event.{key}", PUBLISHERS[key]
     doc["components"]["messages"][channel] = {
-        "name": key, "title": f"{key} event", "payload": _schema_ref(EVENT_MODELS[key].__name__),
+        "name": key,
+        "title": f"{key} event",
+        "payload": _schema_ref(EVENT_MODELS[key].__name__),
         "bindings": {"amqp": {"messageType": key, "bindingVersion": AMQP_BINDING}},
         "x-amqp-properties": _properties(key, "The event_id; consumers ignore one they have seen", command=False),
     }
     doc["channels"][channel] = {
-        "address": key, "title": f"{key} on {EVENTS_EXCHANGE}", "bindings": _ref("components", "channelBindings", EVENTS_EXCHANGE),
+        "address": key,
+        "title": f"{key} on {EVENTS_EXCHANGE}",
+        "bindings": _ref("components", "channelBindings", EVENTS_EXCHANGE),
         "messages": {key: _ref("components", "messages", channel)},
     }
     common = {"channel": _ref("channels", channel), "messages": [_ref("channels", channel, "messages", key)]}
     doc["operations"][f"{publisher}.publish.{key}"] = {
-        "action": "send", **common, "title": f"{publisher}_service publishes {key}", "tags": [{"name": publisher}],
+        "action": "send",
+        **common,
+        "title": f"{publisher}_service publishes {key}",
+        "tags": [{"name": publisher}],
         "description": "Written to the outbox with its change, relayed with publisher confirms: published if and only if the change committed.",
         "bindings": _ref("components", "operationBindings", "publish"),
     }
     for service in (name for name, routes in ROUTES.items() if key in routes.events):
         doc["operations"][f"{service}.on.{key}"] = {
-            "action": "receive", **common, "title": f"{service}_service handles {key}", "tags": [{"name": service}],
-            "description": f"Consumed from the quorum queue {service}.events.", "bindings": _ref("components", "operationBindings", "consume"),
+            "action": "receive",
+            **common,
+            "title": f"{service}_service handles {key}",
+            "tags": [{"name": service}],
+            "description": f"Consumed from the quorum queue {service}.events.",
+            "bindings": _ref("components", "operationBindings", "consume"),
         }
 
 
 def _dead_letters(doc: dict[str, Any]) -> None:
     died_in = [queue.name for service in ROUTES for queue in queues(service) if "x-dead-letter-exchange" in queue.arguments]
     doc["components"]["messages"]["dead-letter"] = {
-        "name": "dead-letter", "title": "A parked message", "payload": {"description": "The original body, unchanged"},
-        "headers": {"type": "object", "required": ["x-dead-letter-reason"], "properties": {
-            "x-dead-letter-reason": {"type": "string"}, "x-original-exchange": {"type": "string"},
-            "x-original-routing-key": {"type": "string"}, AUTHORIZATION_HEADER: {"const": "[redacted]"}}},
+        "name": "dead-letter",
+        "title": "A parked message",
+        "payload": {"description": "The original body, unchanged"},
+        "headers": {
+            "type": "object",
+            "required": ["x-dead-letter-reason"],
+            "properties": {
+                "x-dead-letter-reason": {"type": "string"},
+                "x-original-exchange": {"type": "string"},
+                "x-original-routing-key": {"type": "string"},
+                AUTHORIZATION_HEADER: {"const": "[redacted]"},
+            },
+        },
     }
     doc["channels"][DEAD_LETTER_EXCHANGE] = {
-        "address": "{queue}", "title": f"{DEAD_LETTER_EXCHANGE}: messages parked in <queue>.dead",
+        "address": "{queue}",
+        "title": f"{DEAD_LETTER_EXCHANGE}: messages parked in <queue>.dead",
         "bindings": _ref("components", "channelBindings", DEAD_LETTER_EXCHANGE),
         "parameters": {"queue": {"enum": died_in, "description": "The queue the message died in; it waits in <queue>.dead"}},
         "messages": {"dead-letter": _ref("components", "messages", "dead-letter")},
@@ -180,7 +232,9 @@ def _dead_letters(doc: dict[str, Any]) -> None:
     }
     for service in ROUTES:
         doc["operations"][f"{service}.park"] = {
-            "action": "send", "channel": _ref("channels", DEAD_LETTER_EXCHANGE), "tags": [{"name": service}],
+            "action": "send",
+            "channel": _ref("channels", DEAD_LETTER_EXCHANGE),
+            "tags": [{"name": service}],
             "title": f"{service}_service parks a message it cannot process",
             "messages": [_ref("channels", DEAD_LETTER_EXCHANGE, "messages", "dead-letter")],
         }
@@ -192,34 +246,75 @@ def build_document() -> dict[str, Any]:
     payloads = list(dict.fromkeys(c.payload for c in COMMANDS.values()))
     doc: dict[str, Any] = {
         "asyncapi": "3.0.0",
-        "info": {"title": "Zero-trust posts platform: the broker", "version": "0.1.0", "description": (
-            "Commands on the direct exchange `commands` (routing key = command name) and their replies, events on the topic "
-            "exchange `events`, parked messages on `dead-letters`. Nothing behind the gateway trusts it: every service verifies "
-            "the token in each command's `authorization` header and decides for itself. Generated by `python -m shared.asyncapi`.")},
-        "servers": {"rabbitmq": {"host": "127.0.0.1:5672", "pathname": "/", "protocol": "amqp", "protocolVersion": "0.9.1",
-                                 "description": "AMQP_URL names the broker and the vhost (its path); this is its default."}},
+        "info": {
+            "title": "Zero-trust posts platform: the broker",
+            "version": "0.1.0",
+            "description": (
+                "Commands on the direct exchange `commands` (routing key = command name) and their replies, events on the topic "
+                "exchange `events`, parked messages on `dead-letters`. Nothing behind the gateway trusts it: every service verifies "
+                "the token in each command's `authorization` header and decides for itself. Generated by `python -m shared.asyncapi`."
+            ),
+        },
+        "servers": {
+            "rabbitmq": {
+                "host": "127.0.0.1:5672",
+                "pathname": "/",
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+                "description": "AMQP_URL names the broker and the vhost (its path); this is its default.",
+            }
+        },
         "defaultContentType": "application/json",
-        "channels": {"reply": {"address": None, "title": "Replies", "messages": {}, "description": (
-            "The sender's reply_to queue, reached through the default exchange. A reply carries the command's correlation_id "
-            'and is {"ok": true, "result": ...} or {"ok": false, "error": {status, title, detail, retry_after?}}.')}},
+        "channels": {
+            "reply": {
+                "address": None,
+                "title": "Replies",
+                "messages": {},
+                "description": (
+                    "The sender's reply_to queue, reached through the default exchange. A reply carries the command's correlation_id "
+                    'and is {"ok": true, "result": ...} or {"ok": false, "error": {status, title, detail, retry_after?}}.'
+                ),
+            }
+        },
         "operations": {},
         "components": {
             "schemas": {
                 **_schemas([*payloads, ReplyError], "validation"),
-                "ErrorReply": {"type": "object", "additionalProperties": False, "required": ["ok", "error"],
-                               "properties": {"ok": {"const": False}, "error": _schema_ref("ReplyError")}},
+                "ErrorReply": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["ok", "error"],
+                    "properties": {"ok": {"const": False}, "error": _schema_ref("ReplyError")},
+                },
                 **_schemas(results, "serialization"),
                 **_schemas(list(EVENT_MODELS.values()), "validation"),
             },
             "messages": {},
-            "securitySchemes": {"accessToken": {
-                "type": "httpApiKey", "name": AUTHORIZATION_HEADER, "in": "header",
-                "description": "Bearer <access token>: an EdDSA JWT (typ at+jwt) signed by auth_service, verified by every service"}},
-            "channelBindings": {name: {"amqp": {"is": "routingKey", "bindingVersion": AMQP_BINDING, "exchange": {
-                "name": name, "type": kind.value, "durable": True, "autoDelete": False}}} for name, kind in EXCHANGES.items()},
-            "operationBindings": {"consume": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
-                                  "publish": {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING}}},
-            "correlationIds": {"correlationId": {"location": "$message.header#/correlation_id", "description": "The AMQP correlation_id property"}},
+            "securitySchemes": {
+                "accessToken": {
+                    "type": "httpApiKey",
+                    "name": AUTHORIZATION_HEADER,
+                    "in": "header",
+                    "description": "Bearer <access token>: an EdDSA JWT (typ at+jwt) signed by auth_service, verified by every service",
+                }
+            },
+            "channelBindings": {
+                name: {
+                    "amqp": {
+                        "is": "routingKey",
+                        "bindingVersion": AMQP_BINDING,
+                        "exchange": {"name": name, "type": kind.value, "durable": True, "autoDelete": False},
+                    }
+                }
+                for name, kind in EXCHANGES.items()
+            },
+            "operationBindings": {
+                "consume": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
+                "publish": {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING}},
+            },
+            "correlationIds": {
+                "correlationId": {"location": "$message.header#/correlation_id", "description": "The AMQP correlation_id property"}
+            },
         },
     }
     for service in ROUTES:
@@ -237,7 +332,9 @@ def render() -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.asyncapi", description="Print the broker's AsyncAPI 3.0 document, or rewrite asyncapi.yaml.")
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.asyncapi", description="Print the broker's AsyncAPI 3.0 document, or rewrite asyncapi.yaml."
+    )
     parser.add_argument("--write", action="store_true", help=f"rewrite {DOCUMENT.name} at the repository root")
     if parser.parse_args(argv).write:
         DOCUMENT.write_text(render(), encoding="utf-8")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import asyncpg
 
 from shared.commands import RESOURCES, ListAudit, audit_command_name
-from shared.database import TRANSIENT_DATABASE_ERRORS
+from shared.database import TRANSIENT_DATABASE_ERRORS, Connection
 from shared.errors import Unprocessable
 from shared.routes import CommandRoute, route
 from shared.tokens import Caller
@@ -65,8 +65,11 @@ def decide(
     log.info(
         "authorization decision",
         extra={
-            "decision": made.decision, "caller": made.caller, "resource": made.resource,
-            "reason": made.reason, "message_id": made.message_id,
+            "decision": made.decision,
+            "caller": made.caller,
+            "resource": made.resource,
+            "reason": made.reason,
+            "message_id": made.message_id,
         },
     )
     return made
@@ -92,12 +95,18 @@ COLUMNS = "decision, command, caller, caller_kind, resource, reason, message_id,
 def row(decision: Decision) -> tuple[Any, ...]:
     """The decision's values, in the order of `COLUMNS`."""
     return (
-        decision.decision, _text(decision.command), decision.caller, decision.caller_kind,
-        _text(decision.resource), _text(decision.reason[:1000]), _text(decision.message_id), _text(decision.request_id),
+        decision.decision,
+        _text(decision.command),
+        decision.caller,
+        decision.caller_kind,
+        _text(decision.resource),
+        _text(decision.reason[:1000]),
+        _text(decision.message_id),
+        _text(decision.request_id),
     )
 
 
-async def record(conn: asyncpg.Connection, decision: Decision) -> None:
+async def record(conn: Connection, decision: Decision) -> None:
     await conn.execute(f"INSERT INTO audit_log ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", *row(decision))
 
 
@@ -111,7 +120,7 @@ async def record_alone(pool: asyncpg.Pool, decision: Decision) -> None:
         log.warning("could not write an audit row", extra={"error": str(exc) or type(exc).__name__})
 
 
-async def list_audit(cmd: ListAudit, _caller: Caller, conn: asyncpg.Connection) -> dict[str, Any]:
+async def list_audit(cmd: ListAudit, _caller: Caller, conn: Connection) -> dict[str, Any]:
     """A page of the audit trail, newest first."""
     before = None
     if cmd.cursor is not None:
@@ -122,7 +131,9 @@ async def list_audit(cmd: ListAudit, _caller: Caller, conn: asyncpg.Connection) 
         "SELECT id, occurred_at, decision, command, caller, caller_kind, resource, reason, message_id, request_id"
         " FROM audit_log WHERE ($1::text IS NULL OR decision = $1) AND ($2::bigint IS NULL OR id < $2)"
         " ORDER BY id DESC LIMIT $3",
-        cmd.decision, before, cmd.limit + 1,
+        cmd.decision,
+        before,
+        cmd.limit + 1,
     )
     page = rows[: cmd.limit]
     items = [{**dict(r), "occurred_at": r["occurred_at"].isoformat()} for r in page]

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
+from shared.database import Connection
 from shared.errors import Forbidden, NotFound, Unauthorized
 from shared.roles import Role
 from shared.tokens import Caller
@@ -87,7 +86,7 @@ class Resource:
     def id_of(self, payload: Any) -> UUID:
         return getattr(payload, self.id_field)  # type: ignore[no-any-return]
 
-    async def owner(self, conn: asyncpg.Connection, payload: Any) -> UUID:
+    async def owner(self, conn: Connection, payload: Any) -> UUID:
         owner: UUID | None = await conn.fetchval(
             f"SELECT {self.owner_column} FROM {self.table} WHERE id = $1 FOR UPDATE", self.id_of(payload)
         )
@@ -128,7 +127,7 @@ class Policy(ABC):
     resource: Resource | None = None
 
     @abstractmethod
-    async def authorize(self, caller: Caller | None, payload: Any, conn: asyncpg.Connection | None) -> None:
+    async def authorize(self, caller: Caller | None, payload: Any, conn: Connection | None) -> None:
         """Raise Unauthorized, Forbidden or NotFound unless the caller may go ahead."""
 
     def describe(self) -> str:
@@ -144,7 +143,7 @@ class _Public(Policy):
     needs_token = False
     grants = (Party(Role.USER),)
 
-    async def authorize(self, caller: Caller | None, payload: Any, conn: asyncpg.Connection | None) -> None:
+    async def authorize(self, caller: Caller | None, payload: Any, conn: Connection | None) -> None:
         return None
 
     def describe(self) -> str:
@@ -155,7 +154,7 @@ class _User(Policy):
     name = "user"
     grants = (Party(Role.USER),)
 
-    async def authorize(self, caller: Caller | None, payload: Any, conn: asyncpg.Connection | None) -> None:
+    async def authorize(self, caller: Caller | None, payload: Any, conn: Connection | None) -> None:
         require_user(caller)
 
     def describe(self) -> str:
@@ -167,7 +166,7 @@ class _Admin(Policy):
     grants = (Party(Role.ADMIN),)
     refusals = (Refusal("a plain user", Party(Role.USER)),)
 
-    async def authorize(self, caller: Caller | None, payload: Any, conn: asyncpg.Connection | None) -> None:
+    async def authorize(self, caller: Caller | None, payload: Any, conn: Connection | None) -> None:
         require_admin(caller)
 
     def describe(self) -> str:
@@ -181,7 +180,7 @@ class _OwnerPolicy(Policy):
         self.resource = resource
         self.action = action
 
-    async def authorize(self, caller: Caller | None, payload: Any, conn: asyncpg.Connection | None) -> None:
+    async def authorize(self, caller: Caller | None, payload: Any, conn: Connection | None) -> None:
         caller = require_user(caller)
         assert self.resource is not None and conn is not None
         self.check(caller, await self.resource.owner(conn, payload))

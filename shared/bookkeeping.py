@@ -17,11 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-
 from shared import audit, idempotency
-from shared.database import Params
+from shared.database import Connection, Params
 from shared.outbox import NOTIFY_SQL, OutboxEvent, insert_events_sql
 from shared.revocation import caller_state_sql, check_caller, refuse
 from shared.tokens import Caller
@@ -30,7 +27,7 @@ from shared.tokens import Caller
 Key = tuple[UUID, str, int]
 
 
-async def open_command(conn: asyncpg.Connection | PoolConnectionProxy, caller: Caller | None, key: Key | None, command: str) -> Any:
+async def open_command(conn: Connection, caller: Caller | None, key: Key | None, command: str) -> Any:
     """Check the caller and claim the message; returns the stored reply of an earlier run of the
     same message, or `idempotency.UNSET` when this one is new (or has no key)."""
     if caller is None:
@@ -45,9 +42,13 @@ async def open_command(conn: asyncpg.Connection | PoolConnectionProxy, caller: C
     # nothing is inserted and the stored reply is read below, in a statement of its own (this
     # statement's snapshot predates that commit).
     row = await conn.fetchrow(
-        f"WITH claimed AS ({idempotency.CLAIM_SQL})"
-        f" SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, {caller_state_sql('$5', '$6')}",
-        subject, message_id, command, datetime.fromtimestamp(expires_at, UTC), caller.session_id, caller.subject,
+        f"WITH claimed AS ({idempotency.CLAIM_SQL}) SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, {caller_state_sql('$5', '$6')}",
+        subject,
+        message_id,
+        command,
+        datetime.fromtimestamp(expires_at, UTC),
+        caller.session_id,
+        caller.subject,
     )
     assert row is not None
     # A refused caller's claim rolls back with the refusal.
@@ -58,7 +59,7 @@ async def open_command(conn: asyncpg.Connection | PoolConnectionProxy, caller: C
 
 
 async def close_command(
-    conn: asyncpg.Connection | PoolConnectionProxy,
+    conn: Connection,
     key: Key | None,
     reply: Any,
     decision: audit.Decision | None,

@@ -17,12 +17,12 @@ import re
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.json_schema import JsonDict, SkipJsonSchema
 
 from shared import results
 from shared.authorization import ADMIN, PUBLIC, USER, Owner, OwnerOrAdmin, Resource
-from shared.declarations import AUTH, POSTS, SERVICES, USERS, Command, Http
+from shared.declarations import AUTH, POSTS, SERVICES, USERS, Command, Http, Payload
 from shared.errors import BadRequest, Unprocessable
 
 #: An email address as accepted here: no spaces or control characters, one @, a dot in the domain.
@@ -58,8 +58,8 @@ Email = Annotated[
     AfterValidator(_email),
     Field(json_schema_extra={"pattern": EMAIL_PATTERN, "maxLength": 254}),
 ]
-_NO_NUL = {"pattern": r"^[^\u0000]*$"}
-_NOT_BLANK = {"pattern": r"^[^\u0000]*[^\s\u0000][^\u0000]*$"}  # something besides spaces, and no NUL
+_NO_NUL: JsonDict = {"pattern": r"^[^\u0000]*$"}
+_NOT_BLANK: JsonDict = {"pattern": r"^[^\u0000]*[^\s\u0000][^\u0000]*$"}  # something besides spaces, and no NUL
 
 
 def text(max_length: int, *, min_length: int = 0) -> Any:
@@ -67,16 +67,10 @@ def text(max_length: int, *, min_length: int = 0) -> Any:
     return Annotated[str, Field(min_length=min_length, max_length=max_length, json_schema_extra=_NO_NUL), AfterValidator(_no_nul)]
 
 
-Password = text(256, min_length=8)
+Password = Annotated[str, Field(min_length=8, max_length=256, json_schema_extra=_NO_NUL), AfterValidator(_no_nul)]
 DisplayName = Annotated[str, Field(max_length=64, json_schema_extra=_NOT_BLANK), AfterValidator(_not_blank)]
 Title = Annotated[str, Field(max_length=200, json_schema_extra=_NOT_BLANK, examples=["Hello"]), AfterValidator(_not_blank)]
 Body = Annotated[str, Field(max_length=20_000, json_schema_extra=_NOT_BLANK, examples=["My first post"]), AfterValidator(_not_blank)]
-
-
-class Payload(BaseModel):
-    """Base for command payloads: closed, strict and immutable."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class Register(Payload):
@@ -209,6 +203,7 @@ def audit_command_name(service: str) -> str:
 
 
 #: Every command, by routing key.
+# fmt: off
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("register", AUTH, Register, results.Account, PUBLIC, "Create an account.",
             emits=("user.registered",), errors=(409,), http=Http("POST", "/auth/register", status=201)),
@@ -237,9 +232,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     *(Command(audit_command_name(s.name), s, ListAudit, results.AuditPage, ADMIN,
               f"{s.package}'s authorization decisions, newest first.", replays=False) for s in SERVICES),
 )}
+# fmt: on
 
 #: The payload model of every command, by routing key.
-COMMAND_PAYLOADS: dict[str, type[Payload]] = {name: c.payload for name, c in COMMANDS.items()}  # type: ignore[misc]
+COMMAND_PAYLOADS: dict[str, type[Payload]] = {name: c.payload for name, c in COMMANDS.items()}
 
 
 def commands_of(service: str) -> tuple[Command, ...]:

@@ -7,11 +7,15 @@ tables even by accident, and two services can share a database without sharing s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from shared import jsoncodec
+
+#: What a service's code gets to run statements on: a connection, or a pool's proxy for one.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 #: Errors that mean "the database is not reachable right now", not "this command is wrong".
 TRANSIENT_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
@@ -32,9 +36,7 @@ TRANSIENT_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec(
-        "jsonb", encoder=jsoncodec.dumps_text, decoder=jsoncodec.loads, schema="pg_catalog"
-    )
+    await conn.set_type_codec("jsonb", encoder=jsoncodec.dumps_text, decoder=jsoncodec.loads, schema="pg_catalog")
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:
@@ -48,9 +50,7 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(
-    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, read_only: bool = False
-) -> asyncpg.Pool:
+async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, read_only: bool = False) -> asyncpg.Pool:
     """A pool whose connections see only `schema`. With `read_only`, PostgreSQL refuses any
     write on them, in a transaction or out of one."""
     settings = {"search_path": schema, "application_name": f"{schema}_service"}

@@ -32,8 +32,16 @@ EXAMPLES = """examples:
   python -m shared.dead_letters drop posts.events --all
 """
 PAST = {"replay": "replayed", "drop": "dropped"}
-_BOOKKEEPING = ("x-dead-letter-reason", "x-original-exchange", "x-original-routing-key", "x-death", "x-delivery-count",
-                "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason")
+_BOOKKEEPING = (
+    "x-dead-letter-reason",
+    "x-original-exchange",
+    "x-original-routing-key",
+    "x-death",
+    "x-delivery-count",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+)
 
 
 def _text(value: Any) -> str:
@@ -90,8 +98,12 @@ async def run(action: str, queue_name: str, message_id: str | None, every: bool,
                 exchange = channel.default_exchange if exchange_name == "" else await channel.get_exchange(exchange_name, ensure=False)
                 await exchange.publish(
                     aio_pika.Message(
-                        message.body, headers=headers, content_type=message.content_type, message_id=message.message_id,
-                        type=message.type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message.body,
+                        headers=headers,
+                        content_type=message.content_type,
+                        message_id=message.message_id,
+                        type=message.type,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
                     routing_key=routing_key,
                 )

@@ -14,12 +14,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
-
 from uuid import uuid4
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.authorization import PUBLIC, Policy
+
+
+class Payload(BaseModel):
+    """Base for command payloads: closed, strict and immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
 
 HttpMethod = Literal["GET", "POST", "PATCH", "PUT", "DELETE"]
 
@@ -81,7 +87,7 @@ class Command:
 
     name: str
     service: Service
-    payload: type[BaseModel]
+    payload: type[Payload]
     #: The `result` of a successful reply; None answers `null` (HTTP 204 where bound).
     result: type[BaseModel] | None
     policy: Policy

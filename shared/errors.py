@@ -111,8 +111,17 @@ class GatewayTimeout(AppError):
 _BY_STATUS: dict[int, type[AppError]] = {
     cls.status: cls
     for cls in (
-        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge,
-        Unprocessable, TooManyRequests, InternalError, ServiceUnavailable, GatewayTimeout,
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        Unprocessable,
+        TooManyRequests,
+        InternalError,
+        ServiceUnavailable,
+        GatewayTimeout,
     )
 }
 

@@ -62,6 +62,7 @@ class PostDeleted(Event):
 
 
 #: Every event, by routing key.
+# fmt: off
 EVENTS: dict[str, EventDeclaration] = {e.name: e for e in (
     EventDeclaration("user.registered", UserRegistered, owner=AUTH, consumers=(USERS,),
                      summary="An account was created: its public profile follows."),
@@ -73,6 +74,7 @@ EVENTS: dict[str, EventDeclaration] = {e.name: e for e in (
     EventDeclaration("post.edited", PostEdited, owner=POSTS, summary="A post's title or body changed."),
     EventDeclaration("post.deleted", PostDeleted, owner=POSTS, summary="A post was deleted."),
 )}
+# fmt: on
 
 
 def events_heard_by(service: str) -> tuple[str, ...]:

@@ -15,9 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-
+from shared.database import Connection
 from shared.errors import Conflict
 
 #: What an Idempotency-Key may be: 1 to 200 visible ASCII characters.
@@ -42,9 +40,7 @@ def anonymous_key(message_id: str, body: bytes) -> str:
     return f"{message_id}:{hashlib.sha256(body).hexdigest()}"
 
 
-async def claim(
-    conn: asyncpg.Connection | PoolConnectionProxy, subject: UUID, message_id: str, command: str, expires_at: int
-) -> Any:
+async def claim(conn: Connection, subject: UUID, message_id: str, command: str, expires_at: int) -> Any:
     """Claim the message for this transaction; returns the stored reply if it already ran, else UNSET."""
     inserted = await conn.fetchval(
         CLAIM_SQL,
@@ -58,7 +54,7 @@ async def claim(
     return await stored_reply(conn, subject, message_id, command)
 
 
-async def stored_reply(conn: asyncpg.Connection | PoolConnectionProxy, subject: UUID, message_id: str, command: str) -> Any:
+async def stored_reply(conn: Connection, subject: UUID, message_id: str, command: str) -> Any:
     """The reply of the command that already claimed (subject, message_id); 409 if it was another command."""
     row = await conn.fetchrow(
         "SELECT command, reply FROM processed_commands WHERE subject = $1 AND message_id = $2",
@@ -75,7 +71,7 @@ def is_new(claimed: Any) -> bool:
     return claimed is UNSET
 
 
-async def purge_expired(conn: asyncpg.Connection | PoolConnectionProxy) -> int:
+async def purge_expired(conn: Connection) -> int:
     """Drop records whose token has expired; returns how many went."""
     status = await conn.execute("DELETE FROM processed_commands WHERE expires_at < now()")
     return int(status.split()[-1])

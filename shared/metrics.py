@@ -18,13 +18,18 @@ class ServiceMetrics:
         r = self.registry
         self.commands = Counter("commands_total", "Commands handled, by name and outcome", ["command", "outcome"], registry=r)
         self.command_seconds = Histogram(
-            "command_duration_seconds", "Time from delivery to reply", ["command"], registry=r,
+            "command_duration_seconds",
+            "Time from delivery to reply",
+            ["command"],
+            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.decisions = Counter(
             "authorization_decisions_total", "Authorization decisions, by command and result", ["command", "decision"], registry=r
         )
-        self.events = Counter("events_consumed_total", "Events consumed, by routing key and outcome", ["routing_key", "outcome"], registry=r)
+        self.events = Counter(
+            "events_consumed_total", "Events consumed, by routing key and outcome", ["routing_key", "outcome"], registry=r
+        )
         self.dead_lettered = Counter("dead_lettered_total", "Messages this process dead-lettered", ["queue"], registry=r)
         self.outbox_pending = Gauge("outbox_pending_events", "Events committed but not yet relayed", registry=r)
         self.outbox_lag = Gauge(

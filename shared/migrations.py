@@ -50,10 +50,7 @@ async def migrate(dsn: str, schema: str, sources: list[MigrationSource]) -> list
                 " source text NOT NULL, version text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (source, version))"
             )
-            done = {
-                (r["source"], r["version"])
-                for r in await conn.fetch(f"SELECT source, version FROM {ident}.schema_migrations")
-            }
+            done = {(r["source"], r["version"]) for r in await conn.fetch(f"SELECT source, version FROM {ident}.schema_migrations")}
             for source in sources:
                 for path in source.files():
                     if (source.name, path.stem) in done:

@@ -31,11 +31,15 @@ from pydantic import ValidationError
 
 from shared import jsoncodec
 from shared.broker import EVENTS_EXCHANGE
-from shared.database import TRANSIENT_DATABASE_ERRORS, Params
+from shared.database import TRANSIENT_DATABASE_ERRORS, Connection, Params
 from shared.events import EVENTS
 from shared.pacing import wait_for_event
 
 log = logging.getLogger(__name__)
+
+#: What pauses the relay until its next pass: the database or the broker being away.
+_RELAY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError)
+_FLUSH_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_RELAY_ERRORS)
 
 
 def notify_channel(schema: str) -> str:
@@ -65,7 +69,7 @@ class EventBuffer:
     nobody took is a bug, and raises inside the transaction so that it rolls back.
     """
 
-    def __init__(self, conn: asyncpg.Connection, allowed: tuple[str, ...] | None = None) -> None:
+    def __init__(self, conn: Connection, allowed: tuple[str, ...] | None = None) -> None:
         self.conn = conn
         self._allowed = allowed
         self._events: list[OutboxEvent] = []
@@ -89,7 +93,7 @@ _buffer: ContextVar[EventBuffer | None] = ContextVar("outbox_buffer", default=No
 
 
 @contextmanager
-def buffered(conn: asyncpg.Connection, allowed: tuple[str, ...] | None = None) -> Iterator[EventBuffer]:
+def buffered(conn: Connection, allowed: tuple[str, ...] | None = None) -> Iterator[EventBuffer]:
     """Within the block, `add_event` on `conn` buffers instead of writing; the caller must
     `take()` the events and write them before the block ends. `allowed`: the only routing keys
     that may be added (a command's declared `emits`)."""
@@ -131,7 +135,7 @@ def insert_events_sql(events: list[OutboxEvent], params: Params) -> str:
     )
 
 
-async def add_event(conn: asyncpg.Connection, routing_key: str, data: dict[str, Any]) -> UUID:
+async def add_event(conn: Connection, routing_key: str, data: dict[str, Any]) -> UUID:
     """Record an event in the current transaction; it is published after commit."""
     event = new_event(routing_key, data)
     buffer = _buffer.get()
@@ -183,7 +187,7 @@ class OutboxRelay:
                 try:
                     while await self.relay_batch() == self._batch:
                         pass
-                except (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError) as exc:
+                except _RELAY_ERRORS as exc:
                     log.warning("outbox relay paused", extra={"error": str(exc) or type(exc).__name__})
                 woken = await wait_for_event(self._wake, self._poll)
                 if woken and not self._stopping:
@@ -208,7 +212,7 @@ class OutboxRelay:
                 await self._finished.wait()
                 while await self.relay_batch():
                     pass
-        except (TimeoutError, *TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError):
+        except _FLUSH_ERRORS:
             log.warning("outbox not flushed at shutdown; it will be relayed on the next start")
 
     async def relay_batch(self) -> int:
@@ -254,6 +258,7 @@ class OutboxRelay:
                 "SELECT count(*) AS pending,"
                 " coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 AS age FROM outbox"
             )
+        assert row is not None  # an aggregate always has its row
         return int(row["pending"]), max(float(row["age"]), 0.0)
 
     async def _listen(self) -> None:
@@ -265,7 +270,8 @@ class OutboxRelay:
                 await asyncio.sleep(self._poll)
                 continue
             try:
-                def on_notify(_conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+
+                def on_notify(_conn: object, _pid: int, _channel: str, _payload: object) -> None:
                     self._wake.set()
 
                 await conn.add_listener(notify_channel(self._schema), on_notify)

@@ -83,10 +83,14 @@ async def check_broker(settings: Settings, timeout: float) -> str:
     except aio_pika.exceptions.ProbableAuthenticationError:
         raise Problem(f"RabbitMQ at {where} refused the user name or password in AMQP_URL: check them") from None
     except (aio_pika.exceptions.AMQPConnectionError, OSError) as exc:
-        raise Problem(f"cannot connect to RabbitMQ at {where} ({_reason(exc)}): is it running, and are AMQP_URL's host and port right?") from None
+        raise Problem(
+            f"cannot connect to RabbitMQ at {where} ({_reason(exc)}): is it running, and are AMQP_URL's host and port right?"
+        ) from None
     except aio_pika.exceptions.AMQPError:
-        raise Problem(f"RabbitMQ at {where} let the user in but not into vhost {vhost!r}: create the vhost and grant the user "
-                      "access (rabbitmqctl add_vhost, set_permissions), or fix the path of AMQP_URL") from None
+        raise Problem(
+            f"RabbitMQ at {where} let the user in but not into vhost {vhost!r}: create the vhost and grant the user "
+            "access (rabbitmqctl add_vhost, set_permissions), or fix the path of AMQP_URL"
+        ) from None
     try:
         found = connection.transport.connection.server_properties.get("version")  # type: ignore[union-attr]
         version = found.decode() if isinstance(found, bytes) else str(found)
@@ -110,14 +114,18 @@ def _expected_migrations(schema: str) -> set[tuple[str, str]]:
 async def _schema_state(conn: asyncpg.Connection, schema: str, may_create: bool) -> str:
     if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.schema_migrations") is None:
         if not may_create:
-            raise Problem(f"schema {schema} does not exist and the user in DATABASE_URL may not create it: "
-                          "GRANT CREATE ON DATABASE to that user, or start the service once as one who may")
+            raise Problem(
+                f"schema {schema} does not exist and the user in DATABASE_URL may not create it: "
+                "GRANT CREATE ON DATABASE to that user, or start the service once as one who may"
+            )
         return f"{schema} not created yet ({PACKAGES[schema]} creates it at start)"
     applied = {(r["source"], r["version"]) for r in await conn.fetch(f'SELECT source, version FROM "{schema}".schema_migrations')}
     expected = _expected_migrations(schema)
     if unknown := sorted(f"{source}/{version}" for source, version in applied - expected):
-        raise Problem(f"schema {schema} has migrations this code does not know ({', '.join(unknown)}): a newer version "
-                      "migrated this database; run that version, or point DATABASE_URL at another database")
+        raise Problem(
+            f"schema {schema} has migrations this code does not know ({', '.join(unknown)}): a newer version "
+            "migrated this database; run that version, or point DATABASE_URL at another database"
+        )
     pending = len(expected - applied)
     return f"{schema} up to date" if not pending else f"{schema} has {pending} migration(s) to apply at start"
 
@@ -127,11 +135,15 @@ async def check_database(settings: Settings, timeout: float) -> str:
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=timeout)
     except asyncpg.InvalidCatalogNameError:
-        raise Problem(f"PostgreSQL at {where} has no database {database!r}: create it (CREATE DATABASE), or fix the path of DATABASE_URL") from None
+        raise Problem(
+            f"PostgreSQL at {where} has no database {database!r}: create it (CREATE DATABASE), or fix the path of DATABASE_URL"
+        ) from None
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         raise Problem(f"PostgreSQL at {where} refused the user or password in DATABASE_URL ({exc}): check them") from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise Problem(f"cannot connect to PostgreSQL at {where} ({_reason(exc)}): is it running, and are DATABASE_URL's host and port right?") from None
+        raise Problem(
+            f"cannot connect to PostgreSQL at {where} ({_reason(exc)}): is it running, and are DATABASE_URL's host and port right?"
+        ) from None
     try:
         version = await conn.fetchval("SHOW server_version")
         may_create = await conn.fetchval("SELECT has_database_privilege(current_database(), 'CREATE')")
@@ -147,16 +159,21 @@ def _public_x(key_file: str) -> str:
     try:
         pem = path.read_bytes()
     except OSError as exc:
-        raise Problem(f"AUTH_SIGNING_KEY_FILE {path} cannot be read ({_reason(exc)}): check the path and that this user may read it") from None
+        raise Problem(
+            f"AUTH_SIGNING_KEY_FILE {path} cannot be read ({_reason(exc)}): check the path and that this user may read it"
+        ) from None
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise Problem(f"AUTH_SIGNING_KEY_FILE {path} is not an unencrypted PEM private key: "
-                      f"make one with `openssl genpkey -algorithm ed25519 -out {path.name}`") from None
+        raise Problem(
+            f"AUTH_SIGNING_KEY_FILE {path} is not an unencrypted PEM private key: "
+            f"make one with `openssl genpkey -algorithm ed25519 -out {path.name}`"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         kind = type(key).__name__.removeprefix("_").removesuffix("PrivateKey")
-        raise Problem(f"AUTH_SIGNING_KEY_FILE {path} holds a key of type {kind}, not Ed25519: "
-                      "make one with `openssl genpkey -algorithm ed25519`")
+        raise Problem(
+            f"AUTH_SIGNING_KEY_FILE {path} holds a key of type {kind}, not Ed25519: make one with `openssl genpkey -algorithm ed25519`"
+        )
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -176,8 +193,9 @@ async def check_jwks(settings: Settings, timeout: float) -> str:
                 raise Problem(f"{url} answered HTTP {response.status}: AUTH_JWKS_URL should be auth_service's /.well-known/jwks.json")
             document = await response.json(content_type=None)
     except aiohttp.ClientConnectorError as exc:
-        raise Problem(f"nothing answers at {_where(url)} ({_reason(exc.os_error)}): "
-                      "start auth_service (it serves the keys), or fix AUTH_JWKS_URL") from None
+        raise Problem(
+            f"nothing answers at {_where(url)} ({_reason(exc.os_error)}): start auth_service (it serves the keys), or fix AUTH_JWKS_URL"
+        ) from None
     except (aiohttp.ClientError, ValueError) as exc:
         raise Problem(f"could not read a JWKS from {url} ({type(exc).__name__}): is AUTH_JWKS_URL auth_service's key set?") from None
     if not (keys := parse_jwks(document)):
@@ -188,16 +206,26 @@ async def check_jwks(settings: Settings, timeout: float) -> str:
         except Problem:
             x = None  # the signing key check says what is wrong with the file
         if x is not None and x not in {entry.get("x") for entry in document["keys"] if isinstance(entry, dict)}:
-            raise Problem(f"{url} does not publish the key in AUTH_SIGNING_KEY_FILE: the auth_service there signs with another "
-                          "key, so tokens it issues would not match this file (another stack's auth_service? an old key file?)")
+            raise Problem(
+                f"{url} does not publish the key in AUTH_SIGNING_KEY_FILE: the auth_service there signs with another "
+                "key, so tokens it issues would not match this file (another stack's auth_service? an old key file?)"
+            )
     return f"{len(keys)} Ed25519 key(s) at {url}"
 
 
 async def run_checks(settings: Settings, timeout: float) -> list[tuple[str, str | None, str]]:
     """(name, problem or None, detail) for every check but the configuration, run side by side."""
     checks = [
-        Check("broker", lambda: check_broker(settings, timeout), f"RabbitMQ at {_where(settings.amqp_url)}: is it reachable, and is AMQP_URL right?"),
-        Check("database", lambda: check_database(settings, timeout), f"PostgreSQL at {_where(settings.database_url)}: is it reachable, and is DATABASE_URL right?"),
+        Check(
+            "broker",
+            lambda: check_broker(settings, timeout),
+            f"RabbitMQ at {_where(settings.amqp_url)}: is it reachable, and is AMQP_URL right?",
+        ),
+        Check(
+            "database",
+            lambda: check_database(settings, timeout),
+            f"PostgreSQL at {_where(settings.database_url)}: is it reachable, and is DATABASE_URL right?",
+        ),
         Check("jwks", lambda: check_jwks(settings, timeout), f"{settings.auth_jwks_url}: is auth_service up, and is AUTH_JWKS_URL right?"),
         Check("signing key", lambda: check_signing_key(settings), "reading AUTH_SIGNING_KEY_FILE"),
     ]
@@ -217,9 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shared.preflight",
         description="Check the configuration, the broker, the database, the JWKS and the signing key, and say in plain words what is wrong.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="how long each check may wait for an answer (default 5)")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, metavar="SECONDS", help="how long each check may wait for an answer (default 5)"
+    )
     return parser
 
 

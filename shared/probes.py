@@ -34,9 +34,7 @@ async def run_checks(checks: dict[str, Check], timeout: float = 2.0) -> dict[str
     return {name: reason for name, reason in zip(checks, results, strict=True) if reason}
 
 
-def build_probe_app(
-    checks: dict[str, Check], metrics: ServiceMetrics, extra_routes: Iterable[web.RouteDef] = ()
-) -> web.Application:
+def build_probe_app(checks: dict[str, Check], metrics: ServiceMetrics, extra_routes: Iterable[web.RouteDef] = ()) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import asyncpg
-from asyncpg.pool import PoolConnectionProxy
-
+from shared.database import Connection
 from shared.errors import Forbidden, Unauthorized
 from shared.events import SessionRevoked, UserBanned
 from shared.outbox import add_event
@@ -28,7 +26,7 @@ def caller_state_sql(session_id: str, user_id: str) -> str:
     )
 
 
-async def check_caller(conn: asyncpg.Connection | PoolConnectionProxy, caller: Caller) -> None:
+async def check_caller(conn: Connection, caller: Caller) -> None:
     """401 if the caller's session was revoked, 403 if the account is banned."""
     row = await conn.fetchrow(f"SELECT {caller_state_sql('$1', '$2')}", caller.session_id, caller.subject)
     assert row is not None
@@ -43,11 +41,10 @@ def refuse(*, revoked: bool, banned: bool) -> None:
         raise Unauthorized("Your session has ended; sign in again")
 
 
-async def revoke_session(conn: asyncpg.Connection | PoolConnectionProxy, session_id: UUID, user_id: UUID) -> bool:
+async def revoke_session(conn: Connection, session_id: UUID, user_id: UUID) -> bool:
     """Revoke a session here and tell every other service; False if it was already revoked."""
     inserted = await conn.fetchval(
-        "INSERT INTO revoked_sessions (session_id, user_id) VALUES ($1, $2)"
-        " ON CONFLICT DO NOTHING RETURNING true",
+        "INSERT INTO revoked_sessions (session_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
         session_id,
         user_id,
     )
@@ -56,16 +53,12 @@ async def revoke_session(conn: asyncpg.Connection | PoolConnectionProxy, session
     return bool(inserted)
 
 
-async def record_ban(conn: asyncpg.Connection | PoolConnectionProxy, user_id: UUID) -> bool:
+async def record_ban(conn: Connection, user_id: UUID) -> bool:
     """Remember that an account is banned; False if it already was."""
-    return bool(
-        await conn.fetchval(
-            "INSERT INTO banned_accounts (user_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", user_id
-        )
-    )
+    return bool(await conn.fetchval("INSERT INTO banned_accounts (user_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", user_id))
 
 
-async def on_session_revoked(event: SessionRevoked, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+async def on_session_revoked(event: SessionRevoked, conn: Connection) -> None:
     await conn.execute(
         "INSERT INTO revoked_sessions (session_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         event.session_id,
@@ -73,5 +66,5 @@ async def on_session_revoked(event: SessionRevoked, conn: asyncpg.Connection | P
     )
 
 
-async def on_user_banned(event: UserBanned, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+async def on_user_banned(event: UserBanned, conn: Connection) -> None:
     await record_ban(conn, event.user_id)

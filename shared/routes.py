@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from shared.authorization import Policy
 from shared.commands import COMMANDS, audit_command_name, commands_of
-from shared.declarations import Command
+from shared.declarations import Command, Payload
 from shared.events import EVENTS, events_heard_by
 
 #: `async def handler(cmd, caller, conn) -> result`; the result must be JSON-serialisable.
@@ -53,7 +53,7 @@ class CommandRoute:
         return self.declaration.policy
 
     @property
-    def payload(self) -> type[BaseModel]:
+    def payload(self) -> type[Payload]:
         return self.declaration.payload
 
     @property

@@ -38,7 +38,7 @@ from shared.broker import (
     event_queue_name,
 )
 from shared.commands import parse_payload
-from shared.database import TRANSIENT_DATABASE_ERRORS
+from shared.database import TRANSIENT_DATABASE_ERRORS, Connection
 from shared.envelope import (
     AUTHORIZATION_HEADER,
     CLIENT_ADDRESS_HEADER,
@@ -152,9 +152,7 @@ class MessageProcessor:
         try:
             try:
                 route, caller, payload = await self._admit(message, headers)
-                result = await self._hold_through_outage(
-                    lambda: self._execute_once(route, caller, payload, message), "command"
-                )
+                result = await self._hold_through_outage(lambda: self._execute_once(route, caller, payload, message), "command")
             except Malformed as exc:
                 outcome = str(exc.error.status)
                 await self._reply(message, error_reply(exc.error))
@@ -187,9 +185,7 @@ class MessageProcessor:
             reset_current_message(token)
             self._leave()
 
-    async def _admit(
-        self, message: AbstractIncomingMessage, headers: dict[str, Any]
-    ) -> tuple[CommandRoute, Caller | None, Any]:
+    async def _admit(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> tuple[CommandRoute, Caller | None, Any]:
         """Decide what the message is and who sent it; nothing here touches the database."""
         if message.message_id is not None and not valid_message_id(message.message_id):
             raise Malformed(BadRequest("message_id must be 1 to 200 visible ASCII characters"))
@@ -239,9 +235,7 @@ class MessageProcessor:
                 )
                 await asyncio.sleep(delay)
 
-    async def _execute_once(
-        self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage
-    ) -> Any:
+    async def _execute_once(self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage) -> Any:
         """One attempt at a command. Each outcome leaves by its own exit: a public read returns
         its result; a replay returns the stored reply; a denial raises from `_open` or
         `_authorize`; anything the handler or `_close` raises rolls back and is recorded by
@@ -270,7 +264,7 @@ class MessageProcessor:
         async with self._read_pool.acquire() as conn:
             return await route.handler(payload, caller, conn)
 
-    async def _open(self, conn: asyncpg.Connection, command: _Command) -> Any:
+    async def _open(self, conn: Connection, command: _Command) -> Any:
         """Check the caller's session and ban and claim the message id (one statement). Returns
         the stored reply of an earlier run, its replay recorded in this transaction, or
         `idempotency.UNSET` when the command is new."""
@@ -280,14 +274,12 @@ class MessageProcessor:
             self._deny(command, exc)
             raise
         if not idempotency.is_new(stored):
-            command.decision = self._decide(
-                "replayed", command.route, command.caller, command.payload, "repeat of an executed message_id"
-            )
+            command.decision = self._decide("replayed", command.route, command.caller, command.payload, "repeat of an executed message_id")
             if command.audited:
                 await audit.record(conn, command.decision)
         return stored
 
-    async def _authorize(self, conn: asyncpg.Connection, command: _Command) -> None:
+    async def _authorize(self, conn: Connection, command: _Command) -> None:
         """Ask the route's policy; a refusal raises, an allowance waits for the closing statement."""
         route = command.route
         try:
@@ -302,9 +294,7 @@ class MessageProcessor:
         if command.audited:
             command.decision = self._decide("denied", command.route, command.caller, command.payload, exc.detail)
 
-    async def _close(
-        self, conn: asyncpg.Connection, command: _Command, result: Any, events: list[outbox.OutboxEvent]
-    ) -> None:
+    async def _close(self, conn: Connection, command: _Command, result: Any, events: list[outbox.OutboxEvent]) -> None:
         """The reply, the audit row and the events, in one statement before the commit. A runner
         with a relay of its own wakes it after the commit instead of having PostgreSQL notify."""
         await bookkeeping.close_command(conn, command.key, result, command.decision, events, notify=self._relay is None)
@@ -318,9 +308,7 @@ class MessageProcessor:
             decision = decision.followed_by(f"{exc.status} {exc.detail}")
         await audit.record_alone(self._pool, decision)
 
-    def _idempotency_key(
-        self, route: CommandRoute, caller: Caller | None, message: AbstractIncomingMessage
-    ) -> bookkeeping.Key | None:
+    def _idempotency_key(self, route: CommandRoute, caller: Caller | None, message: AbstractIncomingMessage) -> bookkeeping.Key | None:
         if not route.replays or not message.message_id:
             return None
         if caller is not None:
@@ -334,8 +322,13 @@ class MessageProcessor:
         self._metrics.decisions.labels(route.name, decision).inc()
         ctx = current_message()
         return audit.decide(
-            decision, route.name, caller, payload, reason,
-            message_id=ctx.message_id if ctx else None, request_id=ctx.request_id if ctx else None,
+            decision,
+            route.name,
+            caller,
+            payload,
+            reason,
+            message_id=ctx.message_id if ctx else None,
+            request_id=ctx.request_id if ctx else None,
         )
 
     # -- events -----------------------------------------------------------------------------
@@ -403,9 +396,7 @@ class MessageProcessor:
             body,
             exchange="",
             routing_key=message.reply_to,
-            properties=aio_pika.Message(
-                b"", content_type="application/json", correlation_id=message.correlation_id
-            ).properties,
+            properties=aio_pika.Message(b"", content_type="application/json", correlation_id=message.correlation_id).properties,
             mandatory=False,
         )
 
@@ -414,10 +405,7 @@ class MessageProcessor:
         self._metrics.dead_lettered.labels(queue).inc()
         log.warning("dead-lettering a message", extra={"reason": reason, "queue": queue})
         # A parked message must not hold a live credential, whatever the header's capitalisation.
-        headers = {
-            key: ("[redacted]" if key.lower() == AUTHORIZATION_HEADER else value)
-            for key, value in (message.headers or {}).items()
-        }
+        headers = {key: ("[redacted]" if key.lower() == AUTHORIZATION_HEADER else value) for key, value in (message.headers or {}).items()}
         headers.update(
             {
                 "x-dead-letter-reason": reason,

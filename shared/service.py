@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import TypeVar
 
 import aio_pika
-import uvloop
 import aiohttp
 import asyncpg
+import uvloop
 from aiohttp import web
 
 from shared import idempotency
-from shared.audit import audit_command_name, audit_route
+from shared.audit import audit_route
 from shared.broker import RECONNECT_SECONDS, dead_letter_queue_name
+from shared.commands import audit_command_name
 from shared.database import TRANSIENT_DATABASE_ERRORS, create_pool
 from shared.logs import configure_logging
 from shared.metrics import ServiceMetrics
@@ -95,9 +96,11 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         except (NotImplementedError, RuntimeError):
             pass
 
-    await _retry_until_up("database", lambda: migrate(
-        settings.database_url, name, [MigrationSource("platform", PLATFORM_MIGRATIONS), MigrationSource(name, migrations)]
-    ), stop)
+    await _retry_until_up(
+        "database",
+        lambda: migrate(settings.database_url, name, [MigrationSource("platform", PLATFORM_MIGRATIONS), MigrationSource(name, migrations)]),
+        stop,
+    )
     async with contextlib.AsyncExitStack() as opened:
         pool = await create_pool(settings.database_url, name)
         opened.push_async_callback(pool.close)
@@ -215,13 +218,17 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+#: What start-up waits out: a dependency that is not up yet.
+_STARTUP_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError, ConnectionError)
+
+
 async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
     """Keep trying to reach a dependency at start-up, so the stack can start in any order."""
     delays = Backoff(0.5)
     while True:
         try:
             return await attempt()
-        except (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+        except _STARTUP_ERRORS as exc:
             if stop.is_set():
                 raise
             delay = next(delays)
@@ -243,21 +250,19 @@ async def _watch_dead_letters(
 ) -> None:
     """Keep the dead_letter_queue_depth gauge current, so parked messages show on a dashboard."""
     # A channel of its own: a failed passive declare closes the channel it ran on.
-    channel: aio_pika.abc.AbstractChannel | None = None
+    channel: aio_pika.abc.AbstractRobustChannel | None = None
     async for _ in every(GAUGE_SECONDS, stop):
         if channel is None:
             try:
                 channel = await connection.channel()
             except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
-                pass  # the broker is away (robust channels come back by themselves once open)
-        for queue in queues if channel is not None else ():
+                continue  # the broker is away (robust channels come back by themselves once open)
+        for queue in queues:
             try:
                 # robust=False: a robust channel answers a repeated passive declare from its cache,
                 # with the message count of the first one.
                 declared = await channel.declare_queue(dead_letter_queue_name(queue), passive=True, robust=False)
-                metrics.dead_letter_depth.labels(dead_letter_queue_name(queue)).set(
-                    declared.declaration_result.message_count or 0
-                )
+                metrics.dead_letter_depth.labels(dead_letter_queue_name(queue)).set(declared.declaration_result.message_count or 0)
             except aio_pika.exceptions.AMQPError:
                 pass  # the broker is away; the gauge keeps its last value
 

@@ -101,18 +101,14 @@ class Settings:
             raise ConfigurationError(f"BROKER_TOPOLOGY must be declare or verify, got {topology!r}")
         return cls(
             amqp_url=_url(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", ("amqp", "amqps")),
-            database_url=_url(
-                env, "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres", ("postgresql", "postgres")
-            ),
+            database_url=_url(env, "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres", ("postgresql", "postgres")),
             gateway_host=_text(env, "GATEWAY_HOST", "127.0.0.1"),
             gateway_port=_int(env, "GATEWAY_PORT", 8080, low=0, high=65535),
             http_host=_text(env, "HTTP_HOST", "127.0.0.1"),
             auth_http_port=_int(env, "AUTH_HTTP_PORT", 8081, low=0, high=65535),
             users_http_port=_int(env, "USERS_HTTP_PORT", 8082, low=0, high=65535),
             posts_http_port=_int(env, "POSTS_HTTP_PORT", 8083, low=0, high=65535),
-            auth_jwks_url=_url(
-                env, "AUTH_JWKS_URL", "http://127.0.0.1:8081/.well-known/jwks.json", ("http", "https")
-            ),
+            auth_jwks_url=_url(env, "AUTH_JWKS_URL", "http://127.0.0.1:8081/.well-known/jwks.json", ("http", "https")),
             auth_signing_key_file=key_file,
             jwt_issuer=_text(env, "JWT_ISSUER", "auth_service"),
             jwt_audience=_text(env, "JWT_AUDIENCE", "posts-platform"),

@@ -77,8 +77,10 @@ def _start(process_name: str, exporters: Sequence[str], *, sampler_from_env: boo
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: process_name}))
-    provider = TracerProvider(resource=resource) if sampler_from_env else TracerProvider(
-        resource=resource, sampler=ParentBased(root=_sample_roots())
+    provider = (
+        TracerProvider(resource=resource)
+        if sampler_from_env
+        else TracerProvider(resource=resource, sampler=ParentBased(root=_sample_roots()))
     )
     for name in exporters:
         if name == "otlp":
@@ -108,8 +110,14 @@ def _sample_roots() -> Any:
 
     class RequestRoots(Sampler):
         def should_sample(
-            self, parent_context: Any, trace_id: int, name: str, kind: SpanKind | None = None,
-            attributes: Any = None, links: Any = None, trace_state: Any = None,
+            self,
+            parent_context: Any,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Any = None,
+            links: Any = None,
+            trace_state: Any = None,
         ) -> SamplingResult:
             if kind in (SpanKind.CLIENT, SpanKind.INTERNAL) or name.startswith("amq.rabbitmq.reply-to"):
                 return SamplingResult(Decision.DROP)

@@ -20,11 +20,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_service.keys import to_pem
-from support.accounts import User, make_admin, register
-from support.backends import Backends, provision
-from support.broker import BrokerProbe
-from support.forge import TokenForge
-from support.stack import Stack, stack_env, start_stack
+from tests.support.accounts import User, make_admin, register
+from tests.support.backends import Backends, provision
+from tests.support.broker import BrokerProbe
+from tests.support.forge import TokenForge
+from tests.support.stack import Stack, stack_env, start_stack
 
 T = TypeVar("T")
 

@@ -23,29 +23,51 @@ import yaml
 from pydantic import ValidationError
 
 from shared.asyncapi import DOCUMENT, EVENT_MODELS, PUBLISHERS, render
-from shared.audit import ListAudit
-from shared.commands import COMMAND_PAYLOADS
+from shared.commands import COMMAND_PAYLOADS, ListAudit
 from shared.errors import Forbidden, TooManyRequests
-from support.accounts import User
-from support.backends import Backends
-from support.broker import BrokerProbe
-from support.stack import ROOT
+from tests.support.accounts import User
+from tests.support.backends import Backends
+from tests.support.broker import BrokerProbe
+from tests.support.stack import ROOT
 
 #: The contract's commands, and those that need no `authorization` header.
-CONTRACT_COMMANDS = ("register", "login", "logout", "get-me", "create-post", "get-post", "list-posts", "edit-post", "delete-post", "get-user", "ban-user")
+CONTRACT_COMMANDS = (
+    "register",
+    "login",
+    "logout",
+    "get-me",
+    "create-post",
+    "get-post",
+    "list-posts",
+    "edit-post",
+    "delete-post",
+    "get-user",
+    "ban-user",
+)
 CONTRACT_PUBLIC = {"register", "login", "get-post", "list-posts", "get-user"}
 #: The contract's events and the fields each body carries besides event_id and occurred_at.
 CONTRACT_EVENTS = {
-    "user.registered": {"user_id", "display_name"}, "user.banned": {"user_id", "by", "reason"},
-    "session.revoked": {"session_id", "user_id"}, "post.created": {"post_id", "author_id"}, "post.edited": {"post_id", "by"}, "post.deleted": {"post_id", "by"},
+    "user.registered": {"user_id", "display_name"},
+    "user.banned": {"user_id", "by", "reason"},
+    "session.revoked": {"session_id", "user_id"},
+    "post.created": {"post_id", "author_id"},
+    "post.edited": {"post_id", "by"},
+    "post.deleted": {"post_id", "by"},
 }
 ID = str(uuid4())
 #: A valid payload for each command's model.
 SAMPLES: dict[str, dict[str, Any]] = {
     "register": {"email": "ada@example.com", "password": "correct horse", "display_name": "Ada"},
-    "login": {"email": "ada@example.com", "password": "x"}, "logout": {}, "get-me": {},
-    "create-post": {"title": "Hello", "body": "World"}, "get-post": {"post_id": ID}, "list-posts": {"limit": 5, "cursor": None},
-    "edit-post": {"post_id": ID, "title": "Better"}, "delete-post": {"post_id": ID}, "get-user": {"user_id": ID}, "ban-user": {"user_id": ID, "reason": "spam"},
+    "login": {"email": "ada@example.com", "password": "x"},
+    "logout": {},
+    "get-me": {},
+    "create-post": {"title": "Hello", "body": "World"},
+    "get-post": {"post_id": ID},
+    "list-posts": {"limit": 5, "cursor": None},
+    "edit-post": {"post_id": ID, "title": "Better"},
+    "delete-post": {"post_id": ID},
+    "get-user": {"user_id": ID},
+    "ban-user": {"user_id": ID, "reason": "spam"},
 }
 COMPONENT_KEY = re.compile(r"^[\w.\-]+$")
 
@@ -96,7 +118,12 @@ def test_every_command_of_the_contract_is_described(doc: dict[str, Any]) -> None
     for name in CONTRACT_COMMANDS:
         channel = doc["channels"][f"command.{name}"]
         assert channel["address"] == name
-        assert resolve(doc, channel["bindings"]["$ref"])["amqp"]["exchange"] == {"name": "commands", "type": "direct", "durable": True, "autoDelete": False}
+        assert resolve(doc, channel["bindings"]["$ref"])["amqp"]["exchange"] == {
+            "name": "commands",
+            "type": "direct",
+            "durable": True,
+            "autoDelete": False,
+        }
         command = message(doc, f"command.{name}")
         model = COMMAND_PAYLOADS[name]
         assert resolve(doc, command["payload"]["$ref"]) == model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -153,7 +180,18 @@ def test_it_is_a_structurally_valid_asyncapi_3_document(doc: dict[str, Any]) -> 
     for kind, entries in doc["components"].items():
         assert all(COMPONENT_KEY.fullmatch(key) for key in entries), kind
     for name, channel in doc["channels"].items():
-        assert set(channel) <= {"address", "messages", "title", "summary", "description", "servers", "parameters", "tags", "externalDocs", "bindings"}, name
+        assert set(channel) <= {
+            "address",
+            "messages",
+            "title",
+            "summary",
+            "description",
+            "servers",
+            "parameters",
+            "tags",
+            "externalDocs",
+            "bindings",
+        }, name
         assert set(re.findall(r"{(\w+)}", channel["address"] or "")) == set(channel.get("parameters", {})), name
         for ref in channel["messages"].values():
             assert "payload" in resolve(doc, ref["$ref"]), name
@@ -214,8 +252,12 @@ async def heard_events(backends: Backends) -> AsyncIterator[list[aio_pika.abc.Ab
 
 
 async def test_real_replies_and_events_match_the_document(
-    doc: dict[str, Any], broker: BrokerProbe, new_user: Callable[..., Awaitable[User]], new_admin: Callable[[], Awaitable[User]],
-    heard_events: list[aio_pika.abc.AbstractIncomingMessage], wait_until: Callable[..., Awaitable[object]],
+    doc: dict[str, Any],
+    broker: BrokerProbe,
+    new_user: Callable[..., Awaitable[User]],
+    new_admin: Callable[[], Awaitable[User]],
+    heard_events: list[aio_pika.abc.AbstractIncomingMessage],
+    wait_until: Callable[..., Awaitable[object]],
 ) -> None:
     email, password = f"asyncapi-{uuid4().hex[:10]}@example.com", f"pw-{uuid4().hex}"
     other, admin = await new_user("other"), await new_admin()

@@ -10,9 +10,9 @@ import aiohttp
 import asyncpg
 
 from gateway.schemas import AuditPage
-from support.accounts import User, token_claims
-from support.broker import BrokerProbe
-from support.stack import Stack
+from tests.support.accounts import User, token_claims
+from tests.support.broker import BrokerProbe
+from tests.support.stack import Stack
 
 
 async def make_post(http: aiohttp.ClientSession, author: User) -> str:
@@ -36,9 +36,7 @@ async def test_a_denial_and_an_allowance_are_both_recorded(
 
     rows = {
         r["message_id"]: r
-        for r in await db.fetch(
-            "SELECT * FROM posts.audit_log WHERE message_id = ANY($1::text[])", [denied_id, allowed_id]
-        )
+        for r in await db.fetch("SELECT * FROM posts.audit_log WHERE message_id = ANY($1::text[])", [denied_id, allowed_id])
     }
     assert rows[denied_id]["decision"] == "denied"
     assert rows[denied_id]["caller"] == f"user:{intruder.id}" and rows[denied_id]["caller_kind"] == "user"
@@ -61,9 +59,9 @@ async def test_a_replay_is_recorded_as_replayed(http: aiohttp.ClientSession, bro
     for _ in range(2):
         reply = await broker.command("create-post", {"title": "once", "body": "b"}, token=author.token, message_id=message_id)
         assert reply is not None and reply["ok"] is True
-    decisions = [r["decision"] for r in await db.fetch(
-        "SELECT decision FROM posts.audit_log WHERE message_id = $1 ORDER BY id", message_id
-    )]
+    decisions = [
+        r["decision"] for r in await db.fetch("SELECT decision FROM posts.audit_log WHERE message_id = $1 ORDER BY id", message_id)
+    ]
     assert decisions == ["allowed", "replayed"]
 
 
@@ -84,8 +82,7 @@ async def test_each_decision_is_one_structured_log_line(stack: Stack, broker: Br
     message_id = str(uuid4())
     await broker.command("delete-post", {"post_id": str(uuid4())}, token=intruder.token, message_id=message_id)
     lines = [
-        json.loads(line) for line in (stack.log_dir / "posts.log").read_text().splitlines()
-        if message_id in line and line.startswith("{")
+        json.loads(line) for line in (stack.log_dir / "posts.log").read_text().splitlines() if message_id in line and line.startswith("{")
     ]
     decisions = [entry for entry in lines if entry["message"] == "authorization decision"]
     assert len(decisions) == 1, lines

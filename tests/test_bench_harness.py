@@ -118,10 +118,10 @@ def test_percentiles_of_the_broker_driver() -> None:
     assert (result.requests, result.rps, result.p50_ms, result.error_count) == (3, 1.5, 2.0, 1)
 
 
-def _result(case: str, concurrency: int, rps: float, p50: float = 1.0, p99: float = 50.0, errors: int = 0,
-            cpu: dict[str, float] | None = None) -> CaseResult:
-    load = LoadResult(requests=int(rps * 10), duration_s=10.0, p50_ms=p50, p95_ms=p99 / 2, p99_ms=p99,
-                      errors={"non2xx": errors})
+def _result(
+    case: str, concurrency: int, rps: float, p50: float = 1.0, p99: float = 50.0, errors: int = 0, cpu: dict[str, float] | None = None
+) -> CaseResult:
+    load = LoadResult(requests=int(rps * 10), duration_s=10.0, p50_ms=p50, p95_ms=p99 / 2, p99_ms=p99, errors={"non2xx": errors})
     return CaseResult(case, case, concurrency, load, cpu or {}, {})
 
 
@@ -134,7 +134,9 @@ def _statuses(results: list[CaseResult], memory: dict[str, Memory]) -> dict[str,
 
 def test_targets_pass() -> None:
     results = [
-        _result("echo", 64, 1000), _result("create_post", 1, 300, p50=2.5), _result("create_post", 64, 700, p99=100),
+        _result("echo", 64, 1000),
+        _result("create_post", 1, 300, p50=2.5),
+        _result("create_post", 64, 700, p99=100),
         _result("delete_post", 1, 200, p50=2.9),
     ]
     statuses = _statuses(results, SMALL)
@@ -144,7 +146,8 @@ def test_targets_pass() -> None:
 
 def test_targets_fail() -> None:
     results = [
-        _result("echo", 64, 1000), _result("create_post", 1, 300, p50=3.5),
+        _result("echo", 64, 1000),
+        _result("create_post", 1, 300, p50=3.5),
         _result("create_post", 64, 699, p99=101, errors=1),
     ]
     memory = {**SMALL, "posts": Memory(rss_kb=101 * 1024, hwm_kb=120 * 1024)}

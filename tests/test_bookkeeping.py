@@ -21,9 +21,10 @@ from shared import audit, bookkeeping, idempotency, outbox
 from shared.database import create_pool
 from shared.errors import Conflict, Forbidden, Unauthorized
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
+from shared.roles import Role
 from shared.tokens import Caller
-from support.backends import Backends
-from support.stack import Stack
+from tests.support.backends import Backends
+from tests.support.stack import Stack
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ async def schema_pool(backends: Backends) -> AsyncIterator[asyncpg.Pool]:
 
 
 def a_caller() -> Caller:
-    return Caller(subject=uuid4(), session_id=uuid4(), role="user", token_id="t", expires_at=int(time.time()) + 600)
+    return Caller(subject=uuid4(), session_id=uuid4(), role=Role.USER, token_id="t", expires_at=int(time.time()) + 600)
 
 
 def key_of(caller: Caller, message_id: str = "m-1") -> bookkeeping.Key:
@@ -67,13 +68,17 @@ async def test_the_closing_statement_writes_reply_audit_row_and_events_in_order(
             assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
             await bookkeeping.close_command(conn, key, {"id": "p-1"}, allowed(caller), events.take(), notify=False)
 
-    assert await schema_pool.fetchval(
-        "SELECT reply FROM processed_commands WHERE subject = $1 AND message_id = 'm-1'", caller.subject
-    ) == {"id": "p-1"}
+    assert await schema_pool.fetchval("SELECT reply FROM processed_commands WHERE subject = $1 AND message_id = 'm-1'", caller.subject) == {
+        "id": "p-1"
+    }
     row = await schema_pool.fetchrow("SELECT decision, command, caller, reason, message_id, request_id FROM audit_log")
-    assert dict(row) == {
-        "decision": "allowed", "command": "create-post", "caller": f"user:{caller.subject}",
-        "reason": "policy USER", "message_id": "m-1", "request_id": "r-1",
+    assert row is not None and dict(row) == {
+        "decision": "allowed",
+        "command": "create-post",
+        "caller": f"user:{caller.subject}",
+        "reason": "policy USER",
+        "message_id": "m-1",
+        "request_id": "r-1",
     }
     rows = await schema_pool.fetch("SELECT event_id, routing_key, body FROM outbox ORDER BY position")
     assert [(r["event_id"], r["routing_key"]) for r in rows] == [(first, "post.created"), (second, "post.deleted")]
@@ -103,9 +108,11 @@ async def test_a_concurrent_repeat_waits_for_the_first_and_reads_its_reply(schem
         tx = first.transaction()
         await tx.start()
         await bookkeeping.open_command(first, caller, key, "create-post")
+
         async def repeat() -> object:
             async with second.transaction():
                 return await bookkeeping.open_command(second, caller, key, "create-post")
+
         waiting = asyncio.create_task(repeat())
         await asyncio.sleep(0.2)
         assert not waiting.done(), "the repeat must wait for the first transaction"
@@ -212,7 +219,7 @@ async def test_commits_within_the_linger_leave_in_one_batch(schema_pool: asyncpg
     running = asyncio.create_task(relay.run())
     try:
         await asyncio.sleep(0.2)  # its first pass found nothing; it waits for a wake-up
-        for n in range(5):
+        for _ in range(5):
             async with schema_pool.acquire() as conn, conn.transaction():
                 await outbox.add_event(conn, "post.created", post_created())
             relay.wake()

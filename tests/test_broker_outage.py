@@ -19,10 +19,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from support.accounts import User
-from support.broker import BrokerProbe
-from support.proxy import CuttableProxy
-from support.stack import ROOT, Stack, free_port
+from tests.support.accounts import User
+from tests.support.broker import BrokerProbe
+from tests.support.proxy import CuttableProxy
+from tests.support.stack import ROOT, Stack, free_port
 
 pytestmark = pytest.mark.fault
 
@@ -142,9 +142,7 @@ async def test_a_request_in_flight_when_the_broker_goes_is_answered_promptly(
     await wait_until(executed, timeout=10)
 
 
-async def test_a_service_reconnects_and_resumes_consuming(
-    stack: Stack, broker: BrokerProbe, db: asyncpg.Pool, new_user
-) -> None:
+async def test_a_service_reconnects_and_resumes_consuming(stack: Stack, broker: BrokerProbe, db: asyncpg.Pool, new_user) -> None:
     user: User = await new_user("resume")
     stack.stop("posts")  # only the proxied instance consumes posts.commands now
     proxied = await start_behind_proxy(stack, "posts_service", "POSTS_HTTP_PORT")

@@ -69,9 +69,7 @@ PUBLISHES = {
 
 
 def rabbitmqctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["rabbitmqctl", *args], input=stdin, capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run(["rabbitmqctl", *args], input=stdin, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"rabbitmqctl {' '.join(args[:2])} failed: {result.stderr or result.stdout}"
     return result
 
@@ -119,7 +117,13 @@ def topology_of(vhost: str) -> dict[str, list[dict[str, Any]]]:
     flags = ("durable", "auto_delete")
     return {
         "exchanges": [
-            {"name": e["name"], "vhost": vhost, "type": e["type"], **{f: e[f] for f in (*flags, "internal")}, "arguments": arguments(e["arguments"])}
+            {
+                "name": e["name"],
+                "vhost": vhost,
+                "type": e["type"],
+                **{f: e[f] for f in (*flags, "internal")},
+                "arguments": arguments(e["arguments"]),
+            }
             for e in listed("list_exchanges", "-p", vhost, "name", "type", *flags, "internal", "arguments")
             if e["name"] and not e["name"].startswith("amq.")
         ],
@@ -129,8 +133,14 @@ def topology_of(vhost: str) -> dict[str, list[dict[str, Any]]]:
             if not q["name"].startswith("amq.gen-")
         ],
         "bindings": [
-            {"source": b["source_name"], "vhost": vhost, "destination": b["destination_name"], "destination_type": b["destination_kind"],
-             "routing_key": b["routing_key"], "arguments": arguments(b["arguments"])}
+            {
+                "source": b["source_name"],
+                "vhost": vhost,
+                "destination": b["destination_name"],
+                "destination_type": b["destination_kind"],
+                "routing_key": b["routing_key"],
+                "arguments": arguments(b["arguments"]),
+            }
             for b in listed("list_bindings", "-p", vhost, "source_name", "destination_name", "destination_kind", "routing_key", "arguments")
             if b["source_name"] and not b["destination_name"].startswith("amq.gen-")
         ],
@@ -285,7 +295,9 @@ async def test_the_vhost_grants_exactly_what_definitions_json_says(broker_users:
 
 async def test_the_vhost_holds_exactly_the_topology_of_definitions_json(broker_users: Provisioned) -> None:
     definitions = json.loads(DEFINITIONS.read_text(encoding="utf-8"))
-    expected = {kind: [{**entry, "vhost": broker_users.vhost} for entry in definitions[kind]] for kind in ("exchanges", "queues", "bindings")}
+    expected = {
+        kind: [{**entry, "vhost": broker_users.vhost} for entry in definitions[kind]] for kind in ("exchanges", "queues", "bindings")
+    }
     assert canonical(topology_of(broker_users.vhost)) == canonical(expected)
 
 
@@ -299,7 +311,9 @@ async def test_the_script_is_idempotent_and_takes_passwords_from_the_environment
         rabbitmqctl("add_user", f"{prefix}observer", stdin=admin_password)
         run_script(vhost, prefix, admin_url=admin_url)
         for user in USERS:
-            assert await authenticates(vhost, prefix + user, DEV_PASSWORDS[user]), f"{user}'s default password is not {DEV_PASSWORDS[user]!r}"
+            assert await authenticates(vhost, prefix + user, DEV_PASSWORDS[user]), (
+                f"{user}'s default password is not {DEV_PASSWORDS[user]!r}"
+            )
         first = granted(vhost, prefix)
         topology = canonical(topology_of(vhost))
         assert topology == canonical(as_definitions(vhost))
@@ -393,9 +407,7 @@ async def test_no_process_may_declare_the_topology(broker_users: Provisioned, us
         await assert_refused(open_service_queues(await connection.channel(), SERVICES.get(user, "posts"), "declare"))
 
 
-@pytest.mark.parametrize(
-    ("user", "other"), [(user, other) for user in SERVICES for other in SERVICES.values() if other != SERVICES[user]]
-)
+@pytest.mark.parametrize(("user", "other"), [(user, other) for user in SERVICES for other in SERVICES.values() if other != SERVICES[user]])
 async def test_a_service_cannot_use_another_services_queues(broker_users: Provisioned, user: str, other: str) -> None:
     async with connected(broker_users, user) as connection:
         await assert_refused(consume(connection, command_queue_name(other)))

@@ -16,10 +16,10 @@ import asyncpg
 import pytest
 
 from shared.tokens import LEEWAY_SECONDS
-from support.accounts import User, token_claims
-from support.broker import BrokerProbe
-from support.forge import TokenForge
-from support.stack import ROOT, Stack, free_port
+from tests.support.accounts import User, token_claims
+from tests.support.broker import BrokerProbe
+from tests.support.forge import TokenForge
+from tests.support.stack import ROOT, Stack, free_port
 
 
 async def test_a_token_that_expires_while_its_command_waits_is_refused(
@@ -32,9 +32,7 @@ async def test_a_token_that_expires_while_its_command_waits_is_refused(
     token = forge.sign(forge.claims(claims["sub"], claims["sid"], iat=now, exp=now + 1))
     stack.stop("posts")
     try:
-        reply = asyncio.create_task(
-            broker.command("create-post", {"title": "stale", "body": "b"}, token=token, timeout=60)
-        )
+        reply = asyncio.create_task(broker.command("create-post", {"title": "stale", "body": "b"}, token=token, timeout=60))
         await asyncio.sleep(1 + LEEWAY_SECONDS + 1)  # past expiry and the clock-skew leeway
     finally:
         stack.start("posts")
@@ -54,13 +52,12 @@ async def test_a_command_no_queue_takes_is_a_503_at_once(stack: Stack) -> None:
     subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
     subprocess.run(
         ["rabbitmqctl", "set_permissions", "-p", vhost, parts.username or "guest", ".*", ".*", ".*"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     port = free_port()
-    env = {**stack.env, "AMQP_URL": urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", "")),
-           "GATEWAY_PORT": str(port)}
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**stack.env, "AMQP_URL": urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", "")), "GATEWAY_PORT": str(port)}
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
             deadline = time.monotonic() + 20

@@ -143,8 +143,7 @@ def test_postgres_keeps_data_on_a_named_volume() -> None:
     mounts = [str(mount) for mount in compose_service("postgres").get("volumes") or []]
     named = [mount for mount in mounts if mount.partition(":")[0] in declared]
     assert any(mount.endswith(":/var/lib/postgresql/data") for mount in named), (
-        f"postgres should mount a named volume at /var/lib/postgresql/data, mounts {mounts} "
-        f"with top-level volumes {sorted(declared)}"
+        f"postgres should mount a named volume at /var/lib/postgresql/data, mounts {mounts} with top-level volumes {sorted(declared)}"
     )
 
 
@@ -155,11 +154,13 @@ def test_rabbitmq_imports_the_definitions_at_boot() -> None:
         f"rabbitmq should mount {DEFINITIONS.relative_to(ROOT)} at {DEFINITIONS_IN_CONTAINER}, mounts {mounts}"
     )
     configs = [
-        source for target, source in mounts.items()
+        source
+        for target, source in mounts.items()
         if target == "/etc/rabbitmq/rabbitmq.conf" or (target.startswith("/etc/rabbitmq/conf.d/") and target.endswith(".conf"))
     ]
     loads = [
-        config for config in configs
+        config
+        for config in configs
         if config.is_file() and f"load_definitions = {DEFINITIONS_IN_CONTAINER}" in config.read_text(encoding="utf-8").splitlines()
     ]
     assert loads, f"no mounted rabbitmq config file says 'load_definitions = {DEFINITIONS_IN_CONTAINER}' (mounted: {configs})"
@@ -230,16 +231,12 @@ def test_app_service_runs_its_own_package(name: str) -> None:
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_app_service_waits_for_healthy_dependencies(name: str) -> None:
     depends_on = compose_service(name).get("depends_on") or {}
-    assert isinstance(depends_on, dict), (
-        f"{name} lists depends_on without conditions; it would start before its dependencies are ready"
-    )
+    assert isinstance(depends_on, dict), f"{name} lists depends_on without conditions; it would start before its dependencies are ready"
     needed = list(INFRASTRUCTURE) + ([] if name == "auth_service" else ["auth_service"])
     for dependency in needed:
         assert dependency in depends_on, f"{name} does not depend on {dependency}"
         condition = (depends_on[dependency] or {}).get("condition")
-        assert condition == "service_healthy", (
-            f"{name} waits for {dependency} with condition {condition!r}, expected 'service_healthy'"
-        )
+        assert condition == "service_healthy", f"{name} waits for {dependency} with condition {condition!r}, expected 'service_healthy'"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)

@@ -20,10 +20,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from support.accounts import User
-from support.broker import BrokerProbe
-from support.proxy import CuttableProxy
-from support.stack import ROOT, Stack, free_port
+from tests.support.accounts import User
+from tests.support.broker import BrokerProbe
+from tests.support.proxy import CuttableProxy
+from tests.support.stack import ROOT, Stack, free_port
 
 pytestmark = pytest.mark.fault
 
@@ -69,8 +69,10 @@ async def test_a_service_holds_commands_through_a_database_outage(
         await proxy.restore()
         started = time.monotonic()
         answers = await asyncio.gather(*replies)
-        print(f"\n10 held commands answered {time.monotonic() - started:.1f} s after the database came back; "
-              f"CPU while waiting: {cpu_used:.2f} s per 2 s")
+        print(
+            f"\n10 held commands answered {time.monotonic() - started:.1f} s after the database came back; "
+            f"CPU while waiting: {cpu_used:.2f} s per 2 s"
+        )
         assert all(a is not None and a["ok"] for a in answers), answers
         assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE author_id = $1", user.id) == 10
         await wait_until(lambda: _answers(ready_url, 200), timeout=10)

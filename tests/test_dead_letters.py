@@ -9,8 +9,8 @@ from uuid import uuid4
 
 import pytest
 
-from support.broker import BrokerProbe
-from support.stack import ROOT, Stack
+from tests.support.broker import BrokerProbe
+from tests.support.stack import ROOT, Stack
 
 
 def dead_letters(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

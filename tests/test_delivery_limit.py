@@ -12,9 +12,9 @@ from uuid import uuid4
 import asyncpg
 
 from shared.broker import DELIVERY_LIMIT
-from support.accounts import User
-from support.broker import BrokerProbe
-from support.stack import ROOT, Stack
+from tests.support.accounts import User
+from tests.support.broker import BrokerProbe
+from tests.support.stack import ROOT, Stack
 
 
 async def test_a_message_past_the_delivery_limit_is_parked_and_can_be_replayed(
@@ -28,8 +28,7 @@ async def test_a_message_past_the_delivery_limit_is_parked_and_can_be_replayed(
         channel = await broker.open_channel()  # a raw consumer standing in for the service
         await channel.set_qos(prefetch_count=1)
         queue = await channel.get_queue("posts.commands", ensure=False)
-        await broker.command("create-post", {"title": "poison", "body": "b"}, token=user.token,
-                             message_id=message_id, reply=False)
+        await broker.command("create-post", {"title": "poison", "body": "b"}, token=user.token, message_id=message_id, reply=False)
         deliveries = 0
         while deliveries <= DELIVERY_LIMIT + 1:
             message = await queue.get(no_ack=False, fail=False, timeout=5)
@@ -42,8 +41,13 @@ async def test_a_message_past_the_delivery_limit_is_parked_and_can_be_replayed(
         assert deliveries == DELIVERY_LIMIT + 1, f"delivered {deliveries} times with a limit of {DELIVERY_LIMIT}"
 
         listing = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "shared.dead_letters", "list", "posts.commands"],
-            cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=60,
+            subprocess.run,
+            [sys.executable, "-m", "shared.dead_letters", "list", "posts.commands"],
+            cwd=ROOT,
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert message_id in listing.stdout and "delivery_limit" in listing.stdout, listing.stdout
     finally:
@@ -52,8 +56,13 @@ async def test_a_message_past_the_delivery_limit_is_parked_and_can_be_replayed(
 
     # The cause is fixed (the service is back): replay sends it where it was first published.
     replay = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "shared.dead_letters", "replay", "posts.commands", "--id", message_id],
-        cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=60,
+        subprocess.run,
+        [sys.executable, "-m", "shared.dead_letters", "replay", "posts.commands", "--id", message_id],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert replay.returncode == 0, replay.stderr
 

@@ -61,7 +61,19 @@ def test_auth_service_signs_with_a_mounted_key() -> None:
 
 def test_the_config_map_uses_only_known_variables() -> None:
     config = next(d for d in documents() if d["kind"] == "ConfigMap")["data"]
-    known = {"HTTP_HOST", "GATEWAY_HOST", "GATEWAY_PORT", "AUTH_HTTP_PORT", "USERS_HTTP_PORT", "POSTS_HTTP_PORT",
-             "AUTH_JWKS_URL", "JWT_ISSUER", "JWT_AUDIENCE", "ACCESS_TOKEN_TTL_SECONDS", "LOG_LEVEL", "BROKER_TOPOLOGY"}
+    known = {
+        "HTTP_HOST",
+        "GATEWAY_HOST",
+        "GATEWAY_PORT",
+        "AUTH_HTTP_PORT",
+        "USERS_HTTP_PORT",
+        "POSTS_HTTP_PORT",
+        "AUTH_JWKS_URL",
+        "JWT_ISSUER",
+        "JWT_AUDIENCE",
+        "ACCESS_TOKEN_TTL_SECONDS",
+        "LOG_LEVEL",
+        "BROKER_TOPOLOGY",
+    }
     assert set(config) <= known
     assert config["AUTH_JWKS_URL"].startswith("http://auth-service:8081/")

@@ -27,8 +27,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from support.accounts import User
-from support.stack import ROOT, Stack, free_port
+from tests.support.accounts import User
+from tests.support.stack import ROOT, Stack, free_port
 
 pytestmark = pytest.mark.fault
 
@@ -36,6 +36,7 @@ PUBLISH_BATCH = 100
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
 
 @dataclass
 class EventTap:
@@ -48,10 +49,7 @@ class EventTap:
         self.bodies.append({"routing_key": message.routing_key, **json.loads(message.body)})
 
     def of(self, routing_key: str, key: str, among: set[str] | None = None) -> list[dict[str, Any]]:
-        return [
-            b for b in self.bodies
-            if b["routing_key"] == routing_key and (among is None or b[key] in among)
-        ]
+        return [b for b in self.bodies if b["routing_key"] == routing_key and (among is None or b[key] in among)]
 
 
 @dataclass
@@ -74,18 +72,20 @@ class Stream:
         sent = 0
         batch: list[Any] = []
         for command, payload, message_id in messages:
-            batch.append(exchange.publish(
-                aio_pika.Message(
-                    json.dumps(payload).encode(),
-                    content_type="application/json",
-                    message_id=message_id,
-                    type=command,
-                    headers={"authorization": f"Bearer {token}"},
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=command,
-                mandatory=False,
-            ))
+            batch.append(
+                exchange.publish(
+                    aio_pika.Message(
+                        json.dumps(payload).encode(),
+                        content_type="application/json",
+                        message_id=message_id,
+                        type=command,
+                        headers={"authorization": f"Bearer {token}"},
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key=command,
+                    mandatory=False,
+                )
+            )
             if len(batch) == PUBLISH_BATCH:
                 await asyncio.gather(*batch)
                 sent += len(batch)
@@ -116,16 +116,19 @@ async def processed(db: asyncpg.Pool, author: str, message_ids: list[str]) -> di
     """message_id -> stored reply, for the author's processed commands among `message_ids`."""
     rows = await db.fetch(
         "SELECT message_id, reply FROM posts.processed_commands WHERE subject = $1 AND message_id = ANY($2::text[])",
-        UUID(author), message_ids,
+        UUID(author),
+        message_ids,
     )
     return {r["message_id"]: json.loads(r["reply"]) if r["reply"] is not None else None for r in rows}
 
 
 async def replayed(db: asyncpg.Pool, message_ids: list[str]) -> int:
-    return int(await db.fetchval(
-        "SELECT count(*) FROM posts.audit_log WHERE decision = 'replayed' AND message_id = ANY($1::text[])",
-        message_ids,
-    ))
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM posts.audit_log WHERE decision = 'replayed' AND message_id = ANY($1::text[])",
+            message_ids,
+        )
+    )
 
 
 async def until(check: Any, *, timeout: float, interval: float = 0.05, what: str = "condition") -> None:
@@ -137,6 +140,7 @@ async def until(check: Any, *, timeout: float, interval: float = 0.05, what: str
 
 async def wait_created(db: asyncpg.Pool, author: str, message_ids: list[str], *, timeout: float) -> None:
     """Until every message has a processed record, then a pause to catch any late second effect."""
+
     async def done() -> bool:
         return len(await processed(db, author, message_ids)) >= len(message_ids)
 
@@ -154,9 +158,7 @@ async def check_created_once(db: asyncpg.Pool, author: str, message_ids: list[st
     assert len(made) == len(message_ids), "a processed create-post has no stored reply"
     assert len(set(made)) == len(made), "two message_ids claim the same post"
     assert len(posts) == len(message_ids), f"{len(posts)} posts for {len(message_ids)} commands"
-    assert posts == set(made), (
-        f"{len(posts - set(made))} posts without a processed record, {len(set(made) - posts)} records without a post"
-    )
+    assert posts == set(made), f"{len(posts - set(made))} posts without a processed record, {len(set(made) - posts)} records without a post"
     return posts
 
 
@@ -207,9 +209,8 @@ async def metric(url: str, name: str, **labels: str) -> float:
 
 # -- kill -9 mid-stream ---------------------------------------------------------------------------
 
-async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
-    stack: Stack, stream: Stream, db: asyncpg.Pool, new_user
-) -> None:
+
+async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(stack: Stack, stream: Stream, db: asyncpg.Pool, new_user) -> None:
     total = 1000
     author: User = await new_user("sigkill")
     tap = await stream.tap("post.created")
@@ -220,8 +221,9 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
     try:
         publishing = asyncio.create_task(stream.publish(commands, author.token))
         for fraction in (1 / 3, 2 / 3):
-            await until(lambda f=fraction: _at_least(db, author.id, int(total * f)), timeout=30, interval=0.01,
-                        what=f"{fraction:.0%} of the stream")
+            await until(
+                lambda f=fraction: _at_least(db, author.id, int(total * f)), timeout=30, interval=0.01, what=f"{fraction:.0%} of the stream"
+            )
             at_kill = await post_count(db, author.id)
             assert stack.stop("posts", signal.SIGKILL) == -signal.SIGKILL
             dead = await post_count(db, author.id)
@@ -256,9 +258,8 @@ async def _at_least(db: asyncpg.Pool, author: str, count: int) -> bool:
 
 # -- SIGTERM under load ---------------------------------------------------------------------------
 
-async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(
-    stack: Stack, stream: Stream, db: asyncpg.Pool, new_user
-) -> None:
+
+async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(stack: Stack, stream: Stream, db: asyncpg.Pool, new_user) -> None:
     total = 500
     author: User = await new_user("sigterm")
     tap = await stream.tap("post.created")
@@ -302,9 +303,8 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(
 
 # -- two instances, every command twice -----------------------------------------------------------
 
-async def test_two_instances_and_duplicate_sends_take_effect_once(
-    stack: Stack, stream: Stream, db: asyncpg.Pool, new_user
-) -> None:
+
+async def test_two_instances_and_duplicate_sends_take_effect_once(stack: Stack, stream: Stream, db: asyncpg.Pool, new_user) -> None:
     creates, deletes = 500, 100
     author: User = await new_user("twins")
     tap = await stream.tap("post.created", "post.deleted")
@@ -315,8 +315,11 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
     started = time.monotonic()
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         second = subprocess.Popen(
-            [sys.executable, "-m", "posts_service"], cwd=ROOT, env={**stack.env, "POSTS_HTTP_PORT": str(port)},
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "posts_service"],
+            cwd=ROOT,
+            env={**stack.env, "POSTS_HTTP_PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     second_exit: int | None = None
     try:

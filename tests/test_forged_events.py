@@ -34,11 +34,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from support.accounts import User, login, register, token_claims
-from support.broker import BrokerProbe, EventTap, WaitUntil
-from support.stack import Stack
-from support.fingerprint import changed_tables, fingerprint, settled_fingerprint
-
+from tests.support.accounts import User, login, register, token_claims
+from tests.support.broker import BrokerProbe, EventTap, WaitUntil
+from tests.support.fingerprint import changed_tables, fingerprint, settled_fingerprint
+from tests.support.stack import Stack
 
 SERVICES = ("auth", "users", "posts")
 #: Who consumes each event of the contract (the services' bindings on `events`).
@@ -126,17 +125,13 @@ async def seen_everywhere(db: asyncpg.Pool, wait_until: WaitUntil, event_id: str
     """Every consumer has recorded `event_id`, so a replay of it is a replay to each of them."""
 
     async def seen() -> bool:
-        return all(
-            [await db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s}.seen_events WHERE event_id = $1)", event_id) for s in services]
-        )
+        return all([await db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s}.seen_events WHERE event_id = $1)", event_id) for s in services])
 
     await wait_until(seen, timeout=5.0)
 
 
 async def ban_rows(db: asyncpg.Pool, user_id: str) -> dict[str, bool]:
-    rows = {
-        s: await db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s}.banned_accounts WHERE user_id = $1)", user_id) for s in SERVICES
-    }
+    rows = {s: await db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s}.banned_accounts WHERE user_id = $1)", user_id) for s in SERVICES}
     rows["users.profiles.banned"] = await db.fetchval("SELECT banned FROM users.profiles WHERE id = $1", user_id)
     return rows
 
@@ -156,7 +151,9 @@ async def find_dead_letter(broker: BrokerProbe, queue: str, marker: str) -> aio_
             for other in (f"{s}.{kind}" for s in SERVICES for kind in ("events", "commands"))
             if other != queue and any(marker.encode() in m.body for m in await broker.dead_letters(other))
         ]
-        raise AssertionError(f"nothing holding {marker} was dead-lettered in {queue}.dead; found in {elsewhere or 'no dead-letter queue'}") from None
+        raise AssertionError(
+            f"nothing holding {marker} was dead-lettered in {queue}.dead; found in {elsewhere or 'no dead-letter queue'}"
+        ) from None
 
 
 async def still_serving(http: aiohttp.ClientSession, broker: BrokerProbe) -> None:
@@ -180,8 +177,13 @@ async def still_serving(http: aiohttp.ClientSession, broker: BrokerProbe) -> Non
 
 @pytest.mark.parametrize("event_id", ["replayed", "new"])
 async def test_registered_claiming_admin_for_an_existing_user(
-    event_id: str, http: aiohttp.ClientSession, broker: BrokerProbe, db: asyncpg.Pool, tap: EventTap,
-    consumption: Consumption, wait_until: WaitUntil,
+    event_id: str,
+    http: aiohttp.ClientSession,
+    broker: BrokerProbe,
+    db: asyncpg.Pool,
+    tap: EventTap,
+    consumption: Consumption,
+    wait_until: WaitUntil,
 ) -> None:
     user = await register(http, "plain")
     target = await register(http, "target")
@@ -266,7 +268,11 @@ ALTERATIONS: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("alteration", list(ALTERATIONS))
 async def test_banned_replayed_with_altered_fields(
-    alteration: str, http: aiohttp.ClientSession, broker: BrokerProbe, db: asyncpg.Pool, consumption: Consumption,
+    alteration: str,
+    http: aiohttp.ClientSession,
+    broker: BrokerProbe,
+    db: asyncpg.Pool,
+    consumption: Consumption,
     banned_victim: tuple[User, dict[str, Any]],
 ) -> None:
     victim, real = banned_victim
@@ -280,7 +286,10 @@ async def test_banned_replayed_with_altered_fields(
 
 
 async def test_banned_with_a_new_event_id_claiming_unban(
-    http: aiohttp.ClientSession, broker: BrokerProbe, db: asyncpg.Pool, consumption: Consumption,
+    http: aiohttp.ClientSession,
+    broker: BrokerProbe,
+    db: asyncpg.Pool,
+    consumption: Consumption,
     banned_victim: tuple[User, dict[str, Any]],
 ) -> None:
     """Not a replay: consumers apply it, and applying a ban can only ban."""
@@ -293,8 +302,12 @@ async def test_banned_with_a_new_event_id_claiming_unban(
 
 
 async def test_banned_replayed_for_another_user_bans_nobody(
-    http: aiohttp.ClientSession, broker: BrokerProbe, db: asyncpg.Pool, consumption: Consumption,
-    banned_victim: tuple[User, dict[str, Any]], wait_until: WaitUntil,
+    http: aiohttp.ClientSession,
+    broker: BrokerProbe,
+    db: asyncpg.Pool,
+    consumption: Consumption,
+    banned_victim: tuple[User, dict[str, Any]],
+    wait_until: WaitUntil,
 ) -> None:
     victim, real = banned_victim
     bystander = await register(http, "bystander")
@@ -316,8 +329,13 @@ async def test_banned_replayed_for_another_user_bans_nobody(
 
 @pytest.mark.parametrize("event_id", ["replayed", "new"])
 async def test_revoked_replayed_with_revoked_false(
-    event_id: str, http: aiohttp.ClientSession, broker: BrokerProbe, db: asyncpg.Pool, tap: EventTap,
-    consumption: Consumption, wait_until: WaitUntil,
+    event_id: str,
+    http: aiohttp.ClientSession,
+    broker: BrokerProbe,
+    db: asyncpg.Pool,
+    tap: EventTap,
+    consumption: Consumption,
+    wait_until: WaitUntil,
 ) -> None:
     user = await register(http, "leaver")
     async with http.post("/auth/logout", headers=user.auth) as response:
@@ -335,9 +353,9 @@ async def test_revoked_replayed_with_revoked_false(
     await publish_and_wait(broker, consumption, "session.revoked", forged)
 
     for schema in SERVICES:
-        assert await db.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM {schema}.revoked_sessions WHERE session_id = $1)", user.session_id
-        ), f"{schema} forgot the revocation"
+        assert await db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {schema}.revoked_sessions WHERE session_id = $1)", user.session_id), (
+            f"{schema} forgot the revocation"
+        )
     assert await db.fetchval("SELECT revoked_at IS NOT NULL FROM auth.sessions WHERE id = $1", user.session_id)
     answers = await what_each_service_answers(broker, user.token, str(uuid4()))
     assert answers == {"auth": 401, "posts": 401, "users": 401}, answers
@@ -348,9 +366,7 @@ async def test_revoked_replayed_with_revoked_false(
 
 
 @pytest.fixture
-async def privileges_to_restore(
-    http: aiohttp.ClientSession, db: asyncpg.Pool, admin: User, wait_until: WaitUntil
-) -> dict[str, User]:
+async def privileges_to_restore(http: aiohttp.ClientSession, db: asyncpg.Pool, admin: User, wait_until: WaitUntil) -> dict[str, User]:
     """A banned user, an ordinary user and a logged-out session: what a forged event would want to undo."""
     banned = await register(http, "banned")
     await wait_for_profile(db, wait_until, banned.id)
@@ -375,8 +391,14 @@ def unknown_events(people: dict[str, User]) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("routing_key", ["user.unbanned", "user.promoted", "session.restored"])
 @pytest.mark.parametrize("path", ["events exchange", "straight into each event queue"])
 async def test_unknown_routing_key_changes_nothing(
-    routing_key: str, path: str, http: aiohttp.ClientSession, broker: BrokerProbe, db: asyncpg.Pool,
-    privileges_to_restore: dict[str, User], consumption: Consumption, wait_until: WaitUntil,
+    routing_key: str,
+    path: str,
+    http: aiohttp.ClientSession,
+    broker: BrokerProbe,
+    db: asyncpg.Pool,
+    privileges_to_restore: dict[str, User],
+    consumption: Consumption,
+    wait_until: WaitUntil,
 ) -> None:
     people = privileges_to_restore
     body = {"event_id": str(uuid4()), "occurred_at": now(), **unknown_events(people)[routing_key]}

@@ -48,15 +48,14 @@ from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.audit import audit_command_name
-from shared.commands import COMMAND_PAYLOADS
-from support.accounts import User, make_admin, register
-from support.backends import Backends
-from support.broker import REPLY_TO, BrokerProbe, WaitUntil
-from support.forge import TokenForge
-from support.stack import Stack
-from support.fingerprint import Fingerprint, changed_tables, settled_fingerprint
-from test_every_command_is_guarded import CONTRACT_PUBLIC
+from shared.commands import COMMAND_PAYLOADS, audit_command_name
+from tests.support.accounts import User, make_admin, register
+from tests.support.backends import Backends
+from tests.support.broker import REPLY_TO, BrokerProbe, WaitUntil
+from tests.support.fingerprint import Fingerprint, changed_tables, settled_fingerprint
+from tests.support.forge import TokenForge
+from tests.support.stack import Stack
+from tests.test_every_command_is_guarded import CONTRACT_PUBLIC
 
 SERVICES = ("auth", "users", "posts")
 REAL_COMMANDS = (*sorted(COMMAND_PAYLOADS), *(audit_command_name(s) for s in SERVICES))
@@ -84,8 +83,12 @@ FIELD_NAMES = sorted(
 )
 json_keys = st.one_of(st.sampled_from(FIELD_NAMES), safe_text)
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False), safe_text, st.uuids().map(str),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    safe_text,
+    st.uuids().map(str),
 )
 json_values = st.recursive(
     json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(json_keys, inner, max_size=4), max_leaves=12
@@ -110,20 +113,25 @@ def well_formed_payloads(command: str) -> st.SearchStrategy[bytes]:
         "get-user": st.fixed_dictionaries({"user_id": ids}),
         "list-posts": st.fixed_dictionaries({}, optional={"limit": st.integers(1, 100)}),
     }
-    default = st.fixed_dictionaries(
-        {}, optional={"limit": st.integers(1, 100), "decision": st.sampled_from(["allowed", "denied", "replayed"])}
-    ) if command.startswith("list-audit.") else st.just({})
+    default = (
+        st.fixed_dictionaries({}, optional={"limit": st.integers(1, 100), "decision": st.sampled_from(["allowed", "denied", "replayed"])})
+        if command.startswith("list-audit.")
+        else st.just({})
+    )
     return fields.get(command, default).map(lambda v: json.dumps(v).encode())
 
 
 # What an AMQP field table can carry (pamqp sends bytes as a bytearray).
 header_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False, allow_infinity=False, width=32), safe_text, nasty_text, st.binary(max_size=40).map(bytearray),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    safe_text,
+    nasty_text,
+    st.binary(max_size=40).map(bytearray),
 )
-header_values = st.one_of(
-    header_scalars, st.lists(header_scalars, max_size=3), st.dictionaries(safe_text, header_scalars, max_size=3)
-)
+header_values = st.one_of(header_scalars, st.lists(header_scalars, max_size=3), st.dictionaries(safe_text, header_scalars, max_size=3))
 IDENTITY_HEADERS = ["x-user-id", "x-user", "x-role", "role", "x-admin", "sub", "x-request-id", "x-client-address", "x-caller"]
 
 
@@ -165,9 +173,11 @@ class ForgedToken:
 
 @st.composite
 def forged_tokens(draw: st.DrawFn) -> ForgedToken:
-    flaw = draw(st.sampled_from(
-        ["expired", "wrong iss", "wrong aud", "missing claim", "foreign key", "alg none", "HS256 with the public key", "wrong typ"]
-    ))
+    flaw = draw(
+        st.sampled_from(
+            ["expired", "wrong iss", "wrong aud", "missing claim", "foreign key", "alg none", "HS256 with the public key", "wrong typ"]
+        )
+    )
     detail: Any = {
         "expired": st.integers(min_value=0, max_value=10**6),
         "wrong iss": safe_text.filter(lambda s: s != ISSUER),
@@ -181,7 +191,9 @@ def forged_tokens(draw: st.DrawFn) -> ForgedToken:
         sub=draw(st.one_of(st.uuids().map(str), safe_text)),
         sid=draw(st.one_of(st.uuids().map(str), safe_text)),
         role=draw(st.one_of(st.sampled_from(["user", "admin"]), safe_text)),
-        extra=draw(st.dictionaries(st.sampled_from(["admin", "is_admin", "roles", "scope", "sub_type", "groups"]), json_scalars, max_size=3)),
+        extra=draw(
+            st.dictionaries(st.sampled_from(["admin", "is_admin", "roles", "scope", "sub_type", "groups"]), json_scalars, max_size=3)
+        ),
         flaw=flaw,
         detail=draw(detail),
     )
@@ -252,17 +264,26 @@ def fuzzed_commands(draw: st.DrawFn) -> Fuzzed:
     else:  # straight into a command queue by name, whatever its type says
         exchange, routing_key = "", draw(st.sampled_from(COMMAND_QUEUES))
         kind = draw(weighted(none=1, other=1, junk=1))
-    message_type = draw({
-        "same": st.just(routing_key), "none": st.none(), "other": st.sampled_from(REAL_COMMANDS), "junk": junk_names,
-    }[kind])
+    message_type = draw(
+        {
+            "same": st.just(routing_key),
+            "none": st.none(),
+            "other": st.sampled_from(REAL_COMMANDS),
+            "junk": junk_names,
+        }[kind]
+    )
     body_kind = draw(weighted(well_formed=3, random=2))
     body = draw(well_formed_payloads(message_type or routing_key) if body_kind == "well_formed" else bodies)
-    content_type = draw({
-        "json": st.just("application/json"),
-        "none": st.none(),
-        "other": st.sampled_from(["", "text/plain", "application/python-pickle", "application/json; charset=utf-8"]),
-    }[draw(weighted(json=6, none=1, other=1))])
-    headers = draw(st.dictionaries(st.one_of(st.sampled_from(IDENTITY_HEADERS), st.text(min_size=1, max_size=20)), header_values, max_size=4))
+    content_type = draw(
+        {
+            "json": st.just("application/json"),
+            "none": st.none(),
+            "other": st.sampled_from(["", "text/plain", "application/python-pickle", "application/json; charset=utf-8"]),
+        }[draw(weighted(json=6, none=1, other=1))]
+    )
+    headers = draw(
+        st.dictionaries(st.one_of(st.sampled_from(IDENTITY_HEADERS), st.text(min_size=1, max_size=20)), header_values, max_size=4)
+    )
     message = Fuzzed(
         exchange=exchange,
         routing_key=routing_key,
@@ -413,8 +434,15 @@ FOUND = {
     "NUL in message_id": (Fuzzed("commands", "get-me", "get-me", b"{}", "application/json", "\x00", None, {}, reply=True), "auth"),
     "NUL in x-request-id": (
         Fuzzed(
-            "commands", "delete-post", "delete-post", json.dumps({"post_id": str(uuid4())}).encode(), "application/json",
-            str(uuid4()), None, {"x-request-id": "a\x00b"}, reply=True,
+            "commands",
+            "delete-post",
+            "delete-post",
+            json.dumps({"post_id": str(uuid4())}).encode(),
+            "application/json",
+            str(uuid4()),
+            None,
+            {"x-request-id": "a\x00b"},
+            reply=True,
         ),
         "posts",
     ),
@@ -432,7 +460,8 @@ async def test_found_message_is_refused_and_audited(rig: Rig, db: asyncpg.Pool, 
     if not malformed_id:
         denied = await db.fetchval(
             f"SELECT count(*) FROM {schema}.audit_log WHERE decision = 'denied' AND command = $1 AND message_id = $2",
-            fuzzed.type, fuzzed.message_id,
+            fuzzed.type,
+            fuzzed.message_id,
         )
         assert denied == 1, f"the denial of {fuzzed.type} is not in {schema}.audit_log"
 

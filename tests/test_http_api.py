@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 
 from gateway.schemas import Account, Post, PostPage, Problem, TokenResponse, UserProfile
-from support.accounts import User
+from tests.support.accounts import User
 
 PROBLEM_JSON = "application/problem+json"
 WRONG_TYPE_BODIES = {
@@ -29,6 +29,7 @@ WRONG_TYPE_BODIES = {
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
 
 async def expect_problem(response: aiohttp.ClientResponse, status: int, detail: str | None = None) -> Problem:
     """Assert `response` is a problem+json of `status` (and `detail`), carrying the request id."""
@@ -84,6 +85,7 @@ def status_is(http: aiohttp.ClientSession, method: str, path: str, status: int, 
 
 
 # -- POST /auth/register ---------------------------------------------------------------------
+
 
 async def test_register_returns_the_account_without_secrets(http: aiohttp.ClientSession, db: asyncpg.Pool) -> None:
     body = registration(display_name="Reggie")
@@ -156,6 +158,7 @@ async def test_register_two_megabyte_body_is_413(http: aiohttp.ClientSession) ->
 
 # -- POST /auth/login ------------------------------------------------------------------------
 
+
 async def test_login_returns_a_bearer_token(http: aiohttp.ClientSession, new_user) -> None:
     user: User = await new_user("login")
     async with http.post("/auth/login", json={"email": user.email, "password": user.password}) as response:
@@ -216,6 +219,7 @@ async def test_login_is_rate_limited_per_account(http: aiohttp.ClientSession, ne
 
 # -- POST /auth/logout -----------------------------------------------------------------------
 
+
 async def test_logout_revokes_the_token_everywhere(http: aiohttp.ClientSession, new_user, wait_until) -> None:
     user: User = await new_user("logout")
     async with http.post("/auth/logout", headers=user.auth) as response:
@@ -238,6 +242,7 @@ async def test_logout_without_a_token_is_401(http: aiohttp.ClientSession) -> Non
 
 # -- GET /auth/me ----------------------------------------------------------------------------
 
+
 async def test_me_returns_the_signed_in_account(http: aiohttp.ClientSession, new_user) -> None:
     user: User = await new_user("me")
     async with http.get("/auth/me", headers=user.auth) as response:
@@ -245,9 +250,7 @@ async def test_me_returns_the_signed_in_account(http: aiohttp.ClientSession, new
         data = await response.json()
     account = Account.model_validate(data)
     assert set(data) == {"id", "email", "display_name", "role"}
-    assert (str(account.id), account.email, account.display_name, account.role) == (
-        user.id, user.email, user.display_name, "user"
-    )
+    assert (str(account.id), account.email, account.display_name, account.role) == (user.id, user.email, user.display_name, "user")
 
 
 async def test_me_without_a_token_is_401(http: aiohttp.ClientSession) -> None:
@@ -265,6 +268,7 @@ async def test_me_banned_is_403(http: aiohttp.ClientSession, new_user, new_admin
 
 
 # -- GET /posts ------------------------------------------------------------------------------
+
 
 async def test_list_posts_is_newest_first(http: aiohttp.ClientSession, new_user) -> None:
     user: User = await new_user("lister")
@@ -326,6 +330,7 @@ async def test_list_posts_bad_query_is_422(http: aiohttp.ClientSession) -> None:
 
 # -- GET /posts/{id} -------------------------------------------------------------------------
 
+
 async def test_get_post_returns_it(http: aiohttp.ClientSession, new_user) -> None:
     user: User = await new_user("getter")
     post = await create_post(http, user, "Readable", "Text")
@@ -349,6 +354,7 @@ async def test_get_post_with_a_non_uuid_id_is_404_or_422(http: aiohttp.ClientSes
 
 
 # -- POST /posts -----------------------------------------------------------------------------
+
 
 async def test_create_post_returns_201_with_location(http: aiohttp.ClientSession, new_user, db: asyncpg.Pool) -> None:
     user: User = await new_user("author")
@@ -391,9 +397,7 @@ async def test_create_post_invalid_bodies_are_422(http: aiohttp.ClientSession, n
     assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE author_id = $1", user.id) == 0
 
 
-async def test_create_post_author_id_field_is_422_and_grants_nothing(
-    http: aiohttp.ClientSession, new_user, db: asyncpg.Pool
-) -> None:
+async def test_create_post_author_id_field_is_422_and_grants_nothing(http: aiohttp.ClientSession, new_user, db: asyncpg.Pool) -> None:
     user: User = await new_user("forger")
     victim: User = await new_user("victim")
     title = f"forged {uuid4().hex}"
@@ -407,6 +411,7 @@ async def test_create_post_author_id_field_is_422_and_grants_nothing(
 
 
 # -- PATCH /posts/{id} -----------------------------------------------------------------------
+
 
 async def post_in_db(db: asyncpg.Pool, post_id: Any) -> tuple[str, str] | None:
     row = await db.fetchrow("SELECT title, body FROM posts.posts WHERE id = $1", post_id)
@@ -458,9 +463,14 @@ async def test_edit_bodies_that_change_nothing_or_too_much_are_refused(http: aio
     user: User = await new_user("careful")
     post = await create_post(http, user)
     refusals: list[tuple[Any, int]] = [
-        ({}, 422), ({"title": None, "body": None}, 422), ({"title": " "}, 422), ({"title": 5}, 422),
-        ({"title": "x", "author_id": user.id}, 422), ({"post_id": str(uuid4()), "title": "x"}, 422),
-        ([], 422), ("a string", 422),
+        ({}, 422),
+        ({"title": None, "body": None}, 422),
+        ({"title": " "}, 422),
+        ({"title": 5}, 422),
+        ({"title": "x", "author_id": user.id}, 422),
+        ({"post_id": str(uuid4()), "title": "x"}, 422),
+        ([], 422),
+        ("a string", 422),
     ]
     for body, status in refusals:
         async with http.patch(f"/posts/{post.id}", json=body, headers=user.auth) as response:
@@ -485,6 +495,7 @@ async def test_edit_with_an_idempotency_key_is_applied_once(http: aiohttp.Client
 
 
 # -- DELETE /posts/{id} ----------------------------------------------------------------------
+
 
 async def test_author_deletes_own_post(http: aiohttp.ClientSession, new_user, db: asyncpg.Pool) -> None:
     user: User = await new_user("deleter")
@@ -533,6 +544,7 @@ async def test_delete_post_without_a_token_is_401(http: aiohttp.ClientSession, n
 
 # -- GET /users/{id} -------------------------------------------------------------------------
 
+
 async def test_get_user_returns_the_public_profile(http: aiohttp.ClientSession, new_user, wait_until) -> None:
     user: User = await new_user("profile")
     await wait_until(lambda: profile_exists(http, user.id))
@@ -555,6 +567,7 @@ async def test_get_unknown_user_is_404(http: aiohttp.ClientSession) -> None:
 
 
 # -- POST /users/{id}/ban --------------------------------------------------------------------
+
 
 async def test_admin_bans_a_user_and_again(http: aiohttp.ClientSession, new_user, new_admin, wait_until, db: asyncpg.Pool) -> None:
     admin: User = await new_admin()
@@ -610,9 +623,7 @@ async def test_ban_unknown_user_is_404(http: aiohttp.ClientSession, new_admin) -
         await expect_problem(response, 404)
 
 
-async def test_banned_users_token_is_refused_within_a_second(
-    http: aiohttp.ClientSession, new_user, new_admin, wait_until
-) -> None:
+async def test_banned_users_token_is_refused_within_a_second(http: aiohttp.ClientSession, new_user, new_admin, wait_until) -> None:
     admin: User = await new_admin()
     user: User = await new_user("cut-off")
     await wait_until(lambda: profile_exists(http, user.id))
@@ -625,6 +636,7 @@ async def test_banned_users_token_is_refused_within_a_second(
 
 
 # -- Idempotency-Key -------------------------------------------------------------------------
+
 
 async def test_idempotency_key_makes_a_retry_harmless(http: aiohttp.ClientSession, new_user, db: asyncpg.Pool) -> None:
     alice: User = await new_user("retry-a")
@@ -710,6 +722,7 @@ async def test_jwks_through_the_gateway(http: aiohttp.ClientSession) -> None:
 
 
 # -- errors the gateway answers itself -------------------------------------------------------
+
 
 async def test_unknown_route_is_404_problem(http: aiohttp.ClientSession) -> None:
     async with http.get("/no/such/route") as response:

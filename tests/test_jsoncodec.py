@@ -21,7 +21,7 @@ def standard(value: object) -> object:
     "value",
     [
         {"id": uuid4(), "at": datetime(2026, 11, 27, 7, 0, tzinfo=UTC), "n": [1, 2.5, None, True]},
-        {1: "a non-string key", "text": "é \u2028 \x00 quotes \" and \\ backslashes"},
+        {1: "a non-string key", "text": 'é \u2028 \x00 quotes " and \\ backslashes'},
         {"huge": 2**70, "negative huge": -(2**80)},  # beyond 64 bits: orjson refuses, json takes it
     ],
 )

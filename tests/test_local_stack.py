@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from support.stack import ROOT, Stack, free_port
+from tests.support.stack import ROOT, Stack, free_port
 
 HONCHO = Path(sys.executable).with_name("honcho")
 
@@ -57,8 +57,12 @@ async def test_honcho_runs_the_stack_and_stops_it_when_one_service_dies(stack: S
         env[variable] = str(free_port())
     env["AUTH_JWKS_URL"] = f"http://127.0.0.1:{env['AUTH_HTTP_PORT']}/.well-known/jwks.json"
     honcho = subprocess.Popen(
-        [str(HONCHO), "start", "-f", "Procfile"], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [str(HONCHO), "start", "-f", "Procfile"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         async with aiohttp.ClientSession() as http:

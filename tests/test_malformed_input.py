@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from support.accounts import User, login
+from tests.support.accounts import User, login
 
 TWO_MB = 2 * 1024 * 1024
 
@@ -71,9 +71,7 @@ async def test_posts_service_refuses_and_dead_letters_malformed_command(case, br
     message_id = str(uuid4())
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
 
-    reply = await broker.command(
-        routing_key, body=raw, token=user.token, message_type=message_type, message_id=message_id
-    )
+    reply = await broker.command(routing_key, body=raw, token=user.token, message_type=message_type, message_id=message_id)
 
     assert_error_reply(reply, status)
     dead = await broker.parked("posts.commands", lambda m: m.message_id == message_id, timeout=3.0)
@@ -114,9 +112,7 @@ async def test_auth_service_refuses_and_dead_letters_malformed_command(case, bro
     await broker.dead_letters("auth.commands")
     message_id = str(uuid4())
 
-    reply = await broker.command(
-        routing_key, body=raw, token=user.token, message_type=message_type, message_id=message_id
-    )
+    reply = await broker.command(routing_key, body=raw, token=user.token, message_type=message_type, message_id=message_id)
 
     assert_error_reply(reply, status)
     dead = await broker.parked("auth.commands", lambda m: m.message_id == message_id, timeout=3.0)
@@ -129,17 +125,13 @@ async def test_auth_service_refuses_and_dead_letters_malformed_command(case, bro
     assert control["result"]["id"] == user.id
 
 
-async def test_dead_lettered_public_command_does_not_keep_a_capitalised_authorization_header(
-    broker, new_user, wait_until
-) -> None:
+async def test_dead_lettered_public_command_does_not_keep_a_capitalised_authorization_header(broker, new_user, wait_until) -> None:
     """HTTP habit writes `Authorization`; a parked message must not hold the credential either way."""
     user: User = await new_user("malformed")
     await broker.dead_letters("auth.commands")
     message_id = str(uuid4())
 
-    reply = await broker.command(
-        "login", body=b"{not json", headers={"Authorization": f"Bearer {user.token}"}, message_id=message_id
-    )
+    reply = await broker.command("login", body=b"{not json", headers={"Authorization": f"Bearer {user.token}"}, message_id=message_id)
 
     assert_error_reply(reply, 400)
     dead = await broker.parked("auth.commands", lambda m: m.message_id == message_id, timeout=3.0)
@@ -169,6 +161,7 @@ async def test_services_are_still_running_after_malformed_commands(stack) -> Non
 
 
 # -- through the gateway --------------------------------------------------------------------------
+
 
 async def assert_problem(response: aiohttp.ClientResponse, *statuses: int) -> None:
     assert response.status in statuses, await response.text()
@@ -217,9 +210,7 @@ async def test_gateway_two_megabyte_body_is_413(http, new_user) -> None:
     async with http.post("/posts", data=big, headers={**user.auth, "Content-Type": "application/json"}) as response:
         await assert_problem(response, 413)
     big_register = json.dumps(register_payload(f"big-{uuid4().hex}@example.com") | {"display_name": "x" * TWO_MB})
-    async with http.post(
-        "/auth/register", data=big_register.encode(), headers={"Content-Type": "application/json"}
-    ) as response:
+    async with http.post("/auth/register", data=big_register.encode(), headers={"Content-Type": "application/json"}) as response:
         await assert_problem(response, 413)
 
 
@@ -239,9 +230,7 @@ async def test_gateway_still_serves_after_bad_requests(http, new_user) -> None:
 EVENT_CONSUMERS = ("auth", "users", "posts")
 
 
-async def test_malformed_events_are_dead_lettered_and_nothing_crashes(
-    stack, broker, db, http, new_user, wait_until
-) -> None:
+async def test_malformed_events_are_dead_lettered_and_nothing_crashes(stack, broker, db, http, new_user, wait_until) -> None:
     for service in EVENT_CONSUMERS:
         await broker.dead_letters(f"{service}.events")
     marker = uuid4().hex

@@ -10,9 +10,9 @@ import aiohttp
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.accounts import User
-from support.broker import BrokerProbe
-from support.stack import Stack
+from tests.support.accounts import User
+from tests.support.broker import BrokerProbe
+from tests.support.stack import Stack
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -31,9 +31,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
 
-async def test_the_gateway_and_every_service_count_what_they_did(
-    stack: Stack, http: aiohttp.ClientSession, new_user
-) -> None:
+async def test_the_gateway_and_every_service_count_what_they_did(stack: Stack, http: aiohttp.ClientSession, new_user) -> None:
     author: User = await new_user("counted")
     intruder: User = await new_user("counted-intruder")
     async with http.post("/posts", json={"title": "t", "body": "b"}, headers=author.auth) as response:
@@ -51,8 +49,14 @@ async def test_the_gateway_and_every_service_count_what_they_did(
     for service in ("auth", "users", "posts"):
         names, samples = await scrape(stack.http_url(service))
         assert {
-            "commands", "command_duration_seconds", "authorization_decisions", "events_consumed", "dead_lettered",
-            "dead_letter_queue_depth", "outbox_pending_events", "outbox_oldest_event_age_seconds",
+            "commands",
+            "command_duration_seconds",
+            "authorization_decisions",
+            "events_consumed",
+            "dead_lettered",
+            "dead_letter_queue_depth",
+            "outbox_pending_events",
+            "outbox_oldest_event_age_seconds",
         } <= names, service
     _, samples = await scrape(stack.http_url("posts"))
     assert value(samples, "commands_total", command="delete-post", outcome="403")
@@ -105,6 +109,7 @@ async def test_outbox_lag_is_the_age_of_the_oldest_unrelayed_event(stack: Stack,
         else:
             raise AssertionError("the relay took every test event before it could be locked")
         try:
+
             async def lagging() -> bool:
                 pending, age = await gauges()
                 return bool(pending and pending >= 1 and age is not None and age >= 60)

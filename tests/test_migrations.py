@@ -9,7 +9,7 @@ from uuid import uuid4
 import asyncpg
 
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
-from support.backends import Backends
+from tests.support.backends import Backends
 
 
 async def test_migrations_apply_once_in_order_even_concurrently(backends: Backends, tmp_path: Path) -> None:
@@ -20,9 +20,7 @@ async def test_migrations_apply_once_in_order_even_concurrently(backends: Backen
     (folder / "0002_second.sql").write_text("ALTER TABLE things ADD COLUMN name text; INSERT INTO things VALUES (1, 'one');")
     sources = [MigrationSource("platform", PLATFORM_MIGRATIONS), MigrationSource("svc", folder)]
 
-    first, second = await asyncio.gather(
-        migrate(backends.database_url, schema, sources), migrate(backends.database_url, schema, sources)
-    )
+    first, second = await asyncio.gather(migrate(backends.database_url, schema, sources), migrate(backends.database_url, schema, sources))
     platform = [f"platform/{path.stem}" for path in sorted(PLATFORM_MIGRATIONS.glob("*.sql"))]
     assert sorted([first, second], key=len) == [[], [*platform, "svc/0001_first", "svc/0002_second"]]
     assert await migrate(backends.database_url, schema, sources) == []

@@ -17,9 +17,7 @@ def test_backoff_doubles_up_to_its_cap() -> None:
     assert list(itertools.islice(Backoff(1, cap=10, factor=3), 4)) == [1, 3, 9, 10]
 
 
-@pytest.mark.parametrize(
-    "settings", [{"first": 0}, {"first": -1}, {"first": 6}, {"first": 1, "factor": 0.5}], ids=str
-)
+@pytest.mark.parametrize("settings", [{"first": 0}, {"first": -1}, {"first": 6}, {"first": 1, "factor": 0.5}], ids=str)
 def test_backoff_refuses_delays_that_would_spin_or_shrink(settings: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Backoff(**settings)

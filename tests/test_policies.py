@@ -18,8 +18,18 @@ import auth_service.service
 import posts_service.service
 import users_service.service
 from shared.authorization import (
-    ADMIN, PUBLIC, USER, Owner, OwnerOrAdmin, Party, Policy, Resource, require_admin, require_owner,
-    require_owner_or_admin, require_user,
+    ADMIN,
+    PUBLIC,
+    USER,
+    Owner,
+    OwnerOrAdmin,
+    Party,
+    Policy,
+    Resource,
+    require_admin,
+    require_owner,
+    require_owner_or_admin,
+    require_user,
 )
 from shared.commands import COMMANDS, POST, EditPost, GetPost, commands_of
 from shared.declarations import POSTS, SERVICE_NAMES, Command, Http

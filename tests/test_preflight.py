@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 
-from support.backends import Backends, _create_vhost
-from support.stack import ROOT, Stack, free_port
+from tests.support.backends import Backends, _create_vhost
+from tests.support.stack import ROOT, Stack, free_port
 
 CHECKS = ("configuration", "broker", "database", "jwks", "signing key")
 
@@ -33,8 +33,13 @@ async def preflight(env: dict[str, str], *args: str, deadline: float = 30) -> tu
     """Exit code, each check's verdict by name, and how long it took."""
     started = time.monotonic()
     result = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "shared.preflight", *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=deadline,
+        subprocess.run,
+        [sys.executable, "-m", "shared.preflight", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=deadline,
     )
     verdicts = dict(line.split(": ", 1) for line in result.stdout.splitlines())
     assert tuple(verdicts) == CHECKS, result.stdout + result.stderr
@@ -102,7 +107,9 @@ async def test_each_broken_setting_is_named_in_plain_words(stack: Stack, tmp_pat
         f"problem: cannot connect to RabbitMQ at 127.0.0.1:{closed} (connection refused): "
         "is it running, and are AMQP_URL's host and port right?"
     )
-    assert verdicts["database"].startswith(f"problem: PostgreSQL at {where(env['DATABASE_URL'])} has no database 'no_such_database': "), verdicts
+    assert verdicts["database"].startswith(f"problem: PostgreSQL at {where(env['DATABASE_URL'])} has no database 'no_such_database': "), (
+        verdicts
+    )
     assert verdicts["jwks"] == (
         f"problem: nothing answers at 127.0.0.1:{closed} (connection refused): start auth_service (it serves the keys), or fix AUTH_JWKS_URL"
     )
@@ -126,8 +133,11 @@ async def test_a_server_that_never_answers_is_a_problem_not_a_hang(stack: Stack,
 
 async def test_wrong_credentials_and_wrong_keys_are_named(stack: Stack, tmp_path: Path) -> None:
     rsa = tmp_path / "rsa.pem"
-    rsa.write_bytes(generate_private_key(65537, 2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    rsa.write_bytes(
+        generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     amqp = urlsplit(stack.env["AMQP_URL"])
     wrong_password = urlunsplit(amqp._replace(netloc=f"{amqp.username}:wrong-{uuid4().hex[:6]}@{where(stack.env['AMQP_URL'])}"))
     code, verdicts, _ = await preflight(with_changes(stack, AMQP_URL=wrong_password, AUTH_SIGNING_KEY_FILE=str(rsa)))
@@ -137,8 +147,11 @@ async def test_wrong_credentials_and_wrong_keys_are_named(stack: Stack, tmp_path
 
     garbage, foreign = tmp_path / "garbage.pem", tmp_path / "foreign.pem"
     garbage.write_text("not a key\n")
-    foreign.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    foreign.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     code, verdicts, _ = await preflight(with_changes(stack, AUTH_SIGNING_KEY_FILE=str(garbage)))
     assert code != 0 and "is not an unencrypted PEM private key" in verdicts["signing key"]
     code, verdicts, _ = await preflight(with_changes(stack, AUTH_SIGNING_KEY_FILE=str(foreign)))
@@ -149,12 +162,17 @@ async def test_wrong_credentials_and_wrong_keys_are_named(stack: Stack, tmp_path
 async def test_a_bad_variable_stops_it_before_anything_is_contacted(stack: Stack) -> None:
     code, verdicts, _ = await preflight(with_changes(stack, ACCESS_TOKEN_TTL_SECONDS="soon"))
     assert code == 1
-    assert verdicts["configuration"] == "problem: ACCESS_TOKEN_TTL_SECONDS must be a whole number, got 'soon'; fix that environment variable and run again"
+    assert (
+        verdicts["configuration"]
+        == "problem: ACCESS_TOKEN_TTL_SECONDS must be a whole number, got 'soon'; fix that environment variable and run again"
+    )
     assert all(verdicts[name] == "not checked: the configuration has a problem" for name in CHECKS[1:])
 
 
 @pytest.mark.unit
 def test_help_shows_examples() -> None:
-    result = subprocess.run([sys.executable, "-m", "shared.preflight", "--help"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.preflight", "--help"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0
     assert "examples:" in result.stdout and "--timeout" in result.stdout

@@ -17,9 +17,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from support.accounts import User
-from support.broker import BrokerProbe
-from support.stack import Stack
+from tests.support.accounts import User
+from tests.support.broker import BrokerProbe
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.fault
 
@@ -90,8 +90,10 @@ async def test_rabbitmq_restart_under_load(
         assert time.monotonic() < deadline, "commands accepted before the restart were lost"
         await asyncio.sleep(0.3)
     titles = [r["title"] for r in await db.fetch("SELECT title FROM posts.posts WHERE author_id = $1", user.id)]
-    print(f"\nrabbitmq restart: {len(keys)} HTTP creates by 8 clients + {len(direct_ids)} direct commands; "
-          f"responses {outcomes}; posts {len(titles)}; distinct {len(set(titles))}")
+    print(
+        f"\nrabbitmq restart: {len(keys)} HTTP creates by 8 clients + {len(direct_ids)} direct commands; "
+        f"responses {outcomes}; posts {len(titles)}; distinct {len(set(titles))}"
+    )
     assert sorted(titles) == sorted(keys + direct_ids), "every command must take effect exactly once"
     assert len(set(post_ids)) == len(keys)
     await stack.wait_ready("gateway", timeout=30)
@@ -101,9 +103,7 @@ async def test_rabbitmq_restart_under_load(
     not (LOCAL and shutil.which("pg_ctlcluster") and Path("/etc/postgresql").is_dir()),
     reason="needs the local PostgreSQL cluster and pg_ctlcluster",
 )
-async def test_postgresql_restart_under_load(
-    stack: Stack, broker: BrokerProbe, db: asyncpg.Pool, new_user
-) -> None:
+async def test_postgresql_restart_under_load(stack: Stack, broker: BrokerProbe, db: asyncpg.Pool, new_user) -> None:
     user: User = await new_user("pg-restart")
     version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
     message_ids = [str(uuid4()) for _ in range(200)]

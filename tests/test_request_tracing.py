@@ -15,8 +15,8 @@ import pytest
 import structlog
 
 from shared import logs
-from support.accounts import User
-from support.stack import Stack
+from tests.support.accounts import User
+from tests.support.stack import Stack
 
 
 def lines_with(path: Path, text: str) -> list[dict[str, Any]]:
@@ -56,9 +56,7 @@ async def test_a_refused_delete_is_logged_under_the_clients_request_id_in_every_
     assert line["status"] == 403 and line["method"] == "DELETE" and line["path"] == f"/posts/{post_id}"
 
 
-async def test_a_successful_request_writes_no_info_line_at_the_gateway(
-    stack: Stack, http: aiohttp.ClientSession
-) -> None:
+async def test_a_successful_request_writes_no_info_line_at_the_gateway(stack: Stack, http: aiohttp.ClientSession) -> None:
     request_id = f"quiet-{uuid4().hex}"
     async with http.get("/posts", headers={"X-Request-ID": request_id}) as response:
         assert response.status == 200 and response.headers["X-Request-ID"] == request_id

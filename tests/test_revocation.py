@@ -16,7 +16,7 @@ from uuid import uuid4
 
 import pytest
 
-from support.accounts import User, login, token_claims
+from tests.support.accounts import User, login, token_claims
 
 SCHEMAS = ("auth", "posts", "users")
 POST = {"title": "Still here?", "body": "Checking whether this token still works"}
@@ -49,9 +49,7 @@ async def refused_everywhere(broker, wait_until, token: str, expected: int) -> N
 
 
 async def in_every_schema(db, table: str, column: str, value: str) -> bool:
-    counts = [
-        await db.fetchval(f"SELECT count(*) FROM {schema}.{table} WHERE {column} = $1", value) for schema in SCHEMAS
-    ]
+    counts = [await db.fetchval(f"SELECT count(*) FROM {schema}.{table} WHERE {column} = $1", value) for schema in SCHEMAS]
     return counts == [1, 1, 1]
 
 
@@ -61,6 +59,7 @@ async def run_cli(stack, *args: str):
 
 
 # -- logout ---------------------------------------------------------------------------------------
+
 
 async def test_logout_is_refused_by_every_service_within_a_second(http, broker, db, new_admin, wait_until) -> None:
     admin: User = await new_admin()
@@ -74,6 +73,7 @@ async def test_logout_is_refused_by_every_service_within_a_second(http, broker, 
 
 
 # -- ban ------------------------------------------------------------------------------------------
+
 
 async def test_ban_is_refused_by_every_service_within_a_second(http, broker, db, new_admin, wait_until) -> None:
     moderator = await new_admin()
@@ -100,9 +100,8 @@ async def test_ban_is_refused_by_every_service_within_a_second(http, broker, db,
 
 # -- set-role -------------------------------------------------------------------------------------
 
-async def test_set_role_promotes_and_demotes_revoking_old_tokens(
-    http, broker, stack, new_user, wait_until
-) -> None:
+
+async def test_set_role_promotes_and_demotes_revoking_old_tokens(http, broker, stack, new_user, wait_until) -> None:
     user: User = await new_user()
     target_one, target_two = await new_user("target"), await new_user("target")
     old_token = user.token
@@ -139,6 +138,7 @@ async def test_set_role_for_unknown_email_fails_clearly(stack) -> None:
 
 
 # -- issue-service-token and revoke-token ---------------------------------------------------------
+
 
 async def issue_service_token(stack, name: str = "report-bot") -> str:
     result = await run_cli(stack, "issue-service-token", name, "--role", "user", "--ttl", "600")
@@ -195,9 +195,8 @@ async def test_operator_command_help_shows_an_example(stack, command: str) -> No
 
 # -- restarts -------------------------------------------------------------------------------------
 
-async def test_revoked_session_stays_refused_after_posts_service_restarts(
-    http, broker, db, stack, new_user, wait_until
-) -> None:
+
+async def test_revoked_session_stays_refused_after_posts_service_restarts(http, broker, db, stack, new_user, wait_until) -> None:
     user: User = await new_user()
     async with http.post("/auth/logout", headers=user.auth) as response:
         assert response.status == 204
@@ -221,6 +220,7 @@ async def test_revoked_session_stays_refused_after_posts_service_restarts(
 
 
 # -- login rate limit -----------------------------------------------------------------------------
+
 
 def client_address() -> dict[str, str]:
     return {"x-client-address": f"203.0.113.{random.randint(1, 254)}"}

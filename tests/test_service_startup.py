@@ -20,8 +20,8 @@ from aio_pika.abc import AbstractChannel
 from shared import service
 from shared.settings import Settings
 from shared.topology import TopologyError
-from support.backends import Backends
-from support.stack import free_port
+from tests.support.backends import Backends
+from tests.support.stack import free_port
 
 WaitUntil = Callable[..., Awaitable[Any]]
 
@@ -53,9 +53,7 @@ async def no_signal_handlers() -> AsyncIterator[None]:
 
 
 async def connections_of(conn: asyncpg.Connection, name: str) -> int:
-    return int(await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", f"{name}_service"
-    ))
+    return int(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", f"{name}_service"))
 
 
 async def test_a_wire_that_fails_leaves_no_pool_open(
@@ -74,8 +72,12 @@ async def test_a_wire_that_fails_leaves_no_pool_open(
 
 
 async def test_a_queue_declaration_that_fails_closes_the_broker_connection_and_the_pools(
-    name: str, settings: Settings, admin_db: asyncpg.Connection, tmp_path: Path,
-    wait_until: WaitUntil, monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    settings: Settings,
+    admin_db: asyncpg.Connection,
+    tmp_path: Path,
+    wait_until: WaitUntil,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     channels: list[AbstractChannel] = []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from support.accounts import User
+from tests.support.accounts import User
 
 
 async def test_register_login_post_list_delete(http: aiohttp.ClientSession, new_user) -> None:

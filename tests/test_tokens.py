@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from auth_service.keys import SigningKey
 from shared.errors import Unauthorized
 from shared.tokens import JwksKeySource, TokenVerifier, bearer_token
-from support.forge import TokenForge
+from tests.support.forge import TokenForge
 
 pytestmark = pytest.mark.unit
 

@@ -20,13 +20,12 @@ import pytest
 import auth_service.service
 import posts_service.service
 import users_service.service
-from shared.audit import audit_command_name
-from shared.commands import COMMAND_PAYLOADS
+from shared.commands import COMMAND_PAYLOADS, audit_command_name
 from shared.database import create_pool
 from shared.service import WireFn
 from shared.settings import Settings
 from shared.topology import ROUTES, TopologyError, as_definitions, bindings, check_wiring, command_keys
-from support.stack import Stack
+from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"

@@ -27,9 +27,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from shared.settings import ConfigurationError
 from shared.tracing import tracing_exporters
-from support.accounts import User
-from support.broker import BrokerProbe
-from support.stack import Stack, free_port
+from tests.support.accounts import User
+from tests.support.broker import BrokerProbe
+from tests.support.stack import Stack, free_port
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,13 @@ class OtlpReceiver:
             for scope_spans in resource_spans.scope_spans:
                 self.spans.extend(
                     Span(
-                        attributes.get("service.name", ""), scope_spans.scope.name, s.name, s.kind,
-                        s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
+                        attributes.get("service.name", ""),
+                        scope_spans.scope.name,
+                        s.name,
+                        s.kind,
+                        s.trace_id.hex(),
+                        s.span_id.hex(),
+                        s.parent_span_id.hex(),
                     )
                     for s in scope_spans.spans
                 )
@@ -145,8 +150,7 @@ async def test_one_request_is_one_trace_across_gateway_broker_service_and_databa
 
     async def request_span() -> Span | None:
         return next(
-            (s for s in receiver.spans if s.service == "gateway" and s.kind == ProtoSpan.SPAN_KIND_SERVER
-             and s.name == "POST /posts"),
+            (s for s in receiver.spans if s.service == "gateway" and s.kind == ProtoSpan.SPAN_KIND_SERVER and s.name == "POST /posts"),
             None,
         )
 
@@ -156,9 +160,7 @@ async def test_one_request_is_one_trace_across_gateway_broker_service_and_databa
         spans = receiver.trace(root.trace_id)
         found = {
             "publish": next((s for s in spans if s.service == "gateway" and s.kind == ProtoSpan.SPAN_KIND_PRODUCER), None),
-            "consume": next(
-                (s for s in spans if s.service == "posts_service" and s.kind == ProtoSpan.SPAN_KIND_CONSUMER), None
-            ),
+            "consume": next((s for s in spans if s.service == "posts_service" and s.kind == ProtoSpan.SPAN_KIND_CONSUMER), None),
             "query": next((s for s in spans if s.service == "posts_service" and "asyncpg" in s.scope), None),
         }
         return found if all(found.values()) else None
@@ -179,9 +181,7 @@ async def test_one_request_is_one_trace_across_gateway_broker_service_and_databa
     assert decision["trace_id"] == root.trace_id and decision["request_id"] == request_id
 
 
-async def test_a_trace_header_on_a_command_grants_nothing_and_breaks_nothing(
-    traced: Stack, broker: BrokerProbe, new_user
-) -> None:
+async def test_a_trace_header_on_a_command_grants_nothing_and_breaks_nothing(traced: Stack, broker: BrokerProbe, new_user) -> None:
     author: User = await new_user("trace-author")
     intruder: User = await new_user("trace-intruder")
     created = await broker.command("create-post", {"title": "t", "body": "b"}, token=author.token)
@@ -195,7 +195,9 @@ async def test_a_trace_header_on_a_command_grants_nothing_and_breaks_nothing(
         assert reply is not None and reply["ok"] is True, value
     # A well-formed trace header from someone else's trace is still only a trace header.
     reply = await broker.command(
-        "delete-post", {"post_id": post_id}, token=intruder.token,
+        "delete-post",
+        {"post_id": post_id},
+        token=intruder.token,
         headers={"traceparent": f"00-{uuid4().hex}-{uuid4().hex[:16]}-01", "baggage": "role=admin,user=author"},
     )
     assert reply is not None and reply["error"]["status"] == 403
@@ -224,8 +226,10 @@ def test_tracing_is_off_unless_the_environment_asks_for_it(env: dict[str, str], 
     [
         ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
         ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"},
-         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"},
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ),
     ],
 )
 @pytest.mark.unit

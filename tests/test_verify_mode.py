@@ -26,9 +26,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from support.accounts import User
-from support.backends import Backends
-from support.stack import ROOT, Stack, free_port
+from tests.support.accounts import User
+from tests.support.backends import Backends
+from tests.support.stack import ROOT, Stack, free_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("rabbitmqctl") is None, reason="rabbitmqctl is not on PATH: the test provisions a vhost and users with it"
@@ -59,7 +59,9 @@ class Broker:
         rabbitmqctl("add_user", f"{self.prefix}admin", stdin=self.passwords["admin"])
         env = {**os.environ, "BROKER_USER_PREFIX": self.prefix, "ADMIN_AMQP_URL": self.url("admin")}
         env.update({f"{user.upper()}_AMQP_PASSWORD": self.passwords[user] for user in USERS})
-        result = subprocess.run([str(ROOT / "scripts" / "broker-permissions"), self.vhost], env=env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "broker-permissions"), self.vhost], env=env, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, f"scripts/broker-permissions failed:\n{result.stdout}\n{result.stderr}"
 
     def remove(self) -> None:

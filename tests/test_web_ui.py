@@ -21,8 +21,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from support.accounts import User, token_claims
-from support.stack import ROOT, Stack
+from tests.support.accounts import User, token_claims
+from tests.support.stack import ROOT, Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -35,8 +35,14 @@ from playwright.async_api import Browser, Page, async_playwright, expect  # noqa
 
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 LAUNCH_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 expect.set_options(timeout=10_000)
 
@@ -162,8 +168,11 @@ async def test_deleting_someone_elses_post_shows_the_refusal_and_keeps_the_post(
 
 
 async def test_the_author_deletes_their_own_post(
-    open_page: OpenPage, new_user: Callable[..., Awaitable[User]], http: aiohttp.ClientSession,
-    db: asyncpg.Pool, wait_until: Callable[..., Awaitable[object]],
+    open_page: OpenPage,
+    new_user: Callable[..., Awaitable[User]],
+    http: aiohttp.ClientSession,
+    db: asyncpg.Pool,
+    wait_until: Callable[..., Awaitable[object]],
 ) -> None:
     author = await new_user("author")
     kept, doomed = await write_post_via_api(http, author), await write_post_via_api(http, author)
@@ -217,8 +226,11 @@ async def test_the_author_edits_their_post(
 
 
 async def test_an_admin_who_is_not_the_author_cannot_edit_and_sees_why(
-    open_page: OpenPage, new_user: Callable[..., Awaitable[User]], new_admin: Callable[[], Awaitable[User]],
-    http: aiohttp.ClientSession, db: asyncpg.Pool,
+    open_page: OpenPage,
+    new_user: Callable[..., Awaitable[User]],
+    new_admin: Callable[[], Awaitable[User]],
+    http: aiohttp.ClientSession,
+    db: asyncpg.Pool,
 ) -> None:
     author, admin = await new_user("author"), await new_admin()
     post_id = await write_post_via_api(http, author)
@@ -241,8 +253,12 @@ async def test_an_admin_who_is_not_the_author_cannot_edit_and_sees_why(
 
 
 async def test_an_admin_bans_an_author_whose_next_action_shows_the_ban(
-    open_page: OpenPage, new_user: Callable[..., Awaitable[User]], new_admin: Callable[[], Awaitable[User]],
-    http: aiohttp.ClientSession, db: asyncpg.Pool, wait_until: Callable[..., Awaitable[object]],
+    open_page: OpenPage,
+    new_user: Callable[..., Awaitable[User]],
+    new_admin: Callable[[], Awaitable[User]],
+    http: aiohttp.ClientSession,
+    db: asyncpg.Pool,
+    wait_until: Callable[..., Awaitable[object]],
 ) -> None:
     victim, admin = await new_user("victim"), await new_admin()
     post_id = await write_post_via_api(http, victim)
@@ -259,11 +275,13 @@ async def test_an_admin_bans_an_author_whose_next_action_shows_the_ban(
     await snapshot(admin_page, "admin-banned-author")
 
     async def ban_reached_every_service() -> bool:  # the contract allows one second
-        return bool(await db.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM auth.banned_accounts WHERE user_id = $1::uuid)"
-            " AND EXISTS (SELECT 1 FROM posts.banned_accounts WHERE user_id = $1::uuid)",
-            victim.id,
-        ))
+        return bool(
+            await db.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM auth.banned_accounts WHERE user_id = $1::uuid)"
+                " AND EXISTS (SELECT 1 FROM posts.banned_accounts WHERE user_id = $1::uuid)",
+                victim.id,
+            )
+        )
 
     await wait_until(ban_reached_every_service, timeout=2.0)
 
@@ -279,7 +297,9 @@ async def test_an_admin_bans_an_author_whose_next_action_shows_the_ban(
 
 
 async def test_a_revoked_session_shows_the_detail_and_signs_out(
-    open_page: OpenPage, new_user: Callable[..., Awaitable[User]], db: asyncpg.Pool,
+    open_page: OpenPage,
+    new_user: Callable[..., Awaitable[User]],
+    db: asyncpg.Pool,
     wait_until: Callable[..., Awaitable[object]],
 ) -> None:
     user = await new_user("twice")

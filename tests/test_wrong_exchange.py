@@ -15,13 +15,11 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
-from support.accounts import User
-from support.broker import BrokerProbe
+from tests.support.accounts import User
+from tests.support.broker import BrokerProbe
 
 
-async def test_a_forged_ban_through_the_default_exchange_bans_nobody(
-    broker: BrokerProbe, db: asyncpg.Pool, new_user
-) -> None:
+async def test_a_forged_ban_through_the_default_exchange_bans_nobody(broker: BrokerProbe, db: asyncpg.Pool, new_user) -> None:
     victim: User = await new_user("victim")
     await broker.dead_letters("users.events")
     event_id = str(uuid4())
@@ -35,15 +33,16 @@ async def test_a_forged_ban_through_the_default_exchange_bans_nobody(
 
 
 @pytest.mark.parametrize("command", ["create-post", "delete-post"])
-async def test_a_command_through_the_default_exchange_is_refused(
-    broker: BrokerProbe, db: asyncpg.Pool, new_user, command: str
-) -> None:
+async def test_a_command_through_the_default_exchange_is_refused(broker: BrokerProbe, db: asyncpg.Pool, new_user, command: str) -> None:
     user: User = await new_user("sideways")
     await broker.dead_letters("posts.commands")
     message_id = str(uuid4())
     payload = {"title": "sideways", "body": "b"} if command == "create-post" else {"post_id": str(uuid4())}
     await broker.to_queue(
-        "posts.commands", json.dumps(payload).encode(), message_id=message_id, type=command,
+        "posts.commands",
+        json.dumps(payload).encode(),
+        message_id=message_id,
+        type=command,
         headers={"authorization": f"Bearer {user.token}"},
     )
     await broker.parked("posts.commands", lambda m: m.message_id == message_id, timeout=3)

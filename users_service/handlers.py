@@ -13,8 +13,8 @@ import asyncpg
 
 from shared.commands import BanUser, GetUser
 from shared.errors import Conflict
-from shared.outbox import add_event
 from shared.events import UserBanned, UserRegistered
+from shared.outbox import add_event
 from shared.revocation import on_session_revoked, record_ban
 from shared.routes import CommandHandler, EventHandler
 from shared.tokens import Caller
@@ -32,9 +32,7 @@ async def ban_user(cmd: BanUser, caller: Caller, conn: asyncpg.Connection) -> di
     if not profile["banned"]:
         await repository.mark_banned(conn, cmd.user_id, caller.subject, cmd.reason)
         await record_ban(conn, cmd.user_id)
-        await add_event(
-            conn, "user.banned", {"user_id": str(cmd.user_id), "by": str(caller.subject), "reason": cmd.reason}
-        )
+        await add_event(conn, "user.banned", {"user_id": str(cmd.user_id), "by": str(caller.subject), "reason": cmd.reason})
     return repository.profile_view(await repository.get_profile(conn, cmd.user_id))
 
 

@@ -11,9 +11,7 @@ from shared.errors import NotFound
 
 
 async def create_profile(conn: asyncpg.Connection, user_id: UUID, display_name: str) -> None:
-    await conn.execute(
-        "INSERT INTO profiles (id, display_name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", user_id, display_name
-    )
+    await conn.execute("INSERT INTO profiles (id, display_name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING", user_id, display_name)
 
 
 async def get_profile(conn: asyncpg.Connection, user_id: UUID, *, for_update: bool = False) -> asyncpg.Record:

@@ -57,9 +57,7 @@ class Routes:
 
 
 #: By service name, the prefix of its queues; derived from the declarations.
-ROUTES = {
-    service: Routes(tuple(c.name for c in commands_of(service)), events_heard_by(service)) for service in SERVICE_NAMES
-}
+ROUTES = {service: Routes(tuple(c.name for c in commands_of(service)), events_heard_by(service)) for service in SERVICE_NAMES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +86,17 @@ def queues(service: str) -> list[Queue]:
     found = []
     for name in (command_queue_name(service), event_queue_name(service)):
         found.append(Queue(dead_letter_queue_name(name), {"x-queue-type": "quorum"}))
-        found.append(Queue(name, {
-            "x-queue-type": "quorum",
-            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-            "x-dead-letter-routing-key": name,
-            "x-delivery-limit": DELIVERY_LIMIT,
-        }))
+        found.append(
+            Queue(
+                name,
+                {
+                    "x-queue-type": "quorum",
+                    "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                    "x-dead-letter-routing-key": name,
+                    "x-delivery-limit": DELIVERY_LIMIT,
+                },
+            )
+        )
     return found
 
 
@@ -167,12 +170,20 @@ def as_definitions(vhost: str) -> dict[str, list[dict[str, Any]]]:
         ],
         "queues": [
             {"name": queue.name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": queue.arguments}
-            for service in ROUTES for queue in queues(service)
+            for service in ROUTES
+            for queue in queues(service)
         ],
         "bindings": [
-            {"source": binding.exchange, "vhost": vhost, "destination": binding.queue, "destination_type": "queue",
-             "routing_key": binding.routing_key, "arguments": {}}
-            for service in ROUTES for binding in bindings(service)
+            {
+                "source": binding.exchange,
+                "vhost": vhost,
+                "destination": binding.queue,
+                "destination_type": "queue",
+                "routing_key": binding.routing_key,
+                "arguments": {},
+            }
+            for service in ROUTES
+            for binding in bindings(service)
         ],
     }
 
@@ -210,23 +221,24 @@ def grants() -> list[Grant]:
     found = [Grant(GATEWAY_USER, "^$", f"^{COMMANDS_EXCHANGE}$", "^$", "^$", "^$")]
     for service in SERVICES:
         published = "|".join(_literal(key) for key in events_published_by(service.name))
-        found.append(Grant(
-            service.package, "^$",
-            f"^(amq\\.default|{_literal(EVENTS_EXCHANGE)}|{_literal(DEAD_LETTER_EXCHANGE)})$",
-            f"^{_literal(service.name)}\\.(commands|events)$",
-            f"^({published})$" if published else "^$", ".*",
-        ))
+        found.append(
+            Grant(
+                service.package,
+                "^$",
+                f"^(amq\\.default|{_literal(EVENTS_EXCHANGE)}|{_literal(DEAD_LETTER_EXCHANGE)})$",
+                f"^{_literal(service.name)}\\.(commands|events)$",
+                f"^({published})$" if published else "^$",
+                ".*",
+            )
+        )
     return found
 
 
 def permission_definitions(vhost: str) -> dict[str, list[dict[str, Any]]]:
     """The grants in RabbitMQ's definitions format."""
     return {
-        "permissions": [
-            {"user": g.user, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read} for g in grants()
-        ],
+        "permissions": [{"user": g.user, "vhost": vhost, "configure": g.configure, "write": g.write, "read": g.read} for g in grants()],
         "topic_permissions": [
-            {"user": g.user, "vhost": vhost, "exchange": EVENTS_EXCHANGE, "write": g.topic_write, "read": g.topic_read}
-            for g in grants()
+            {"user": g.user, "vhost": vhost, "exchange": EVENTS_EXCHANGE, "write": g.topic_write, "read": g.topic_read} for g in grants()
         ],
     }

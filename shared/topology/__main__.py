@@ -18,12 +18,13 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
 
-from shared.settings import ConfigurationError, Settings
 from shared.generate import definitions
+from shared.settings import ConfigurationError, Settings
 from shared.topology import EXCHANGES, ROUTES, declare, grants
 
 EXAMPLES = """examples:
@@ -48,18 +49,18 @@ def write_definitions(path: Path) -> str:
 
 
 def render_grants() -> str:
-    return "".join(
-        "\t".join((g.user, g.configure, g.write, g.read, g.topic_write, g.topic_read)) + "\n" for g in grants()
-    )
+    return "".join("\t".join((g.user, g.configure, g.write, g.read, g.topic_write, g.topic_read)) + "\n" for g in grants())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    shown = {"epilog": EXAMPLES, "formatter_class": argparse.RawDescriptionHelpFormatter}
+    shown: dict[str, Any] = {"epilog": EXAMPLES, "formatter_class": argparse.RawDescriptionHelpFormatter}
     parser = argparse.ArgumentParser(
         prog="python -m shared.topology", description="Create the broker topology, or write it into a definitions file.", **shown
     )
     actions = parser.add_subparsers(dest="action", required=True)
-    declare_help = "as AMQP_URL's user (an admin of its vhost), create the exchanges, every service's queues and their bindings; safe to run again"
+    declare_help = (
+        "as AMQP_URL's user (an admin of its vhost), create the exchanges, every service's queues and their bindings; safe to run again"
+    )
     actions.add_parser("declare", help=declare_help, description=declare_help, **shown)
     definitions_help = "replace a RabbitMQ definitions file's exchanges, queues, bindings and permissions, keeping its vhost and users"
     definitions = actions.add_parser("definitions", help=definitions_help, description=definitions_help, **shown)

@@ -10,7 +10,7 @@ from uuid import uuid4
 
 import aiohttp
 
-from support.stack import Stack
+from tests.support.stack import Stack
 
 
 @dataclass
@@ -50,9 +50,7 @@ async def register(http: aiohttp.ClientSession, name: str = "user") -> User:
     email = f"{name}-{uuid4().hex[:12]}@example.com"
     password = f"pw-{uuid4().hex}"
     display_name = f"{name.title()} {uuid4().hex[:4]}"
-    async with http.post(
-        "/auth/register", json={"email": email, "password": password, "display_name": display_name}
-    ) as response:
+    async with http.post("/auth/register", json={"email": email, "password": password, "display_name": display_name}) as response:
         assert response.status == 201, await response.text()
         account = await response.json()
     return User(account["id"], email, password, display_name, await login(http, email, password))

@@ -62,11 +62,13 @@ def _create_vhost(amqp_url: str, vhost: str) -> Callable[[], None] | None:
     local = parts.hostname in ("127.0.0.1", "localhost", "::1")
     if local and shutil.which("rabbitmqctl"):
         add = subprocess.run(["rabbitmqctl", "add_vhost", vhost], capture_output=True, timeout=60)
-        perms = subprocess.run(
-            ["rabbitmqctl", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"], capture_output=True, timeout=60
-        )
+        perms = subprocess.run(["rabbitmqctl", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"], capture_output=True, timeout=60)
         if add.returncode == 0 and perms.returncode == 0:
-            return lambda: subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60) and None
+
+            def delete_vhost() -> None:
+                subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+            return delete_vhost
     api = f"http://{parts.hostname}:15672/api"
     auth = b64encode(f"{user}:{urllib.parse.unquote(parts.password or 'guest')}".encode()).decode()
 
@@ -86,9 +88,7 @@ def _create_vhost(amqp_url: str, vhost: str) -> Callable[[], None] | None:
 
 
 async def provision() -> Backends:
-    database_url = os.environ.get("TEST_DATABASE_URL") or (
-        DEFAULT_DATABASE_URL if _reachable(DEFAULT_DATABASE_URL, 5432) else None
-    )
+    database_url = os.environ.get("TEST_DATABASE_URL") or (DEFAULT_DATABASE_URL if _reachable(DEFAULT_DATABASE_URL, 5432) else None)
     amqp_url = os.environ.get("TEST_AMQP_URL") or (DEFAULT_AMQP_URL if _reachable(DEFAULT_AMQP_URL, 5672) else None)
     cleanups: list[Callable[[], None]] = []
     if (database_url is None or amqp_url is None) and _docker_available():

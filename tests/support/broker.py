@@ -140,9 +140,7 @@ class BrokerProbe:
         return await self._connection.channel()
 
     @asynccontextmanager
-    async def tap(
-        self, routing_keys: Iterable[str], wait_until: WaitUntil, db: asyncpg.Pool | None = None
-    ) -> AsyncIterator[EventTap]:
+    async def tap(self, routing_keys: Iterable[str], wait_until: WaitUntil, db: asyncpg.Pool | None = None) -> AsyncIterator[EventTap]:
         """An `EventTap` on `routing_keys` for the life of the block."""
         queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
         for key in routing_keys:
@@ -167,9 +165,7 @@ class EventTap:
         """The events `routing_key` whose fields equal `match`, among all that arrived so far."""
         while (message := await self._queue.get(no_ack=True, fail=False)) is not None:
             self.seen.append((message.routing_key or "", json.loads(message.body)))
-        return [
-            body for key, body in self.seen if key == routing_key and all(body.get(f) == v for f, v in match.items())
-        ]
+        return [body for key, body in self.seen if key == routing_key and all(body.get(f) == v for f, v in match.items())]
 
     async def captured(self, routing_key: str, **match: str) -> dict[str, Any]:
         """The one event `routing_key` whose fields equal `match`, waiting for it to be published."""

@@ -1,4 +1,4 @@
-""""Nothing changed": a fingerprint of every table in the services' schemas.
+""" "Nothing changed": a fingerprint of every table in the services' schemas.
 
 The tables are listed from information_schema, so a new command's tables are covered without
 anyone remembering to add them. The injection suites compare a fingerprint taken before a refused
@@ -45,7 +45,8 @@ async def fingerprint(db: asyncpg.Pool, *, like: Fingerprint | None = None) -> F
             "SELECT table_schema, table_name FROM information_schema.tables"
             " WHERE table_schema = ANY($1::text[]) AND table_type = 'BASE TABLE' AND table_name <> ALL($2::text[])"
             " ORDER BY 1, 2",
-            list(SCHEMAS), list(UNFINGERPRINTED),
+            list(SCHEMAS),
+            list(UNFINGERPRINTED),
         )
         assert tables, "no tables found in the services' schemas"
 
@@ -71,7 +72,9 @@ def changed_tables(before: Fingerprint, after: Fingerprint) -> list[str]:
     return sorted(name for name in names if before.digests.get(name) != after.digests.get(name))
 
 
-async def settled_fingerprint(db: asyncpg.Pool, *, like: Fingerprint | None = None, quiet: float = 0.2, timeout: float = 15.0) -> Fingerprint:
+async def settled_fingerprint(
+    db: asyncpg.Pool, *, like: Fingerprint | None = None, quiet: float = 0.2, timeout: float = 15.0
+) -> Fingerprint:
     """The fingerprint once setup's events have been relayed and consumed: every outbox empty
     and no table changing for `quiet` seconds."""
     deadline = time.monotonic() + timeout

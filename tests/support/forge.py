@@ -20,6 +20,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_service.keys import thumbprint
 
+#: The names of `TokenForge.bad_tokens()`, in its order, for parametrizing before a forge exists.
+BAD_TOKENS = (
+    "no token",
+    "garbage token",
+    "alg none",
+    "HS256 with the public key",
+    "foreign key with the real kid",
+    "expired",
+    "wrong aud",
+    "wrong iss",
+)
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -36,8 +48,14 @@ class TokenForge:
         """Claims of a good token; an override of None leaves that claim out."""
         now = int(time.time())
         claims = {
-            "iss": self.issuer, "aud": self.audience, "sub": sub, "sid": sid, "role": role,
-            "iat": now, "exp": now + ttl, "jti": str(uuid4()),
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": sub,
+            "sid": sid,
+            "role": role,
+            "iat": now,
+            "exp": now + ttl,
+            "jti": str(uuid4()),
         }
         claims.update(overrides)
         return {k: v for k, v in claims.items() if v is not None}
@@ -51,9 +69,7 @@ class TokenForge:
 
     def hs256_with_public_key(self, claims: dict[str, Any]) -> str:
         """The classic key-confusion attack: HMAC keyed with the server's public key."""
-        public_pem = self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        public_pem = self.key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         header = _b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": self.kid}).encode())
         payload = _b64(json.dumps(claims).encode())
         signature = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
@@ -71,7 +87,7 @@ class TokenForge:
         def claims(**overrides: Any) -> dict[str, Any]:
             return self.claims(sub, sid, role=role, **overrides)
 
-        return {
+        tokens = {
             "no token": None,
             "garbage token": "not-a-jwt",
             "alg none": self.alg_none(claims()),
@@ -81,3 +97,5 @@ class TokenForge:
             "wrong aud": self.sign(claims(aud="someone-else")),
             "wrong iss": self.sign(claims(iss="evil-issuer")),
         }
+        assert tuple(tokens) == BAD_TOKENS
+        return tokens

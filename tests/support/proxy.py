@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from support.stack import free_port
+from tests.support.stack import free_port
 
 
 class CuttableProxy:

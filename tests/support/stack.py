@@ -126,9 +126,7 @@ def service_env(database_url: str, amqp_url: str, key_file: Path, base: Mapping[
 
 def stack_env(database_url: str, amqp_url: str, key_file: Path) -> dict[str, str]:
     """The test suite's environment: no tracing, and token and login settings the tests rely on."""
-    env = service_env(
-        database_url, amqp_url, key_file, {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    )
+    env = service_env(database_url, amqp_url, key_file, {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})
     env.update(
         {
             "JWT_ISSUER": "auth_service",
