@@ -60,11 +60,12 @@ async def read_json_body(request: web.Request, *, optional: bool) -> bytes | Non
     """The body's bytes, which must be labelled `application/json` (parameters such as charset
     allowed; JSON is UTF-8 whatever they say, RFC 8259 §8.1), else 415. The label is what a
     cross-site form or `text/plain` fetch cannot set without a CORS preflight, so this is also
-    what keeps such "simple" requests away from login and register. Where the body is optional
-    it may be left out, label or not: None stands for it."""
+    what keeps such "simple" requests away from login and register. A request with no body has
+    nothing to label: where the body is optional None stands for it, and where it is required
+    the empty bytes go on to be the 400 they always were."""
     body = await request.read()
-    if optional and not body.strip():
-        return None
+    if not body.strip():
+        return None if optional else body
     if request.content_type != "application/json":
         raise UnsupportedMediaType("The body must be JSON, sent with Content-Type: application/json")
     return body
