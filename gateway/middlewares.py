@@ -1,5 +1,5 @@
-"""Gateway middlewares: request ids and the request's log line, metrics, and the one table from
-errors to problem+json."""
+"""Gateway middlewares: request ids and the request's log line, metrics, the one table from
+errors to problem+json (with RFC 6750's challenge on a 401), and the headers every answer carries."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from shared.problems import problem, problem_from_error
 log = logging.getLogger(__name__)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+#: Set once the request's bearer token has been read: a 401 after that is about that token.
+TOKEN_PRESENTED = web.RequestKey("token_presented", bool)
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 #: aiohttp's own HTTP errors (unknown route, wrong method, body too large) as problem details.
@@ -64,7 +66,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except AppError as exc:
-        return problem_from_error(exc, request_id=request_id)
+        response = problem_from_error(exc, request_id=request_id)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = bearer_challenge(exc, token_presented=request.get(TOKEN_PRESENTED, False))
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -91,3 +96,49 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics = request.app[METRICS]
         metrics.requests.labels(route, request.method, str(status)).inc()
         metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+
+
+#: What RFC 6750 §3 lets a quoted error_description hold: printable ASCII without `"` and `\\`.
+_NOT_IN_QUOTED_STRING = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+def bearer_challenge(error: AppError, *, token_presented: bool) -> str:
+    """The `WWW-Authenticate` of a 401 (RFC 6750 §3). Without a token (or with another scheme)
+    it names the scheme only, as §3.1 asks; a token that was refused, whether here or by the
+    service behind (expired, forged, revoked), is `invalid_token`, with the problem's detail."""
+    if not token_presented:
+        return "Bearer"
+    description = _NOT_IN_QUOTED_STRING.sub("", error.detail)
+    return f'Bearer error="invalid_token", error_description="{description}"'
+
+
+#: The UI is the gateway's own files only: no inline script or style, nothing from elsewhere,
+#: never inside a frame (so another site cannot overlay the admin's Ban button), no <base> or
+#: plugin tricks, forms post only here. Strict enough for JSON too, so every answer carries it.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+    ]
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",  # a JSON answer is never run as script or styles
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+    "Referrer-Policy": "no-referrer",  # ids in our URLs stay ours
+    # aiohttp would say "Python/3.x aiohttp/3.x": versions tell an attacker which CVEs to try.
+    "Server": "gateway",
+}
+
+
+async def set_security_headers(_: web.Request, response: web.StreamResponse) -> None:
+    """An `on_response_prepare` signal, so every answer gets them: the views', the errors',
+    static files' and aiohttp's own (aiohttp sets its Server header before the signal runs)."""
+    response.headers.update(SECURITY_HEADERS)

@@ -30,6 +30,7 @@ _ERRORS = {
     404: "No such resource",
     409: "Conflicts with the current state",
     413: "The body is too large",
+    415: "The body is not sent as Content-Type: application/json",
     422: "Fields missing, unknown or of the wrong type",
     429: "Too many attempts; see Retry-After",
     503: "The broker or a service is down; see Retry-After",
@@ -126,7 +127,7 @@ def _errors(command: Command, *, body: bool, query: bool, takes_key: bool) -> li
     if command.guarded:
         found |= {401, 403}  # a bad token; a banned caller, or one the policy refuses
     if body:
-        found |= {400, 413, 422}
+        found |= {400, 413, 415, 422}
     if query:
         found.add(422)
     names_a_resource = any(r.id_field in command.payload.model_fields for r in RESOURCES)
@@ -255,25 +256,8 @@ DOCS_HTML = """<!doctype html>
 <link rel="stylesheet" href="/static/style.css"></head>
 <body><main><h1>API reference</h1><p>The machine-readable document is at <a href="/openapi.json">/openapi.json</a>.</p>
 <div id="ops"></div></main>
-<script>
-fetch('/openapi.json').then(r => r.json()).then(doc => {
-  const root = document.getElementById('ops');
-  for (const [path, ops] of Object.entries(doc.paths)) {
-    for (const [method, op] of Object.entries(ops)) {
-      const section = document.createElement('section');
-      const h = document.createElement('h2');
-      h.textContent = method.toUpperCase() + ' ' + path;
-      const p = document.createElement('p');
-      p.textContent = op.summary + (op.security ? ' (Bearer token)' : '');
-      const ul = document.createElement('ul');
-      for (const [code, r] of Object.entries(op.responses)) {
-        const li = document.createElement('li'); li.textContent = code + ': ' + r.description; ul.appendChild(li);
-      }
-      section.append(h, p, ul); root.appendChild(section);
-    }
-  }
-});
-</script></body></html>"""
+<script src="/static/docs.js"></script>
+</body></html>"""
 
 
 async def docs_page(_: web.Request) -> web.Response:

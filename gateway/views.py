@@ -19,11 +19,11 @@ import aiohttp
 from aiohttp import web
 
 from gateway.keys import BROKER, HTTP, METRICS, SETTINGS, VERIFIER
-from gateway.middlewares import REQUEST_ID
+from gateway.middlewares import REQUEST_ID, TOKEN_PRESENTED
 from shared import jsoncodec
 from shared.commands import RESOURCES, ListAudit, audit_command_name, parse_payload, payload_from_mapping
 from shared.declarations import SERVICE_NAMES, Command
-from shared.errors import AppError, BadRequest, NotFound, ServiceUnavailable, Unprocessable
+from shared.errors import AppError, BadRequest, NotFound, ServiceUnavailable, Unprocessable, UnsupportedMediaType
 from shared.idempotency import IDEMPOTENCY_KEY_PATTERN
 from shared.tokens import bearer_token
 
@@ -41,6 +41,8 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
 async def authenticate(request: web.Request) -> str:
     """The request's bearer token, verified (signature, alg, typ, iss, aud, exp), or 401."""
     token = bearer_token(request.headers.get("Authorization"))
+    # From here a 401, ours or the service's, is about this token: RFC 6750's invalid_token.
+    request[TOKEN_PRESENTED] = True
     await request.app[VERIFIER].verify(token)
     return token
 
@@ -54,10 +56,22 @@ def idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-async def read_json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+async def read_json_body(request: web.Request, *, optional: bool) -> bytes | None:
+    """The body's bytes, which must be labelled `application/json` (parameters such as charset
+    allowed; JSON is UTF-8 whatever they say, RFC 8259 §8.1), else 415. The label is what a
+    cross-site form or `text/plain` fetch cannot set without a CORS preflight, so this is also
+    what keeps such "simple" requests away from login and register. A request with no body has
+    nothing to label: where the body is optional None stands for it, and where it is required
+    the empty bytes go on to be the 400 they always were."""
     body = await request.read()
-    if not body.strip() and optional:
-        return {}
+    if not body.strip():
+        return None if optional else body
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("The body must be JSON, sent with Content-Type: application/json")
+    return body
+
+
+def json_object(body: bytes) -> dict[str, Any]:
     try:
         data = jsoncodec.loads(body)
     except ValueError:
@@ -101,7 +115,9 @@ def command_view(command: Command) -> Handler:
         result = await send(request, command.name, payload, token=token, mutating=takes_key)
         if command.result is None:
             return web.Response(status=http.status)
-        headers = {"Location": http.location.format(**result)} if http.location else None
+        headers = {"Location": http.location.format(**result)} if http.location else {}
+        if http.no_store:
+            headers["Cache-Control"] = "no-store"
         return json_response(result, status=http.status, headers=headers)
 
     view.__name__ = view.__qualname__ = command.name.replace("-", "_")
@@ -121,9 +137,10 @@ async def read_command(request: web.Request, command: Command, *, optional_body:
     body_fields = [name for name in model.model_fields if name not in path]
     if not body_fields:
         return payload_from_mapping(model, path).model_dump(mode="json", exclude_unset=True)
+    raw = await read_json_body(request, optional=optional_body)
     if not path:  # the body is the whole payload: validate the bytes as they came
-        return parse_payload(model, await request.read()).model_dump(mode="json", exclude_unset=True)
-    body = await read_json_object(request, optional=optional_body)
+        return parse_payload(model, b"{}" if raw is None else raw).model_dump(mode="json", exclude_unset=True)
+    body = {} if raw is None else json_object(raw)
     for name in path:
         if name in body:
             raise Unprocessable(f"{name}: is not a field of this request (it is in the path)")

@@ -206,13 +206,13 @@ def audit_command_name(service: str) -> str:
 # fmt: off
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("register", AUTH, Register, results.Account, PUBLIC, "Create an account.",
-            emits=("user.registered",), errors=(409,), http=Http("POST", "/auth/register", status=201)),
+            emits=("user.registered",), errors=(409,), http=Http("POST", "/auth/register", status=201, no_store=True)),
     Command("login", AUTH, Login, results.TokenResponse, PUBLIC, "Open a session and get an access token.",
-            replays=False, errors=(401, 403, 429), http=Http("POST", "/auth/login")),
+            replays=False, errors=(401, 403, 429), http=Http("POST", "/auth/login", no_store=True)),
     Command("logout", AUTH, Logout, None, USER, "Revoke the caller's session everywhere.",
             emits=("session.revoked",), http=Http("POST", "/auth/logout", status=204)),
     Command("get-me", AUTH, GetMe, results.Account, USER, "The caller's account.",
-            replays=False, http=Http("GET", "/auth/me")),
+            replays=False, http=Http("GET", "/auth/me", no_store=True)),
     Command("create-post", POSTS, CreatePost, results.Post, USER, "Write a post.",
             emits=("post.created",), http=Http("POST", "/posts", status=201, location="/posts/{id}")),
     Command("get-post", POSTS, GetPost, results.Post, PUBLIC, "One post.",

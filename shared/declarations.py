@@ -71,6 +71,9 @@ class Http:
     status: int = 200
     #: A `Location` header for the answer, filled from the result (`/posts/{id}`).
     location: str | None = None
+    #: The answer carries a token or an account: `Cache-Control: no-store`, so no browser or
+    #: proxy keeps a copy (RFC 9111 §5.2.2.5; RFC 6749 §5.1 asks it of token answers).
+    no_store: bool = False
 
     @property
     def path_fields(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ reported as a bare 500 with no internals.
      ├── NotFound                404  the resource does not exist
      ├── Conflict                409  the change clashes with current state (email taken)
      ├── PayloadTooLarge         413  the body is over the size limit
+     ├── UnsupportedMediaType    415  an HTTP body that does not say it is application/json
      ├── Unprocessable           422  well-formed JSON with the wrong fields or types
      ├── TooManyRequests         429  rate limited; carries retry_after seconds
      ├── InternalError           500  a bug; the detail never says more than that
@@ -79,6 +80,12 @@ class PayloadTooLarge(AppError):
     default_detail = "The request body is too large"
 
 
+class UnsupportedMediaType(AppError):
+    status = 415
+    title = "Unsupported Media Type"
+    default_detail = "The body must be JSON, sent with Content-Type: application/json"
+
+
 class Unprocessable(AppError):
     status = 422
     title = "Unprocessable Content"
@@ -117,6 +124,7 @@ _BY_STATUS: dict[int, type[AppError]] = {
         NotFound,
         Conflict,
         PayloadTooLarge,
+        UnsupportedMediaType,
         Unprocessable,
         TooManyRequests,
         InternalError,

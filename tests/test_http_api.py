@@ -43,6 +43,8 @@ async def expect_problem(response: aiohttp.ClientResponse, status: int, detail: 
         assert problem.detail == detail
     assert problem.request_id, f"no request id in {text}"
     assert response.headers.get("X-Request-ID") == problem.request_id
+    if status == 401:  # RFC 6750 §3: a 401 says which scheme would do
+        assert response.headers.get("WWW-Authenticate", "").startswith("Bearer"), response.headers
     return problem
 
 

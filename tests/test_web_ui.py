@@ -69,6 +69,8 @@ async def open_page(browser: Browser, stack: Stack, request: pytest.FixtureReque
         context = await browser.new_context(base_url=stack.gateway_url, viewport={"width": 1000, "height": 900})
         page = await context.new_page()
         page.on("pageerror", lambda error: errors.append(f"{who}: {error}"))
+        # What the Content-Security-Policy blocks only shows on the console; it would break the page.
+        page.on("console", lambda message: errors.append(f"{who}: {message.text}") if "Content Security Policy" in message.text else None)
         opened.append((who, page))
         await page.goto("/")
         await expect(page.locator("#posts")).to_have_attribute("aria-busy", "false")  # first page loaded
@@ -332,3 +334,27 @@ async def test_a_revoked_session_shows_the_detail_and_signs_out(
     await expect(page.locator("#write-section")).to_be_hidden()
     await snapshot(page, "session-revoked")
     assert await page.evaluate("sessionStorage.getItem('access_token')") is None
+
+
+async def test_the_api_reference_renders_under_the_content_security_policy(browser: Browser, stack: Stack) -> None:
+    context = await browser.new_context(base_url=stack.gateway_url)
+    page = await context.new_page()
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None)
+    page.on("pageerror", lambda error: refused.append(str(error)))
+    await page.goto("/docs")
+    await expect(page.locator("#ops h2", has_text="POST /auth/login")).to_have_count(1)  # its script ran
+    await context.close()
+    assert not refused, refused
+
+
+async def test_another_site_cannot_frame_the_ui(browser: Browser, stack: Stack) -> None:
+    """Clickjacking: a page elsewhere that frames the UI (to lay a decoy over the admin's Ban
+    button) gets nothing; the browser refuses the frame (frame-ancestors 'none')."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    async with page.expect_console_message(lambda message: "frame-ancestors" in message.text) as refusal:
+        await page.set_content(f'<iframe id="victim" src="{stack.gateway_url}/"></iframe>')
+    assert "has been blocked" in (await refusal.value).text
+    await expect(page.frame_locator("#victim").locator("#login-button")).to_have_count(0)
+    await context.close()
