@@ -149,7 +149,7 @@ def _command_operation(command: Command, components: dict[str, Any]) -> dict[str
     if command.result is not None:
         _add_model(command.result, components, "serialization")
     params = [_path_id(name) for name in http.path_fields] + _query_params(command)
-    takes_key = http.mutating and command.replays
+    takes_key = command.takes_idempotency_key
     errors = _errors(command, body=body is not None, query=bool(_query_params(command)), takes_key=takes_key)
     ok = (http.status, command.summary, command.result)
     operation = _op(

@@ -106,13 +106,12 @@ def command_view(command: Command) -> Handler:
     """The view of a command with an HTTP binding: everything it does follows from the declaration."""
     http = command.http
     assert http is not None, f"{command.name} has no HTTP binding"
-    takes_key = http.mutating and command.replays  # login is never replayed, so it takes no key
     optional_body = command.accepts_empty_body()
 
     async def view(request: web.Request) -> web.StreamResponse:
         token = await authenticate(request) if command.guarded else None
         payload = await read_command(request, command, optional_body=optional_body)
-        result = await send(request, command.name, payload, token=token, mutating=takes_key)
+        result = await send(request, command.name, payload, token=token, mutating=command.takes_idempotency_key)
         if command.result is None:
             return web.Response(status=http.status)
         headers = {"Location": http.location.format(**result)} if http.location else {}

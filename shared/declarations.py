@@ -127,6 +127,12 @@ class Command:
         return True
 
     @property
+    def takes_idempotency_key(self) -> bool:
+        """Whether its HTTP route forwards an `Idempotency-Key` as the message_id: a mutating
+        route of a command that replays (login never does, so it takes no key)."""
+        return self.http is not None and self.http.mutating and self.replays
+
+    @property
     def guarded(self) -> bool:
         """Whether the command carries a token (every one but the public ones)."""
         return self.policy.needs_token
