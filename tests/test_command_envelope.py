@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from uuid import uuid4
 
+import aio_pika
 import pytest
 
 from shared.envelope import HeaderNotText, header_hint, header_text
@@ -71,6 +72,19 @@ async def test_an_authorization_header_that_is_not_utf8_is_a_clear_401(broker: B
     assert_error_reply(reply, 401)
     assert reply is not None and "UTF-8" in reply["error"]["detail"]
     assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE title = $1", title) == 0
+
+
+async def test_an_unknown_command_is_unroutable_and_mandatory_says_so(broker: BrokerProbe) -> None:
+    """No queue is bound for a name nobody declared, so no service can answer it: RabbitMQ drops
+    it silently unless it is published `mandatory`, and then hands it back (basic.return)."""
+    channel = await broker.open_channel(publisher_confirms=True, on_return_raises=True)
+    try:
+        exchange = await channel.get_exchange("commands", ensure=False)
+        message = aio_pika.Message(b"{}", content_type="application/json", message_id=str(uuid4()), type="nuke-everything")
+        with pytest.raises(aio_pika.exceptions.PublishError):
+            await exchange.publish(message, routing_key="nuke-everything", mandatory=True)
+    finally:
+        await channel.close()
 
 
 @pytest.mark.unit

@@ -16,6 +16,7 @@ import logging
 from typing import Any
 from uuid import uuid4
 
+import jsonschema_rs
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -103,6 +104,8 @@ async def test_a_parked_login_or_register_keeps_no_password(case, broker: Broker
     assert_no_secret(dead, secret)
     assert REDACTED in dead.body.decode(), "the field is kept, its value replaced"
     assert "password" in (header(dead, "x-redacted") or "").lower(), "the parked message says what was taken out"
+    documented = build_document()["components"]["messages"]["dead-letter"]["headers"]
+    assert jsonschema_rs.validator_for(documented).is_valid(dict(dead.headers or {})), "asyncapi.yaml describes what is parked"
     assert await db.fetchval("SELECT count(*) FROM auth.accounts WHERE email = $1", email) == 0
 
 

@@ -157,9 +157,9 @@ class BrokerProbe:
                 raise AssertionError(f"no matching message in {queue}.dead within {timeout} s ({len(drained)} others)")
             await asyncio.sleep(0.05)
 
-    async def open_channel(self) -> AbstractChannel:
+    async def open_channel(self, **options: Any) -> AbstractChannel:
         """A channel of the probe's connection for a test's own consumer; the test closes it."""
-        return await self._connection.channel()
+        return await self._connection.channel(**options)
 
     @asynccontextmanager
     async def tap(self, routing_keys: Iterable[str], wait_until: WaitUntil, db: asyncpg.Pool | None = None) -> AsyncIterator[EventTap]:
