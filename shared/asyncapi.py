@@ -235,7 +235,8 @@ def _dead_letters(doc: dict[str, Any]) -> None:
         "payload": {
             "description": (
                 "The original body, with the value of every field a command declares secret (writeOnly in its schema) replaced "
-                f"by {REDACTED!r}; a body that is not JSON is replaced by a note unless it names a known command with no secret"
+                f"by {REDACTED!r}; a body that is not JSON or is over the size limit is replaced by a note, unless it names a known "
+                "command with no secret"
             )
         },
         "headers": {

@@ -8,9 +8,10 @@ through here, and while it handles one the values are scrubbed from every log li
 A parked message is one the runner could not trust to be what it says, so the body is redacted of
 every field that *any* command declares secret, at any depth and whatever the capitalisation of its
 name (`[{"Password": …}]` is no less a password for being malformed). A body that is not JSON
-cannot be searched for fields: it is kept only when the message names a known command that has no
-secret field; otherwise (a login that is not JSON, a type nobody declared) it is replaced by a
-note. The `x-redacted` header says what was taken out, so an operator reading the queue knows why a
+cannot be searched for fields, nor is one over the size limit parsed (that would hand whoever
+publishes a way to make the service chew on any amount of JSON): it is kept only when the message
+names a known command that has no secret field; otherwise (a login that is not JSON, a type nobody
+declared) it is replaced by a note. The `x-redacted` header says what was taken out, so an operator reading the queue knows why a
 replay of the message would be refused.
 """
 
@@ -22,11 +23,13 @@ from typing import Any
 from shared import jsoncodec
 from shared.commands import COMMANDS
 from shared.envelope import AUTHORIZATION_HEADER
+from shared.logs import REDACTED  # the one placeholder, in parked messages and log lines alike
 
-REDACTED = "[redacted]"
+__all__ = ["REDACTED", "REDACTED_HEADER", "SECRET_FIELDS", "UNREADABLE_BODY", "redact_body", "redact_headers", "secret_values"]
+
 REDACTED_HEADER = "x-redacted"
 #: What replaces a body that may hold a secret but cannot be parsed to find it.
-UNREADABLE_BODY = b"[redacted: the body was not JSON and may have held a secret]"
+UNREADABLE_BODY = b"[redacted: the body was not JSON (or too large to search) and may have held a secret]"
 #: Every field any command declares secret, lower-cased: matched whatever the sender's capitalisation.
 SECRET_FIELDS: frozenset[str] = frozenset(name.lower() for command in COMMANDS.values() for name in command.secret_fields)
 
@@ -65,13 +68,15 @@ def _redact(value: Any, taken: list[str]) -> Any:
     return value
 
 
-def redact_body(body: bytes, named: Iterable[str | None]) -> tuple[bytes, list[str]]:
+def redact_body(body: bytes, named: Iterable[str | None], *, max_bytes: int) -> tuple[bytes, list[str]]:
     """The body of a command to park, and what was taken out of it (`["body"]` when all of it).
 
     `named` are the command names the message gives (its type and routing key). An untouched body
     is returned byte for byte, so a replay of a message that held no secret is the message itself.
     """
     try:
+        if len(body) > max_bytes:
+            raise ValueError("too large to search")
         parsed = jsoncodec.loads(body)
     except ValueError:
         names = [name for name in named if name]
@@ -79,4 +84,4 @@ def redact_body(body: bytes, named: Iterable[str | None]) -> tuple[bytes, list[s
         return (body, []) if keeps_no_secret else (UNREADABLE_BODY, ["body"])
     taken: list[str] = []
     redacted = _redact(parsed, taken)
-    return (jsoncodec.dumps(redacted), taken) if taken else (body, [])
+    return (jsoncodec.dumps(redacted), list(dict.fromkeys(taken))) if taken else (body, [])

@@ -424,7 +424,7 @@ class MessageProcessor:
         headers, taken = redact_headers(message.headers or {})
         body = message.body
         if command:
-            body, fields = redact_body(body, (message.type, message.routing_key))
+            body, fields = redact_body(body, (message.type, message.routing_key), max_bytes=self._max_bytes)
             taken += fields
         if taken:
             headers[REDACTED_HEADER] = ", ".join(taken)

@@ -153,14 +153,17 @@ def test_passwords_are_declared_secret_and_documented_write_only() -> None:
 
 @pytest.mark.unit
 def test_redaction_of_bodies_and_headers() -> None:
-    nested = json.dumps({"outer": [{"PASSWORD": "s3cret-value", "keep": "me"}]}).encode()
-    body, taken = redact_body(nested, ("login",))
-    assert json.loads(body) == {"outer": [{"PASSWORD": REDACTED, "keep": "me"}]} and taken == ["PASSWORD"]
+    limit = 1000
+    nested = json.dumps({"outer": [{"PASSWORD": "s3cret-value", "keep": "me"}, {"PASSWORD": "again"}]}).encode()
+    body, taken = redact_body(nested, ("login",), max_bytes=limit)
+    assert json.loads(body) == {"outer": [{"PASSWORD": REDACTED, "keep": "me"}, {"PASSWORD": REDACTED}]} and taken == ["PASSWORD"]
     untouched = b'{"title":  "spacing kept"}'
-    assert redact_body(untouched, ("create-post",)) == (untouched, [])
-    assert redact_body(b"not json s3cret", ("login",)) == (UNREADABLE_BODY, ["body"])
-    assert redact_body(b"not json s3cret", ("nuke-everything",)) == (UNREADABLE_BODY, ["body"])
-    assert redact_body(b"not json", ("create-post", "create-post")) == (b"not json", [])
+    assert redact_body(untouched, ("create-post",), max_bytes=limit) == (untouched, [])
+    assert redact_body(b"not json s3cret", ("login",), max_bytes=limit) == (UNREADABLE_BODY, ["body"])
+    assert redact_body(b"not json s3cret", ("nuke-everything",), max_bytes=limit) == (UNREADABLE_BODY, ["body"])
+    assert redact_body(b"not json", ("create-post", "create-post"), max_bytes=limit) == (b"not json", [])
+    too_large = json.dumps({"email": "a@example.com", "password": "s3cret", "display_name": "x" * limit}).encode()
+    assert redact_body(too_large, ("register",), max_bytes=limit) == (UNREADABLE_BODY, ["body"]), "not parsed past the limit"
     headers, names = redact_headers({"Authorization": bytearray(b"Bearer abc"), "x-token": "bearer xyz", "x-request-id": "r-1", "n": 5})
     assert headers == {"Authorization": REDACTED, "x-token": REDACTED, "x-request-id": "r-1", "n": 5}
     assert names == ["Authorization", "x-token"]
