@@ -23,10 +23,11 @@ from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from pydantic.json_schema import JsonSchemaMode
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, EVENTS_EXCHANGE
+from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE
 from shared.commands import COMMANDS
 from shared.envelope import AUTHORIZATION_HEADER, CLIENT_ADDRESS_HEADER, MESSAGE_ID, REQUEST_ID, REQUEST_ID_HEADER
 from shared.events import EVENTS
+from shared.redaction import REDACTED, REDACTED_HEADER
 from shared.topology import EXCHANGES, ROUTES, command_keys, queues
 
 DOCUMENT = Path(__file__).resolve().parents[1] / "asyncapi.yaml"
@@ -43,6 +44,16 @@ class ReplyError(TypedDict):
     detail: Annotated[str, Field(description="Safe to show a person")]
     retry_after: NotRequired[Annotated[int, Field(ge=1, description="Seconds to wait (429, 503)")]]
 
+
+#: What a reply carries besides its body.
+REPLY_PROPERTIES = {
+    "type": "object",
+    "required": ["content_type"],
+    "properties": {
+        "content_type": {"const": "application/json"},
+        "correlation_id": {"type": "string", "description": "The command's correlation_id, when it had one"},
+    },
+}
 
 #: The model of each event, and the one service that publishes it (the broker's topic permissions enforce it).
 EVENT_MODELS = {name: event.model for name, event in EVENTS.items()}
@@ -73,17 +84,30 @@ def _schemas(models: Sequence[Any], mode: JsonSchemaMode) -> dict[str, Any]:
     return found
 
 
-def _properties(name: str, message_id: str, *, command: bool) -> dict[str, Any]:
-    """The AMQP basic properties a message carries (an extension: AsyncAPI has no field for them)."""
+def _message_binding(name: str, message_id: str, *, command: bool) -> dict[str, Any]:
+    """The AMQP message binding: the type, and the basic properties the message carries.
+
+    The binding (0.3.0) names only `messageType` and `contentEncoding`, so the properties are
+    described in its extension `x-properties`. They are AMQP properties, not headers: AsyncAPI's
+    runtime expressions reach only headers and payload, so no `correlationId` or reply `address`
+    location is given (either would claim a header that is not there).
+    """
     props: dict[str, Any] = {
         "content_type": {"const": "application/json"},
         "message_id": {"type": "string", "pattern": f"^{MESSAGE_ID.pattern}$", "description": message_id},
         "type": {"const": name},
     }
+    required = ["content_type", "message_id", "type"]
     if command:
-        props["reply_to"] = {"type": "string", "description": "Where the reply goes (amq.rabbitmq.reply-to); none without it"}
-        props["correlation_id"] = {"type": "string", "description": "Copied into the reply"}
-    return {"type": "object", "required": ["content_type", "message_id", "type"], "properties": props}
+        # What the runner enforces, and nothing more: without a message_id a command is malformed
+        # (400, parked); a missing type or content type is read as the routing key and as JSON.
+        required = ["message_id"]
+        props["content_type"]["description"] = "Absent is read as application/json; anything else is 400"
+        props["type"]["description"] = "Absent: the routing key names the command; a different one is 422"
+        props["reply_to"] = {"type": "string", "description": "Where the reply goes (amq.rabbitmq.reply-to); no reply without it"}
+        props["correlation_id"] = {"type": "string", "description": "Copied into the reply's correlation_id property"}
+    properties = {"type": "object", "required": required, "properties": props}
+    return {"amqp": {"messageType": name, "bindingVersion": AMQP_BINDING, "x-properties": properties}}
 
 
 def _headers(guarded: bool) -> dict[str, Any]:
@@ -103,7 +127,10 @@ def _headers(guarded: bool) -> dict[str, Any]:
     props[AUTHORIZATION_HEADER] = {
         "type": "string",
         "pattern": r"^Bearer \S+$",
-        "description": "Bearer <access token>: the only thing that says who the caller is",
+        "description": (
+            "Bearer <access token>: the only thing that says who the caller is. A long string, or a byte array read as UTF-8 "
+            "(one that is not UTF-8 is 401)"
+        ),
     }
     return {"type": "object", "required": [AUTHORIZATION_HEADER], "properties": props}
 
@@ -119,10 +146,11 @@ def _command(key: str, service: str, doc: dict[str, Any]) -> None:
         "summary": summary(key),
         "headers": _headers(guarded),
         "payload": _schema_ref(payload.__name__),
-        "correlationId": _ref("components", "correlationIds", "correlationId"),
-        "bindings": {"amqp": {"messageType": key, "bindingVersion": AMQP_BINDING}},
-        "x-amqp-properties": _properties(
-            key, "Unique; the idempotency key: a repeat from the same caller gets the first reply (login never does)", command=True
+        "bindings": _message_binding(
+            key,
+            "Required (without one the command is malformed: 400, parked). Unique; the idempotency key: a repeat from the same "
+            "caller gets the first reply (login never does)",
+            command=True,
         ),
     }
     result = declared.result
@@ -135,8 +163,8 @@ def _command(key: str, service: str, doc: dict[str, Any]) -> None:
     messages[f"reply.{key}"] = {
         "name": f"{key} reply",
         "title": f"{key} reply",
-        "correlationId": _ref("components", "correlationIds", "correlationId"),
         "payload": {"oneOf": [ok, _schema_ref("ErrorReply")]},
+        "bindings": {"amqp": {"bindingVersion": AMQP_BINDING, "x-properties": REPLY_PROPERTIES}},
     }
     doc["channels"]["reply"]["messages"][key] = _ref("components", "messages", f"reply.{key}")
     channel = f"command.{key}"
@@ -155,7 +183,6 @@ def _command(key: str, service: str, doc: dict[str, Any]) -> None:
         "description": f"Consumed from the quorum queue {service}.commands. {summary(key)}",
         "bindings": _ref("components", "operationBindings", "consume"),
         "reply": {
-            "address": {"location": "$message.header#/reply_to", "description": "The command's reply_to property"},
             "channel": _ref("channels", "reply"),
             "messages": [_ref("channels", "reply", "messages", key)],
         },
@@ -172,8 +199,7 @@ def _event(key: str, doc: dict[str, Any]) -> None:
         "name": key,
         "title": f"{key} event",
         "payload": _schema_ref(EVENT_MODELS[key].__name__),
-        "bindings": {"amqp": {"messageType": key, "bindingVersion": AMQP_BINDING}},
-        "x-amqp-properties": _properties(key, "The event_id; consumers ignore one they have seen", command=False),
+        "bindings": _message_binding(key, "The event_id; consumers ignore one they have seen", command=False),
     }
     doc["channels"][channel] = {
         "address": key,
@@ -206,7 +232,13 @@ def _dead_letters(doc: dict[str, Any]) -> None:
     doc["components"]["messages"]["dead-letter"] = {
         "name": "dead-letter",
         "title": "A parked message",
-        "payload": {"description": "The original body, unchanged"},
+        "payload": {
+            "description": (
+                "The original body, with the value of every field a command declares secret (writeOnly in its schema) replaced "
+                f"by {REDACTED!r}; a body that is not JSON or is over the size limit is replaced by a note, unless it names a known "
+                "command with no secret"
+            )
+        },
         "headers": {
             "type": "object",
             "required": ["x-dead-letter-reason"],
@@ -214,7 +246,8 @@ def _dead_letters(doc: dict[str, Any]) -> None:
                 "x-dead-letter-reason": {"type": "string"},
                 "x-original-exchange": {"type": "string"},
                 "x-original-routing-key": {"type": "string"},
-                AUTHORIZATION_HEADER: {"const": "[redacted]"},
+                REDACTED_HEADER: {"type": "string", "description": "What was taken out: header and field names, or `body`"},
+                AUTHORIZATION_HEADER: {"const": REDACTED},
             },
         },
     }
@@ -225,8 +258,8 @@ def _dead_letters(doc: dict[str, Any]) -> None:
         "parameters": {"queue": {"enum": died_in, "description": "The queue the message died in; it waits in <queue>.dead"}},
         "messages": {"dead-letter": _ref("components", "messages", "dead-letter")},
         "description": (
-            "A message that is not JSON, names an unknown command or has a malformed payload is parked by the runner with the "
-            f"reason and its token redacted; one that crashed its consumer {DELIVERY_LIMIT} times is dead-lettered by RabbitMQ "
+            "A message that is not JSON, has no message_id, names an unknown command or has a malformed payload is parked by "
+            "the runner with the reason, its credentials and secret fields redacted; one that crashed its consumer {DELIVERY_LIMIT} times is dead-lettered by RabbitMQ "
             "(x-death). `python -m shared.dead_letters` lists, replays and drops them."
         ),
     }
@@ -252,7 +285,11 @@ def build_document() -> dict[str, Any]:
             "description": (
                 "Commands on the direct exchange `commands` (routing key = command name) and their replies, events on the topic "
                 "exchange `events`, parked messages on `dead-letters`. Nothing behind the gateway trusts it: every service verifies "
-                "the token in each command's `authorization` header and decides for itself. Generated by `python -m shared.asyncapi`."
+                "the token in each command's `authorization` header and decides for itself. Every command carries a `message_id` "
+                "property; one without is malformed (400). The AMQP properties of each message are in its `bindings.amqp` "
+                "(`x-properties`); `reply_to` and `correlation_id` are properties, never headers. A routing key no service consumes "
+                "is unroutable and RabbitMQ drops it silently: publish with `mandatory=true` (it comes back as basic.return) and "
+                "wait for a reply with a timeout. Generated by `python -m shared.asyncapi`."
             ),
         },
         "servers": {
@@ -311,9 +348,6 @@ def build_document() -> dict[str, Any]:
             "operationBindings": {
                 "consume": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING}},
                 "publish": {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING}},
-            },
-            "correlationIds": {
-                "correlationId": {"location": "$message.header#/correlation_id", "description": "The AMQP correlation_id property"}
             },
         },
     }

@@ -22,7 +22,7 @@ from pydantic.json_schema import JsonDict, SkipJsonSchema
 
 from shared import results
 from shared.authorization import ADMIN, PUBLIC, USER, Owner, OwnerOrAdmin, Resource
-from shared.declarations import AUTH, POSTS, SERVICES, USERS, Command, Http, Payload
+from shared.declarations import AUTH, POSTS, SECRET, SERVICES, USERS, Command, Http, Payload
 from shared.errors import BadRequest, Unprocessable
 
 #: An email address as accepted here: no spaces or control characters, one @, a dot in the domain.
@@ -67,7 +67,10 @@ def text(max_length: int, *, min_length: int = 0) -> Any:
     return Annotated[str, Field(min_length=min_length, max_length=max_length, json_schema_extra=_NO_NUL), AfterValidator(_no_nul)]
 
 
-Password = Annotated[str, Field(min_length=8, max_length=256, json_schema_extra=_NO_NUL), AfterValidator(_no_nul)]
+# A password of a new account (at least 8), and one offered at login (whatever was once allowed).
+# Both are SECRET: never kept in clear in a parked message or a log line, writeOnly in the schemas.
+Password = Annotated[str, Field(min_length=8, max_length=256, json_schema_extra=_NO_NUL), AfterValidator(_no_nul), SECRET]
+OfferedPassword = Annotated[str, Field(min_length=1, max_length=256, json_schema_extra=_NO_NUL), AfterValidator(_no_nul), SECRET]
 DisplayName = Annotated[str, Field(max_length=64, json_schema_extra=_NOT_BLANK), AfterValidator(_not_blank)]
 Title = Annotated[str, Field(max_length=200, json_schema_extra=_NOT_BLANK, examples=["Hello"]), AfterValidator(_not_blank)]
 Body = Annotated[str, Field(max_length=20_000, json_schema_extra=_NOT_BLANK, examples=["My first post"]), AfterValidator(_not_blank)]
@@ -81,7 +84,7 @@ class Register(Payload):
 
 class Login(Payload):
     email: Email
-    password: text(256, min_length=1)  # type: ignore[valid-type]
+    password: OfferedPassword
 
 
 class Logout(Payload):

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, ValidationError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from shared.authorization import PUBLIC, Policy
 
@@ -25,6 +28,28 @@ class Payload(BaseModel):
     """Base for command payloads: closed, strict and immutable."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """Marks a payload field whose value is a secret (a password, a refresh token):
+    `Annotated[str, SECRET, ...]`.
+
+    The mark is the one statement of it: the JSON schemas (OpenAPI, AsyncAPI) show the field
+    `writeOnly`, and `secret_fields` tells the runner what to redact from anything it parks.
+    """
+
+    def __get_pydantic_json_schema__(self, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {**handler(core_schema), "writeOnly": True}
+
+
+SECRET = Secret()
+
+
+@cache
+def secret_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of `model` marked `SECRET` (payloads are flat: top-level fields only)."""
+    return frozenset(name for name, field in model.model_fields.items() if any(isinstance(m, Secret) for m in field.metadata))
 
 
 HttpMethod = Literal["GET", "POST", "PATCH", "PUT", "DELETE"]
@@ -131,6 +156,11 @@ class Command:
         """Whether its HTTP route forwards an `Idempotency-Key` as the message_id: a mutating
         route of a command that replays (login never does, so it takes no key)."""
         return self.http is not None and self.http.mutating and self.replays
+
+    @property
+    def secret_fields(self) -> frozenset[str]:
+        """Payload fields that must never rest anywhere in clear (a parked message, a log line)."""
+        return secret_fields(self.payload)
 
     @property
     def guarded(self) -> bool:

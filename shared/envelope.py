@@ -115,12 +115,36 @@ def request_id_for(offered: str | None, message_id: str | None) -> str:
     return uuid4().hex
 
 
+class HeaderNotText(ValueError):
+    """A header is there but is not text: neither a string nor a byte array of UTF-8."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The {name} header must be UTF-8 text")
+        self.name = name
+
+
 def header_text(headers: dict[str, Any] | None, name: str) -> str | None:
-    """A header as text, whether the broker handed it over as str or bytes."""
+    """A header as text, or None when it is absent; HeaderNotText when it cannot be read as text.
+
+    An AMQP long string arrives as str (or as bytes when it is not UTF-8); Node's Buffer, Go's
+    []byte and pika's bytes are sent as an AMQP byte array, which arrives as a bytearray. The
+    contract reads both as UTF-8, so a client's choice of string type changes nothing.
+    """
     value = (headers or {}).get(name)
-    if isinstance(value, bytes):
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
         try:
-            return value.decode()
+            return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            return None
-    return value if isinstance(value, str) else None
+            raise HeaderNotText(name) from None
+    raise HeaderNotText(name)  # a number, a table, a timestamp: no header the runner reads is one
+
+
+def header_hint(headers: dict[str, Any] | None, name: str) -> str | None:
+    """A header that only informs (a request id for the logs, the client's address for the login
+    rate limit): one that is not text is treated as absent rather than refusing the command."""
+    try:
+        return header_text(headers, name)
+    except HeaderNotText:
+        return None

@@ -6,6 +6,12 @@ bound to the current context, then the line's own extras. The runner binds `requ
 a request, so every line written meanwhile carries them: lines from this project's modules, which
 log through the standard `logging` module, from structlog loggers, and from third-party
 libraries alike, since all of them end in the one handler configured here.
+
+Secrets never reach a line. While the runner handles a command it `hide`s the values of the
+payload's secret fields (a password), and every line written meanwhile has them replaced by
+`[redacted]` wherever they occur, an exception's text included (asyncpg, for one, quotes the
+argument it could not encode). Values under four characters are left alone: replacing every
+`a` in a line would make it unreadable, and no account can have so short a password.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -26,6 +32,12 @@ _FIRST = ("time", "level", "service", "logger", "message")
 #: What `bind` returns and `unbind` takes back.
 Bound = Mapping[str, contextvars.Token[Any]]
 
+REDACTED = "[redacted]"
+_MIN_HIDDEN = 4
+_hidden: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("hidden_log_values", default=())
+#: What `hide` returns and `unhide` takes back.
+Hidden = contextvars.Token[tuple[str, ...]]
+
 
 def bind(**values: Any) -> Bound:
     """Add `values` to every log line written in this context (this task and those it starts)."""
@@ -34,6 +46,37 @@ def bind(**values: Any) -> Bound:
 
 def unbind(bound: Bound) -> None:
     structlog.contextvars.reset_contextvars(**bound)
+
+
+def hide(values: Iterable[str]) -> Hidden:
+    """Keep `values` out of every log line written in this context until `unhide`."""
+    # Longest first, so a secret that contains another is replaced whole.
+    found = sorted({v for v in values if len(v) >= _MIN_HIDDEN} | set(_hidden.get()), key=len, reverse=True)
+    return _hidden.set(tuple(found))
+
+
+def unhide(token: Hidden) -> None:
+    _hidden.reset(token)
+
+
+def _scrubbed(value: Any, hidden: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {key: _scrubbed(item, hidden) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(item, hidden) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = str(value)
+    if not any(secret in text for secret in hidden):
+        return value
+    for secret in hidden:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _scrub_hidden(_logger: Any, _method: str, event: EventDict) -> EventDict:
+    hidden = _hidden.get()
+    return {key: _scrubbed(value, hidden) for key, value in event.items()} if hidden else event
 
 
 def _add_extras(_logger: Any, _method: str, event: EventDict) -> EventDict:
@@ -83,6 +126,7 @@ def configure_logging(service: str, level: str, *, trace_ids: bool = False) -> N
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.EventRenamer("message"),
             structlog.processors.format_exc_info,
+            _scrub_hidden,  # after the traceback is text, so it is scrubbed too
             _first_keys_first,
             structlog.processors.JSONRenderer(default=str),
         ],

@@ -7,8 +7,9 @@ A public read (a route declared `reads_only`) runs its handler outside a transac
 read-only connection: it has no session to check, no message id to claim and nothing to audit.
 For an event:    decode -> validate -> (in one transaction:) skip if seen -> handle -> commit -> ack.
 
-A message that is not JSON, names an unknown command or carries a malformed payload gets an error
-reply and is dead-lettered with the reason; a refused command gets its error reply and is acked
+A message that is not JSON, has no message_id, names an unknown command or carries a malformed
+payload gets an error reply and is dead-lettered with the reason, its secrets redacted
+(shared/redaction.py); a refused command gets its error reply and is acked
 (refusing it *is* handling it). A database outage is waited out with backoff while the message
 stays unacked, so nothing accepted is lost and nothing spins. Anything else that escapes a handler
 is a bug: the caller gets a bare 500, the message is dead-lettered, and the consumer keeps going.
@@ -43,9 +44,11 @@ from shared.envelope import (
     AUTHORIZATION_HEADER,
     CLIENT_ADDRESS_HEADER,
     REQUEST_ID_HEADER,
+    HeaderNotText,
     MessageContext,
     current_message,
     error_reply,
+    header_hint,
     header_text,
     ok_reply,
     request_id_for,
@@ -57,6 +60,7 @@ from shared.errors import AppError, BadRequest, Forbidden, InternalError, NotFou
 from shared.metrics import ServiceMetrics
 from shared.outbox import OutboxRelay
 from shared.pacing import Backoff, wait_for_event
+from shared.redaction import REDACTED_HEADER, redact_body, redact_headers, secret_values
 from shared.routes import CommandRoute, EventRoute, check_routes
 from shared.tokens import Caller, TokenVerifier, bearer_token
 
@@ -73,6 +77,13 @@ class Malformed(Exception):
     def __init__(self, error: AppError) -> None:
         super().__init__(error.detail)
         self.error = error
+
+
+def _authorization(headers: dict[str, Any]) -> str | None:
+    try:
+        return header_text(headers, AUTHORIZATION_HEADER)
+    except HeaderNotText as exc:
+        raise Unauthorized(str(exc)) from None
 
 
 class _Requeue(Exception):
@@ -143,21 +154,23 @@ class MessageProcessor:
         ctx = MessageContext(
             command=name,
             message_id=message_id,
-            request_id=request_id_for(header_text(headers, REQUEST_ID_HEADER), message_id),
-            client_address=header_text(headers, CLIENT_ADDRESS_HEADER),
+            request_id=request_id_for(header_hint(headers, REQUEST_ID_HEADER), message_id),
+            client_address=header_hint(headers, CLIENT_ADDRESS_HEADER),
         )
         token = set_current_message(ctx)
         bound = logs.bind(request_id=ctx.request_id, command=name)
+        hidden: logs.Hidden | None = None
         outcome = "ok"
         try:
             try:
                 route, caller, payload = await self._admit(message, headers)
+                hidden = logs.hide(secret_values(payload, route.declaration.secret_fields))
                 result = await self._hold_through_outage(lambda: self._execute_once(route, caller, payload, message), "command")
             except Malformed as exc:
                 outcome = str(exc.error.status)
                 await self._reply(message, error_reply(exc.error))
                 await self._dead_letter(
-                    message, command_queue_name(self.service), f"{exc.error.status} {exc.error.title}: {exc.error.detail}"
+                    message, command_queue_name(self.service), f"{exc.error.status} {exc.error.title}: {exc.error.detail}", command=True
                 )
             except AppError as exc:
                 outcome = str(exc.status)
@@ -170,7 +183,7 @@ class MessageProcessor:
                 outcome = "500"
                 log.exception("command failed unexpectedly")
                 await self._reply(message, error_reply(InternalError()))
-                await self._dead_letter(message, command_queue_name(self.service), f"unhandled {type(exc).__name__}")
+                await self._dead_letter(message, command_queue_name(self.service), f"unhandled {type(exc).__name__}", command=True)
             else:
                 await self._reply(message, ok_reply(result))
                 await message.ack()
@@ -181,14 +194,17 @@ class MessageProcessor:
         finally:
             self._metrics.commands.labels(name, outcome).inc()
             self._metrics.command_seconds.labels(name).observe(time.perf_counter() - started)
+            if hidden is not None:
+                logs.unhide(hidden)
             logs.unbind(bound)
             reset_current_message(token)
             self._leave()
 
     async def _admit(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> tuple[CommandRoute, Caller | None, Any]:
         """Decide what the message is and who sent it; nothing here touches the database."""
-        if message.message_id is not None and not valid_message_id(message.message_id):
-            raise Malformed(BadRequest("message_id must be 1 to 200 visible ASCII characters"))
+        if not valid_message_id(message.message_id):
+            # The contract makes it required: without one a retry could not be told from a new command.
+            raise Malformed(BadRequest("Every command needs a message_id of 1 to 200 visible ASCII characters"))
         if message.exchange != COMMANDS_EXCHANGE:
             # Broker permissions cannot stop a service writing to the default exchange (it needs
             # that for replies), which reaches any queue by name: only `commands` is trusted.
@@ -212,7 +228,7 @@ class MessageProcessor:
         caller: Caller | None = None
         if route.policy.needs_token:
             try:
-                caller = await self._verifier.verify(bearer_token(header_text(headers, AUTHORIZATION_HEADER)))
+                caller = await self._verifier.verify(bearer_token(_authorization(headers)))
             except AppError as exc:
                 await audit.record_alone(self._pool, self._decide("denied", route, None, payload, exc.detail))
                 raise
@@ -356,14 +372,14 @@ class MessageProcessor:
                 await self._hold_through_outage(lambda: self._apply_event(route, event), "event")
             except Malformed as exc:
                 outcome = "malformed"
-                await self._dead_letter(message, event_queue_name(self.service), exc.error.detail)
+                await self._dead_letter(message, event_queue_name(self.service), exc.error.detail, command=False)
             except _Requeue:
                 outcome = "requeued"
                 await message.nack(requeue=True)
             except Exception as exc:
                 outcome = "failed"
                 log.exception("event handler failed unexpectedly")
-                await self._dead_letter(message, event_queue_name(self.service), f"unhandled {type(exc).__name__}")
+                await self._dead_letter(message, event_queue_name(self.service), f"unhandled {type(exc).__name__}", command=False)
             else:
                 await message.ack()
         except aio_pika.exceptions.AMQPError:
@@ -400,12 +416,18 @@ class MessageProcessor:
             mandatory=False,
         )
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str) -> None:
-        """Park the message in `<queue>.dead` with the reason, then ack it."""
+    async def _dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str, *, command: bool) -> None:
+        """Park the message in `<queue>.dead` with the reason, then ack it. Nothing parked keeps a
+        credential: the authorization header always goes, and a command's secret fields too."""
         self._metrics.dead_lettered.labels(queue).inc()
         log.warning("dead-lettering a message", extra={"reason": reason, "queue": queue})
-        # A parked message must not hold a live credential, whatever the header's capitalisation.
-        headers = {key: ("[redacted]" if key.lower() == AUTHORIZATION_HEADER else value) for key, value in (message.headers or {}).items()}
+        headers, taken = redact_headers(message.headers or {})
+        body = message.body
+        if command:
+            body, fields = redact_body(body, (message.type, message.routing_key), max_bytes=self._max_bytes)
+            taken += fields
+        if taken:
+            headers[REDACTED_HEADER] = ", ".join(taken)
         headers.update(
             {
                 "x-dead-letter-reason": reason,
@@ -420,7 +442,7 @@ class MessageProcessor:
             exchange = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
             await exchange.publish(
                 aio_pika.Message(
-                    message.body,
+                    body,
                     headers=headers,
                     content_type=message.content_type,
                     message_id=message.message_id,

@@ -73,7 +73,7 @@ async def db(backends: Backends, stack: Stack) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(scope="session")
 async def broker(backends: Backends, stack: Stack) -> AsyncIterator[BrokerProbe]:
     connection = await aio_pika.connect_robust(backends.amqp_url, reconnect_interval=1)
-    probe = BrokerProbe(connection)
+    probe = BrokerProbe(connection, backends.amqp_url)
     await probe.start()
     yield probe
     await connection.close()

@@ -2,6 +2,8 @@
 
 - the committed file is what `python -m shared.asyncapi` generates, so it cannot drift from the models;
 - every command and event of the contract is in it, with the contract's fields, header and properties;
+  the AMQP properties sit in the message's `bindings.amqp` (never as headers), and what it calls
+  required is what the runner refuses a message without (message_id: tests/test_command_envelope.py);
 - it is a structurally sound AsyncAPI 3.0 document: required keys, every `$ref` resolves, each
   operation's messages belong to its channel (the official JSON Schema is too large to vendor);
 - its payload schemas accept what the pydantic models accept and refuse what they refuse;
@@ -127,8 +129,12 @@ def test_every_command_of_the_contract_is_described(doc: dict[str, Any]) -> None
         command = message(doc, f"command.{name}")
         model = COMMAND_PAYLOADS[name]
         assert resolve(doc, command["payload"]["$ref"]) == model.model_json_schema(ref_template="#/components/schemas/{model}")
-        assert set(command["x-amqp-properties"]["properties"]) >= {"content_type", "message_id", "type", "reply_to", "correlation_id"}
-        assert command["x-amqp-properties"]["properties"]["type"] == {"const": name}
+        properties = command["bindings"]["amqp"]["x-properties"]
+        assert set(properties["properties"]) >= {"content_type", "message_id", "type", "reply_to", "correlation_id"}
+        assert properties["properties"]["type"]["const"] == name
+        assert properties["required"] == ["message_id"], "required is what the runner enforces, and no more"
+        assert command["bindings"]["amqp"]["messageType"] == name
+        assert not {"reply_to", "correlation_id", "message_id"} & set(command["headers"]["properties"]), "properties are not headers"
         assert ("authorization" in command["headers"]["properties"]) == (name not in CONTRACT_PUBLIC), name
         assert command["headers"].get("required", []) == ([] if name in CONTRACT_PUBLIC else ["authorization"])
         (operation,) = [op for op in doc["operations"].values() if op["channel"]["$ref"] == f"#/channels/command.{name}"]
@@ -202,13 +208,20 @@ def test_it_is_a_structurally_valid_asyncapi_3_document(doc: dict[str, Any]) -> 
         for ref in operation["messages"]:  # AsyncAPI 3: a subset of the channel's messages
             assert ref["$ref"].startswith(channel_ref + "/messages/"), name
         if "reply" in operation:
-            assert re.fullmatch(r"\$message\.(header|payload)#(/[^/]*)+", operation["reply"]["address"]["location"])
             for ref in operation["reply"]["messages"]:
                 assert ref["$ref"].startswith(operation["reply"]["channel"]["$ref"] + "/messages/"), name
     for name, msg in doc["components"]["messages"].items():
         validator(doc, msg["payload"])  # compiles: a valid JSON Schema
-        if "correlationId" in msg:
-            assert resolve(doc, msg["correlationId"]["$ref"])["location"].startswith("$message.header#/"), name
+        amqp = msg.get("bindings", {}).get("amqp", {})
+        # The AMQP message binding 0.3.0 defines these; anything else must be an extension.
+        assert all(key in ("contentEncoding", "messageType", "bindingVersion") or key.startswith("x-") for key in amqp), name
+        assert amqp.get("bindingVersion", "0.3.0") == "0.3.0", name
+        validator(doc, amqp.get("x-properties", {}))
+    # A runtime expression may only point into what the message really has: AMQP properties are
+    # neither headers nor payload, so nothing may claim `$message.header#/reply_to` or the like.
+    expressions = re.findall(r"\$message\.(header|payload)#/([\w-]+)", json.dumps(doc))
+    assert not [(where, field) for where, field in expressions if where == "header" or field in ("reply_to", "correlation_id")]
+    assert "correlationIds" not in doc["components"]
 
 
 @pytest.mark.unit

@@ -118,6 +118,7 @@ async def test_auth_service_refuses_and_dead_letters_malformed_command(case, bro
     dead = await broker.parked("auth.commands", lambda m: m.message_id == message_id, timeout=3.0)
     assert header(dead, "x-dead-letter-reason"), "a dead-lettered command must say why"
     assert_no_live_credential(dead, user.token)
+    assert b"correct-horse-battery" not in dead.body, "a parked command keeps no password (test_parked_secrets.py)"
     assert await db.fetchval("SELECT count(*) FROM auth.accounts WHERE email LIKE $1", f"%{uid}%") == 0
 
     control = await broker.command("get-me", {}, token=user.token)

@@ -17,6 +17,11 @@ from uuid import uuid4
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from pamqp import body as amqp_body
+from pamqp import commands as amqp
+from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
+from yarl import URL
 
 #: RabbitMQ's direct reply-to pseudo-queue: replies come back on the channel that consumes it.
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -26,8 +31,9 @@ WaitUntil = Callable[..., Awaitable[Any]]
 
 
 class BrokerProbe:
-    def __init__(self, connection: AbstractRobustConnection) -> None:
+    def __init__(self, connection: AbstractRobustConnection, amqp_url: str) -> None:
         self._connection = connection
+        self._url = URL(amqp_url)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.channel: AbstractChannel
 
@@ -40,6 +46,9 @@ class BrokerProbe:
         self.channel = await self._connection.channel()
         reply_queue = await self.channel.get_queue(REPLY_TO, ensure=False)
         await reply_queue.consume(self._on_reply, no_ack=True)
+        # Direct reply-to only answers the channel that published; a bare publisher needs a queue.
+        self._bare_replies = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        await self._bare_replies.consume(self._on_reply, no_ack=True)
 
     async def _reopen(self, *_: Any) -> None:
         await self._open()
@@ -67,8 +76,14 @@ class BrokerProbe:
         message_id: str | None = None,
         reply: bool = True,
         timeout: float = 10.0,
+        properties: dict[str, Any] | None = None,
+        bare: bool = False,
     ) -> dict[str, Any] | None:
-        """Publish a command; returns the decoded reply, or None when reply=False."""
+        """Publish a command; returns the decoded reply, or None when reply=False.
+
+        `properties` override the AMQP properties set here. aio-pika (aiormq) invents a message_id
+        for a message that has none; `bare=True` publishes through `publish_bare` instead, which
+        sends exactly the properties given, as Node's amqplib does."""
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["authorization"] = f"Bearer {token}"
@@ -78,17 +93,24 @@ class BrokerProbe:
             self._pending[correlation_id] = future
         message = aio_pika.Message(
             body if body is not None else json.dumps(payload if payload is not None else {}).encode(),
-            content_type="application/json",
-            message_id=message_id or str(uuid4()),
-            type=command if message_type is True else (message_type or None),
             headers=all_headers,
-            reply_to=REPLY_TO if reply else None,
-            correlation_id=correlation_id,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            **{
+                "content_type": "application/json",
+                "message_id": message_id or str(uuid4()),
+                "type": command if message_type is True else (message_type or None),
+                "reply_to": REPLY_TO if reply else None,
+                "correlation_id": correlation_id,
+                "delivery_mode": aio_pika.DeliveryMode.PERSISTENT,
+                **(properties or {}),
+            },
         )
         await self.ready()
-        exchange = await self.channel.get_exchange("commands", ensure=False)
-        await exchange.publish(message, routing_key=command, mandatory=False)
+        if bare:
+            message.reply_to = self._bare_replies.name if reply else None
+            await publish_bare(self._url, "commands", command, message)
+        else:
+            exchange = await self.channel.get_exchange("commands", ensure=False)
+            await exchange.publish(message, routing_key=command, mandatory=False)
         if not reply:
             return None
         return await asyncio.wait_for(future, timeout)
@@ -135,9 +157,9 @@ class BrokerProbe:
                 raise AssertionError(f"no matching message in {queue}.dead within {timeout} s ({len(drained)} others)")
             await asyncio.sleep(0.05)
 
-    async def open_channel(self) -> AbstractChannel:
+    async def open_channel(self, **options: Any) -> AbstractChannel:
         """A channel of the probe's connection for a test's own consumer; the test closes it."""
-        return await self._connection.channel()
+        return await self._connection.channel(**options)
 
     @asynccontextmanager
     async def tap(self, routing_keys: Iterable[str], wait_until: WaitUntil, db: asyncpg.Pool | None = None) -> AsyncIterator[EventTap]:
@@ -149,6 +171,55 @@ class BrokerProbe:
             yield EventTap(queue, wait_until, db)
         finally:
             await queue.delete(if_unused=False, if_empty=False)
+
+
+async def publish_bare(url: URL, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+    """Publish one message from a minimal AMQP 0-9-1 client of our own (pamqp frames over a socket)
+    that adds nothing to the properties it is given: no invented message_id."""
+    reader, writer = await asyncio.open_connection(url.host or "127.0.0.1", url.port or 5672)
+    buffer = b""
+
+    async def expect(kind: type) -> Any:
+        nonlocal buffer
+        while True:
+            try:
+                used, _channel, frame = amqp_frame.unmarshal(buffer)
+            except Exception:  # pamqp raises UnmarshalingException (or struct errors) on a partial frame
+                buffer += await asyncio.wait_for(reader.read(65536), 5)
+                continue
+            buffer = buffer[used:]
+            if isinstance(frame, kind):
+                return frame
+
+    def send(value: Any, channel: int) -> None:
+        writer.write(amqp_frame.marshal(value, channel))
+
+    try:
+        writer.write(amqp_frame.marshal(amqp_header.ProtocolHeader(), 0))
+        await expect(amqp.Connection.Start)
+        send(amqp.Connection.StartOk(response=f"\0{url.user or 'guest'}\0{url.password or 'guest'}"), 0)
+        tune = await expect(amqp.Connection.Tune)
+        send(amqp.Connection.TuneOk(channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0), 0)
+        send(amqp.Connection.Open(virtual_host=url.path[1:] or "/"), 0)
+        await expect(amqp.Connection.OpenOk)
+        send(amqp.Channel.Open(), 1)
+        await expect(amqp.Channel.OpenOk)
+        properties = amqp.Basic.Properties(
+            content_type=message.content_type,
+            headers=message.headers or None,
+            delivery_mode=message.delivery_mode.value if message.delivery_mode else None,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            message_id=message.message_id,
+            message_type=message.type,
+        )
+        send(amqp.Basic.Publish(exchange=exchange, routing_key=routing_key), 1)
+        send(amqp_header.ContentHeader(body_size=len(message.body), properties=properties), 1)
+        send(amqp_body.ContentBody(message.body), 1)
+        send(amqp.Connection.Close(reply_code=200, reply_text="done", class_id=0, method_id=0), 0)
+        await expect(amqp.Connection.CloseOk)
+    finally:
+        writer.close()
 
 
 class EventTap:
