@@ -1,0 +1,123 @@
+"""No input from any caller is a 500: values a client chose that reach SQL or a Python conversion.
+
+A well-formed command with a bad value (a cursor this service never gave out, a number out of
+PostgreSQL's range, digits that only Unicode calls digits) is a refusal like any other: a 4xx reply,
+and the message is acked, never parked in `<service>.commands.dead` (parking is for messages that
+cannot be a command at all). Checked through the gateway and straight over the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+from uuid import uuid4
+
+import aiohttp
+import pytest
+
+from shared.commands import audit_command_name
+from tests.support.accounts import User
+from tests.support.broker import BrokerProbe
+
+NOT_OURS = "cursor: is not a cursor this service gave out"
+
+
+def b64(value: Any) -> str:
+    """A cursor as this service encodes one: base64url of JSON, unpadded."""
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+#: Cursors that decode as base64 and JSON but were never given out.
+FORGED_POST_CURSORS = {
+    "an int for the id": b64(["2020-01-01T00:00:00+00:00", 5]),
+    "one element": b64(["x"]),
+    "an object": b64({"created_at": "2020-01-01T00:00:00+00:00", "id": str(uuid4())}),
+    "a two-key object": b64({"a": 1, "b": 2}),
+    "a null": b64(None),
+    "a number": b64(12),
+    "a nested list": b64([["2020-01-01T00:00:00+00:00"], [str(uuid4())]]),
+    "a date before year 1 in UTC": b64(["0001-01-01T00:00:00+14:00", str(uuid4())]),
+    "a date after year 9999 in UTC": b64(["9999-12-31T23:59:59-14:00", str(uuid4())]),
+    "a huge year": b64(["99999999-01-01T00:00:00+00:00", str(uuid4())]),
+    "a naive date": b64(["2020-01-01T00:00:00", str(uuid4())]),
+    "a null date": b64([None, str(uuid4())]),
+    "not UTF-8": base64.urlsafe_b64encode(b"\xff\xfe[1,2]").decode(),
+    "non-ASCII text": "ünïcødé",
+    "unicode digits": "²³¹",
+}
+
+#: Audit cursors that are no row id this service gave out.
+FORGED_AUDIT_CURSORS = {
+    "a superscript digit": "²",
+    "Arabic-Indic digits": "٣٤",
+    "30 digits": "9" * 30,
+    "just over int8": str(2**63),
+    "negative": "-1",
+    "spaces": " 1",
+}
+
+
+async def assert_not_parked(broker: BrokerProbe, queue: str, message_id: str) -> None:
+    """Give a parking publish time to land, then show nothing with `message_id` was parked."""
+    await asyncio.sleep(0.5)
+    parked = [m for m in await broker.dead_letters(queue) if m.message_id == message_id]
+    assert not parked, f"{message_id} was parked in {queue}.dead: {parked[0].headers.get('x-dead-letter-reason')!r}"
+
+
+@pytest.mark.parametrize("case", list(FORGED_POST_CURSORS))
+async def test_forged_post_cursor_over_http_is_422(http: aiohttp.ClientSession, case: str) -> None:
+    async with http.get("/posts", params={"cursor": FORGED_POST_CURSORS[case]}) as response:
+        body = await response.json(content_type=None)
+        assert response.status == 422, body
+        assert body["detail"] == NOT_OURS, body
+
+
+@pytest.mark.parametrize("case", list(FORGED_POST_CURSORS))
+async def test_forged_post_cursor_over_the_broker_is_422_and_not_parked(broker: BrokerProbe, case: str) -> None:
+    message_id = str(uuid4())
+    reply = await broker.command("list-posts", {"cursor": FORGED_POST_CURSORS[case]}, message_id=message_id)
+    assert reply is not None and reply["ok"] is False, reply
+    assert reply["error"]["status"] == 422 and reply["error"]["detail"] == NOT_OURS, reply
+    await assert_not_parked(broker, "posts.commands", message_id)
+
+
+async def test_a_cursor_given_out_still_pages(http: aiohttp.ClientSession, new_user: Any) -> None:
+    """The positive control: validation refuses forgeries, not the cursors we hand out."""
+    author: User = await new_user("pager")
+    for n in range(3):
+        async with http.post("/posts", json={"title": f"Page {n}", "body": "x"}, headers=author.auth) as response:
+            assert response.status == 201
+    async with http.get("/posts", params={"limit": "1"}) as response:
+        first = await response.json()
+    assert first["next_cursor"]
+    async with http.get("/posts", params={"limit": "1", "cursor": first["next_cursor"]}) as response:
+        assert response.status == 200, await response.text()
+        second = await response.json()
+    assert second["items"] and second["items"][0]["id"] != first["items"][0]["id"]
+
+
+@pytest.mark.parametrize("case", list(FORGED_AUDIT_CURSORS))
+async def test_forged_audit_cursor_over_the_broker_is_422_and_not_parked(broker: BrokerProbe, admin: User, case: str) -> None:
+    message_id = str(uuid4())
+    reply = await broker.command(
+        audit_command_name("posts"), {"cursor": FORGED_AUDIT_CURSORS[case]}, token=admin.token, message_id=message_id
+    )
+    assert reply is not None and reply["ok"] is False, reply
+    assert reply["error"]["status"] == 422 and reply["error"]["detail"] == NOT_OURS, reply
+    await assert_not_parked(broker, "posts.commands", message_id)
+
+
+@pytest.mark.parametrize("case", list(FORGED_AUDIT_CURSORS))
+async def test_forged_audit_cursor_over_http_is_422(http: aiohttp.ClientSession, admin: User, case: str) -> None:
+    async with http.get("/audit", params={"service": "users", "cursor": FORGED_AUDIT_CURSORS[case]}, headers=admin.auth) as response:
+        body = await response.json(content_type=None)
+        assert response.status == 422, body
+        assert body["detail"] == NOT_OURS, body
+
+
+@pytest.mark.parametrize("limit", ["²", "9" * 30, "1e3", "-1", "0", "101", "٣٠٠"])
+async def test_hostile_audit_limit_over_http_is_422(http: aiohttp.ClientSession, admin: User, limit: str) -> None:
+    async with http.get("/audit", params={"service": "auth", "limit": limit}, headers=admin.auth) as response:
+        assert response.status == 422, await response.text()
