@@ -20,6 +20,7 @@ import pytest
 from shared.commands import audit_command_name
 from tests.support.accounts import User
 from tests.support.broker import BrokerProbe
+from tests.support.stack import Stack
 
 NOT_OURS = "cursor: is not a cursor this service gave out"
 
@@ -121,3 +122,52 @@ async def test_forged_audit_cursor_over_http_is_422(http: aiohttp.ClientSession,
 async def test_hostile_audit_limit_over_http_is_422(http: aiohttp.ClientSession, admin: User, limit: str) -> None:
     async with http.get("/audit", params={"service": "auth", "limit": limit}, headers=admin.auth) as response:
         assert response.status == 422, await response.text()
+
+
+# -- metric labels take only declared values ----------------------------------------------------
+
+
+async def metric_series(url: str) -> list[str]:
+    """The sample lines of a /metrics page (one per series and bucket), once the messages sent
+    before have been counted (a reply goes out before its count)."""
+    await asyncio.sleep(0.5)
+    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+        assert response.status == 200
+        return [line for line in (await response.text()).splitlines() if line and not line.startswith("#")]
+
+
+async def test_made_up_command_types_add_no_metric_series(broker: BrokerProbe, stack: Stack) -> None:
+    """Each message below is malformed (its type is no command, or not its routing key's) and
+    counted; if the count were labelled by the wire name, every message would add series."""
+    url = stack.http_url("posts")
+
+    async def made_up(n: int) -> None:
+        for _ in range(n):
+            reply = await broker.command("get-post", {"post_id": str(uuid4())}, message_type=f"made-up-{uuid4().hex}")
+            assert reply is not None and reply["error"]["status"] == 422, reply
+
+    await made_up(1)  # the `unknown` series exists from here on
+    before = await metric_series(url)
+    await made_up(60)
+    after = await metric_series(url)
+    assert len(after) == len(before), f"{len(after) - len(before)} new series for 60 made-up types"
+    assert not [line for line in after if "made-up-" in line]
+    assert any('command="unknown"' in line for line in after)
+
+
+async def test_made_up_http_methods_and_paths_add_no_metric_series(stack: Stack) -> None:
+    url = stack.gateway_url
+
+    async def made_up(n: int) -> None:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(n):
+                token = uuid4().hex[:8].upper()
+                async with session.request(f"X{token}", f"{url}/posts/{uuid4()}/{token}") as response:
+                    assert response.status in (400, 404, 405), await response.text()
+
+    await made_up(1)
+    await metric_series(url)  # the gateway counts its own /metrics too: that series exists from here on
+    before = await metric_series(url)
+    await made_up(40)
+    after = await metric_series(url)
+    assert len(after) == len(before), f"{len(after) - len(before)} new series for 40 made-up methods and paths"
