@@ -444,6 +444,12 @@ class MessageProcessor:
                 routing_key=queue,
                 mandatory=False,
             )
+        except aio_pika.exceptions.DeliveryError:
+            # The broker refused it: `<queue>.dead` is full (it rejects new messages rather than
+            # dropping old ones, see shared/broker.py). Retrying would loop until an operator
+            # empties it, so the message is dropped, and said so.
+            self._metrics.dead_letters_dropped.labels(queue).inc()
+            log.warning("the dead-letter queue is full; dropping the message", extra={"reason": reason, "queue": queue})
         except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError):
             # Not parked yet: hand it back and try again on redelivery. Rejecting it instead would
             # let RabbitMQ park the original, credential and all.
