@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import uuid4
 
 import aiohttp
 import pytest
 
 from shared.broker import DEAD_LETTER_EXCHANGE, DEAD_LETTER_OVERFLOW, dead_letter_queue_name
-from shared.topology import DEAD_LETTER_QUEUE_ARGUMENTS, SERVICE_NAMES, queues
+from shared.declarations import SERVICE_NAMES
+from shared.topology import DEAD_LETTER_QUEUE_ARGUMENTS, queues
 from tests.support.broker import BrokerProbe, WaitUntil
 from tests.support.stack import Stack
 
@@ -38,7 +40,7 @@ def test_every_dead_letter_queue_is_bounded() -> None:
     assert DEAD_LETTER_QUEUE_ARGUMENTS["x-overflow"] == "reject-publish"
 
 
-async def redeclare(broker: BrokerProbe, arguments: dict[str, object]) -> None:
+async def redeclare(broker: BrokerProbe, arguments: dict[str, Any]) -> None:
     name = dead_letter_queue_name(QUEUE)
     channel = await broker.open_channel()
     try:

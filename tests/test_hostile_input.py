@@ -15,6 +15,7 @@ from typing import Any
 from uuid import uuid4
 
 import aiohttp
+import asyncpg
 import pytest
 
 from shared.commands import audit_command_name
@@ -171,3 +172,19 @@ async def test_made_up_http_methods_and_paths_add_no_metric_series(stack: Stack)
     await made_up(40)
     after = await metric_series(url)
     assert len(after) == len(before), f"{len(after) - len(before)} new series for 40 made-up methods and paths"
+
+
+# -- tables an outsider can grow ------------------------------------------------------------------
+
+
+async def test_a_failed_login_clears_expired_failures(broker: BrokerProbe, db: asyncpg.Pool) -> None:
+    """Each failed login is a row (for the rate limit); each also clears rows older than the
+    window, so made-up emails cannot grow the table past one window's worth."""
+    stale = [f"stale-{uuid4().hex}@example.com" for _ in range(50)]
+    await db.executemany(
+        "INSERT INTO auth.login_failures (account_key, failed_at) VALUES ($1, now() - interval '2 hours')", [(e,) for e in stale]
+    )
+    reply = await broker.command("login", {"email": f"nobody-{uuid4().hex}@example.com", "password": "wrong password"})
+    assert reply is not None and reply["error"]["status"] == 401, reply
+    left = await db.fetchval("SELECT count(*) FROM auth.login_failures WHERE account_key = ANY($1)", stale)
+    assert left == 0, f"{left} failures older than the window are still kept"
