@@ -109,7 +109,7 @@ hostile_values = st.one_of(
     st.dictionaries(st.text(max_size=8), hostile_scalars, max_size=3),
     st.recursive(st.just([]), lambda inner: st.lists(inner, min_size=1, max_size=1), max_leaves=40),
 )
-hostile_bodies = st.one_of(hostile_values.filter(lambda v: not isinstance(v, dict)), st.just({}))
+hostile_bodies: st.SearchStrategy[Any] = st.one_of(hostile_values.filter(lambda v: not isinstance(v, dict)), st.just({}))
 
 # -- a valid start, from the model ----------------------------------------------------------------
 
