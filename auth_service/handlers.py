@@ -96,4 +96,4 @@ class AuthHandlers:
         # On its own connection: the command's transaction rolls back with the 401 it raises,
         # and the failure must still count.
         async with self._pool.acquire() as conn:
-            await repository.record_login_failure(conn, email, address)
+            await repository.record_login_failure(conn, email, address, timedelta(seconds=self._settings.login_window_seconds))

@@ -105,8 +105,27 @@ async def find_session(conn: asyncpg.Connection | PoolConnectionProxy, session_o
     )
 
 
-async def record_login_failure(conn: asyncpg.Connection | PoolConnectionProxy, account_key: str, address: str | None) -> None:
-    await conn.execute("INSERT INTO login_failures (account_key, address) VALUES ($1, $2)", account_key, address)
+#: How many expired failure rows each new failure clears at most: more than the one it adds, so
+#: expired rows never pile up, and few enough that a failed login stays cheap.
+PURGE_BATCH = 100
+
+
+async def record_login_failure(
+    conn: asyncpg.Connection | PoolConnectionProxy, account_key: str, address: str | None, window: timedelta
+) -> None:
+    """Count a failure, and clear failures older than the window (the rate limit reads none of
+    them). Without that the table grows with every email an outsider makes up; with it, it holds
+    at most the failures of one window. `SKIP LOCKED`: concurrent failures clear different rows
+    instead of waiting on each other."""
+    await conn.execute(
+        "WITH expired AS (SELECT id FROM login_failures WHERE failed_at < $3 LIMIT $4 FOR UPDATE SKIP LOCKED),"
+        " purged AS (DELETE FROM login_failures WHERE id IN (SELECT id FROM expired))"
+        " INSERT INTO login_failures (account_key, address) VALUES ($1, $2)",
+        account_key,
+        address,
+        datetime.now(UTC) - window,
+        PURGE_BATCH,
+    )
 
 
 async def clear_login_failures(conn: asyncpg.Connection | PoolConnectionProxy, account_key: str) -> None:

@@ -83,10 +83,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return problem(500, "Internal Server Error", "Something went wrong on our side", request_id=request_id)
 
 
+#: The methods a metric label may name; a client can send any token as a method, and a label taken
+#: from the request would add a series per made-up method.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
+    # The route's pattern (`/posts/{post_id}`), never the raw path: one series per route.
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    method = request.method if request.method in _METHODS else "other"
     status = 500
     try:
         response = await handler(request)
@@ -94,8 +101,8 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     finally:
         metrics = request.app[METRICS]
-        metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+        metrics.requests.labels(route, method, str(status)).inc()
+        metrics.latency.labels(route, method).observe(time.perf_counter() - started)
 
 
 #: What RFC 6750 §3 lets a quoted error_description hold: printable ASCII without `"` and `\\`.

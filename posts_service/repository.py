@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -73,11 +73,23 @@ def encode_cursor(row: asyncpg.Record) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The position a cursor of `encode_cursor` names; anything else is a 422.
+
+    A cursor comes back from the client, so it is checked as hostile input: base64url of a JSON
+    list of exactly two strings, an ISO 8601 instant with its offset that PostgreSQL and Python
+    can both hold in UTC, and a UUID. Anything that would otherwise fail later, in a conversion or
+    in the driver (an int for the id, a naive or out-of-range date), is refused here."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, post_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), UUID(post_id)
-    except (ValueError, TypeError):
+        value = json.loads(raw)
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(part, str) for part in value)):
+            raise ValueError("not a pair of strings")
+        created_at = datetime.fromisoformat(value[0])
+        if created_at.utcoffset() is None:
+            raise ValueError("no offset: we only give out instants")
+        created_at.astimezone(UTC)  # OverflowError near year 1 or 9999; asyncpg converts to UTC too
+        return created_at, UUID(value[1])
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise Unprocessable("cursor: is not a cursor this service gave out") from None
 
 

@@ -120,13 +120,23 @@ async def record_alone(pool: asyncpg.Pool, decision: Decision) -> None:
         log.warning("could not write an audit row", extra={"error": str(exc) or type(exc).__name__})
 
 
+#: The largest `bigserial` id PostgreSQL holds: a larger number was never a row id (and binding it
+#: as `bigint` fails in the driver).
+MAX_ROW_ID = 2**63 - 1
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+def audit_cursor(cursor: str) -> int:
+    """The row id an audit cursor names; 422 for anything this service did not give out.
+    `str.isdigit` is no check: it is True for `²` and other digits `int` cannot read."""
+    if not cursor or not _ASCII_DIGITS.issuperset(cursor) or int(cursor) > MAX_ROW_ID:
+        raise Unprocessable("cursor: is not a cursor this service gave out")
+    return int(cursor)
+
+
 async def list_audit(cmd: ListAudit, _caller: Caller, conn: Connection) -> dict[str, Any]:
     """A page of the audit trail, newest first."""
-    before = None
-    if cmd.cursor is not None:
-        if not cmd.cursor.isdigit():
-            raise Unprocessable("cursor: is not a cursor this service gave out")
-        before = int(cmd.cursor)
+    before = None if cmd.cursor is None else audit_cursor(cmd.cursor)
     rows = await conn.fetch(
         "SELECT id, occurred_at, decision, command, caller, caller_kind, resource, reason, message_id, request_id"
         " FROM audit_log WHERE ($1::text IS NULL OR decision = $1) AND ($2::bigint IS NULL OR id < $2)"

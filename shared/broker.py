@@ -17,6 +17,15 @@ EVENTS_EXCHANGE = "events"
 DEAD_LETTER_EXCHANGE = "dead-letters"
 #: How many times a message may be delivered before RabbitMQ dead-letters it.
 DELIVERY_LIMIT = 5
+#: The bounds of every `<queue>.dead`: whichever is reached first. Anyone who can publish can make
+#: messages that get parked, so without a bound they could fill the broker's disk.
+DEAD_LETTER_MAX_LENGTH = 10_000
+DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+#: What a full dead-letter queue does with one more message. `reject-publish` rather than
+#: `drop-head`: a flood of junk must not push out what was parked first (often the one message
+#: that shows a real bug), and a refused park is seen (the runner's confirm gets a nack, which it
+#: logs and counts in `dead_letters_dropped_total{queue}`), where `drop-head` drops silently.
+DEAD_LETTER_OVERFLOW = "reject-publish"
 #: How soon a robust connection tries again after losing the broker.
 RECONNECT_SECONDS = 1.0
 

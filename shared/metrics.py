@@ -31,6 +31,12 @@ class ServiceMetrics:
             "events_consumed_total", "Events consumed, by routing key and outcome", ["routing_key", "outcome"], registry=r
         )
         self.dead_lettered = Counter("dead_lettered_total", "Messages this process dead-lettered", ["queue"], registry=r)
+        self.dead_letters_dropped = Counter(
+            "dead_letters_dropped_total",
+            "Messages this process meant to park but dropped, because their dead-letter queue was full",
+            ["queue"],
+            registry=r,
+        )
         self.outbox_pending = Gauge("outbox_pending_events", "Events committed but not yet relayed", registry=r)
         self.outbox_lag = Gauge(
             "outbox_oldest_event_age_seconds", "Age of the oldest event not yet relayed; 0 when the outbox is empty", registry=r

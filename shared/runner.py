@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ from shared.broker import (
     command_queue_name,
     event_queue_name,
 )
-from shared.commands import parse_payload
+from shared.commands import COMMANDS, parse_payload
 from shared.database import TRANSIENT_DATABASE_ERRORS, Connection
 from shared.envelope import (
     AUTHORIZATION_HEADER,
@@ -57,6 +57,7 @@ from shared.envelope import (
     valid_message_id,
 )
 from shared.errors import AppError, BadRequest, Forbidden, InternalError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
+from shared.events import EVENTS
 from shared.metrics import ServiceMetrics
 from shared.outbox import OutboxRelay
 from shared.pacing import Backoff, wait_for_event
@@ -67,6 +68,17 @@ from shared.tokens import Caller, TokenVerifier, bearer_token
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The label of a command or event name that is not declared. Metric labels take only declared
+#: values: a label taken from the wire would let anyone who can publish add a series per message
+#: (and grow /metrics without bound).
+UNKNOWN = "unknown"
+
+
+def metric_label(name: str | None, declared: Iterable[str]) -> str:
+    """`name` when it is declared, else `UNKNOWN`."""
+    return name if name is not None and name in declared else UNKNOWN
+
 
 DENIALS = (Unauthorized, Forbidden, NotFound)
 
@@ -192,8 +204,9 @@ class MessageProcessor:
             outcome = "broker_lost"
             log.warning("lost the broker while answering a command; it will be redelivered")
         finally:
-            self._metrics.commands.labels(name, outcome).inc()
-            self._metrics.command_seconds.labels(name).observe(time.perf_counter() - started)
+            label = metric_label(name, COMMANDS)
+            self._metrics.commands.labels(label, outcome).inc()
+            self._metrics.command_seconds.labels(label).observe(time.perf_counter() - started)
             if hidden is not None:
                 logs.unhide(hidden)
             logs.unbind(bound)
@@ -385,7 +398,7 @@ class MessageProcessor:
         except aio_pika.exceptions.AMQPError:
             outcome = "broker_lost"
         finally:
-            self._metrics.events.labels(key, outcome).inc()
+            self._metrics.events.labels(metric_label(key, EVENTS), outcome).inc()
             logs.unbind(bound)
             reset_current_message(token)
             self._leave()
@@ -453,6 +466,12 @@ class MessageProcessor:
                 routing_key=queue,
                 mandatory=False,
             )
+        except aio_pika.exceptions.DeliveryError:
+            # The broker refused it: `<queue>.dead` is full (it rejects new messages rather than
+            # dropping old ones, see shared/broker.py). Retrying would loop until an operator
+            # empties it, so the message is dropped, and said so.
+            self._metrics.dead_letters_dropped.labels(queue).inc()
+            log.warning("the dead-letter queue is full; dropping the message", extra={"reason": reason, "queue": queue})
         except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError):
             # Not parked yet: hand it back and try again on redelivery. Rejecting it instead would
             # let RabbitMQ park the original, credential and all.

@@ -142,7 +142,9 @@ class TokenVerifier:
     """Checks signature, algorithm, type, issuer, audience, expiry and claims of a token.
 
     A token that verified is remembered by its SHA-256 digest until it expires, so a caller's next
-    command skips the signature check (the costliest step). The cache only saves work: expiry is
+    command skips the signature check (the costliest step). At most `cache_size` are remembered,
+    the least recently used leaving first: only tokens that verified get in, and a flood of new
+    ones (a user logging in again and again) pushes out idle entries, not the active callers. The cache only saves work: expiry is
     checked again on every hit, a token whose key has left the key set is verified afresh (and
     fails), and whether the *session* is still alive is never cached — that is `revocation.py`'s
     database check, which runs for every command.
@@ -157,20 +159,25 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Caller:
         digest = hashlib.sha256(token.encode()).digest()
-        hit = self._cache.get(digest)
+        hit = self._cache.pop(digest, None)
         if hit is not None:
             caller, kid = hit
             if time.time() > caller.expires_at + LEEWAY_SECONDS:
-                del self._cache[digest]
                 raise Unauthorized("The access token has expired")
             if await self._keys.get(kid) is not None:
+                self._cache[digest] = hit  # back in as the most recently used
                 return caller
-            del self._cache[digest]  # its key was withdrawn: check it from scratch
+            # its key was withdrawn: check it from scratch
         caller, kid = await self._verify_signed(token)
-        if len(self._cache) >= self._cache_size:
-            self._cache.pop(next(iter(self._cache)))  # the oldest entry
+        while len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))  # the least recently used
         self._cache[digest] = (caller, kid)
         return caller
+
+    @property
+    def cached_tokens(self) -> int:
+        """How many verified tokens are remembered (at most `cache_size`)."""
+        return len(self._cache)
 
     async def _verify_signed(self, token: str) -> tuple[Caller, str]:
         try:

@@ -184,3 +184,35 @@ async def test_the_cache_does_not_accept_a_tampered_copy(jwks: JwksServer, sessi
     tampered = ".".join([header, payload, signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")])
     with pytest.raises(Unauthorized):
         await check.verify(tampered)
+
+
+async def test_the_verified_token_cache_is_bounded(jwks: JwksServer, session: aiohttp.ClientSession) -> None:
+    forge = forge_for(jwks.keys[0])
+    check = TokenVerifier(JwksKeySource(jwks.url, session, min_refresh_seconds=0), issuer=ISS, audience=AUD, cache_size=3)
+    for _ in range(20):
+        await check.verify(forge.sign(good_claims(forge)))
+        assert check.cached_tokens <= 3
+    assert check.cached_tokens == 3
+
+
+async def test_the_cache_keeps_an_active_caller_through_a_flood(
+    jwks: JwksServer, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Least recently used leaves first: a caller who keeps calling stays cached while a flood of
+    new tokens passes through."""
+    forge = forge_for(jwks.keys[0])
+    check = TokenVerifier(JwksKeySource(jwks.url, session, min_refresh_seconds=0), issuer=ISS, audience=AUD, cache_size=3)
+    active = forge.sign(good_claims(forge))
+    await check.verify(active)
+    signature_checks: list[str] = []
+    verify_signed = check._verify_signed
+
+    async def counting(token: str) -> Any:
+        signature_checks.append(token)
+        return await verify_signed(token)
+
+    monkeypatch.setattr(check, "_verify_signed", counting)
+    for _ in range(10):
+        await check.verify(forge.sign(good_claims(forge)))
+        await check.verify(active)
+    assert active not in signature_checks, "the active caller's token was evicted and checked again"

@@ -30,6 +30,9 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from shared.broker import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_MAX_BYTES,
+    DEAD_LETTER_MAX_LENGTH,
+    DEAD_LETTER_OVERFLOW,
     DELIVERY_LIMIT,
     EVENTS_EXCHANGE,
     command_queue_name,
@@ -81,11 +84,22 @@ def command_keys(service: str) -> tuple[str, ...]:
     return ROUTES[service].commands
 
 
+#: Every `<queue>.dead` is bounded (see shared/broker.py for why it rejects rather than drops).
+#: Changing these on a broker that has the queues makes redeclaring them fail with
+#: PRECONDITION_FAILED: OPERATIONS.md says how to migrate.
+DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-max-length": DEAD_LETTER_MAX_LENGTH,
+    "x-max-length-bytes": DEAD_LETTER_MAX_BYTES,
+    "x-overflow": DEAD_LETTER_OVERFLOW,
+}
+
+
 def queues(service: str) -> list[Queue]:
     """The service's quorum queues, each dead-letter queue before the queue that dead-letters into it."""
     found = []
     for name in (command_queue_name(service), event_queue_name(service)):
-        found.append(Queue(dead_letter_queue_name(name), {"x-queue-type": "quorum"}))
+        found.append(Queue(dead_letter_queue_name(name), DEAD_LETTER_QUEUE_ARGUMENTS))
         found.append(
             Queue(
                 name,
