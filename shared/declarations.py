@@ -65,11 +65,6 @@ class Service:
     def package(self) -> str:
         return f"{self.name}_service"
 
-    @property
-    def broker_user_variable(self) -> str:
-        """The environment variable naming its RabbitMQ user (its default is the package name)."""
-        return f"BROKER_USER_{self.name.upper()}"
-
 
 AUTH = Service("auth")
 USERS = Service("users")
@@ -88,7 +83,7 @@ class Http:
     Each `{field}` of `path` is a payload field; the other fields come from the query string for
     GET and from the JSON body otherwise (a body whose fields are all optional may be empty; a
     payload with no fields besides the path reads no body). A bearer token is required when the
-    command's policy needs one; any other method than GET takes an `Idempotency-Key`.
+    command's policy needs one; see `Command.takes_idempotency_key` for the `Idempotency-Key`.
     """
 
     method: HttpMethod
@@ -166,10 +161,6 @@ class Command:
     def guarded(self) -> bool:
         """Whether the command carries a token (every one but the public ones)."""
         return self.policy.needs_token
-
-    @property
-    def queue(self) -> str:
-        return f"{self.service.name}.commands"
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,19 +34,17 @@ import aiohttp
 import asyncpg
 import pytest
 
+from shared.declarations import SERVICE_NAMES
+from shared.events import EVENTS
 from shared.runner import UNKNOWN
 from tests.support.accounts import User, login, register, token_claims
 from tests.support.broker import BrokerProbe, EventTap, WaitUntil
 from tests.support.fingerprint import changed_tables, fingerprint, settled_fingerprint
 from tests.support.stack import Stack
 
-SERVICES = ("auth", "users", "posts")
-#: Who consumes each event of the contract (the services' bindings on `events`).
-CONSUMERS = {
-    "user.registered": ("users",),
-    "user.banned": ("auth", "users", "posts"),
-    "session.revoked": ("auth", "users", "posts"),
-}
+SERVICES = SERVICE_NAMES
+#: Who consumes each event (the services' bindings on `events`), from the declarations.
+CONSUMERS = {name: tuple(s.name for s in event.consumers) for name, event in EVENTS.items() if event.consumers}
 POST = {"title": "Still allowed?", "body": "Checking what this token may do"}
 
 

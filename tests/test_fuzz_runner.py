@@ -48,7 +48,8 @@ from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.commands import COMMAND_PAYLOADS, audit_command_name
+from shared.commands import COMMAND_PAYLOADS
+from shared.declarations import SERVICE_NAMES
 from tests.support.accounts import User, make_admin, register
 from tests.support.backends import Backends
 from tests.support.broker import REPLY_TO, BrokerProbe, WaitUntil
@@ -57,8 +58,8 @@ from tests.support.forge import TokenForge
 from tests.support.stack import Stack
 from tests.test_every_command_is_guarded import CONTRACT_PUBLIC
 
-SERVICES = ("auth", "users", "posts")
-REAL_COMMANDS = (*sorted(COMMAND_PAYLOADS), *(audit_command_name(s) for s in SERVICES))
+SERVICES = SERVICE_NAMES
+REAL_COMMANDS = tuple(sorted(COMMAND_PAYLOADS))  # the audit commands are declared among them
 COMMAND_QUEUES = tuple(f"{s}.commands" for s in SERVICES)
 #: What must never show in an error a caller sees.
 LEAKS = ("Traceback", "Error(", "<" + "object at")

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
+from shared.declarations import SERVICE_NAMES
 from tests.support.accounts import User, login
 
 TWO_MB = 2 * 1024 * 1024
@@ -228,7 +229,7 @@ async def test_gateway_still_serves_after_bad_requests(http, new_user) -> None:
 
 # -- malformed events -----------------------------------------------------------------------------
 
-EVENT_CONSUMERS = ("auth", "users", "posts")
+EVENT_CONSUMERS = SERVICE_NAMES  # every service hears session.revoked and user.banned
 
 
 async def test_malformed_events_are_dead_lettered_and_nothing_crashes(stack, broker, db, http, new_user, wait_until) -> None:

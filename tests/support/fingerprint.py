@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-SCHEMAS = ("auth", "users", "posts")
+from shared.declarations import SERVICE_NAMES
+
+SCHEMAS = SERVICE_NAMES  # each service owns the schema of its name
 #: Tables a refusal is expected to write to: the denial is recorded there.
 UNFINGERPRINTED = ("audit_log",)
 #: Rows a service deletes on a timer, not in answer to a message: left out of the fingerprint

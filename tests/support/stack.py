@@ -24,8 +24,10 @@ from pathlib import Path
 
 import aiohttp
 
+from shared.declarations import SERVICES
+
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = {"auth": "auth_service", "users": "users_service", "posts": "posts_service", "gateway": "gateway"}
+PACKAGES = {**{s.name: s.package for s in SERVICES}, "gateway": "gateway"}
 
 
 def free_port() -> int:
