@@ -64,7 +64,8 @@ def _op(
         op["security"] = [{"bearerAuth": []}]
     if mutating:
         op.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
-        # A malformed Idempotency-Key is a 422; one already used for another command is a 409.
+        # A malformed Idempotency-Key, or one already used with another body, is a 422; one
+        # already used for another command is a 409.
         responses.setdefault("422", {"description": _ERRORS[422], "content": PROBLEM})
         responses.setdefault("409", {"description": _ERRORS[409], "content": PROBLEM})
     if params:
@@ -77,7 +78,10 @@ IDEMPOTENCY_KEY = {
     "in": "header",
     "required": False,
     "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
-    "description": "A retry with the same key and caller returns the first result and has no second effect.",
+    "description": (
+        "A retry with the same key, caller and body returns the first result and has no second effect; "
+        "the same key and caller with a different body is 422."
+    ),
 }
 
 
@@ -134,7 +138,7 @@ def _errors(command: Command, *, body: bool, query: bool, takes_key: bool) -> li
     if http.path_fields or names_a_resource or command.policy.resource is not None:
         found.add(404)
     if takes_key:
-        found |= {409, 422}  # an Idempotency-Key used for another command; a malformed one
+        found |= {409, 422}  # an Idempotency-Key used for another command; a malformed one, or one used with another body
     return sorted(found)
 
 

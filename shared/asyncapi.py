@@ -149,7 +149,7 @@ def _command(key: str, service: str, doc: dict[str, Any]) -> None:
         "bindings": _message_binding(
             key,
             "Required (without one the command is malformed: 400, parked). Unique; the idempotency key: a repeat from the same "
-            "caller gets the first reply (login never does)",
+            "caller with the same payload gets the first reply (login never does); with a different payload it is refused (422)",
             command=True,
         ),
     }

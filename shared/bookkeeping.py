@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from shared import audit, idempotency
@@ -23,8 +23,14 @@ from shared.outbox import NOTIFY_SQL, OutboxEvent, insert_events_sql
 from shared.revocation import caller_state_sql, check_caller, refuse
 from shared.tokens import Caller
 
-#: (subject, message_id, expires_at as a Unix time): whose message, and until when it is remembered.
-Key = tuple[UUID, str, int]
+
+class Key(NamedTuple):
+    """Whose message, until when it is remembered (a Unix time), and what it carried."""
+
+    subject: UUID
+    message_id: str
+    expires_at: int
+    fingerprint: bytes
 
 
 async def open_command(conn: Connection, caller: Caller | None, key: Key | None, command: str) -> Any:
@@ -33,20 +39,21 @@ async def open_command(conn: Connection, caller: Caller | None, key: Key | None,
     if caller is None:
         if key is None:
             return idempotency.UNSET
-        return await idempotency.claim(conn, key[0], key[1], command, key[2])
+        return await idempotency.claim(conn, key.subject, key.message_id, command, key.expires_at, key.fingerprint)
     if key is None:
         await check_caller(conn, caller)
         return idempotency.UNSET
-    subject, message_id, expires_at = key
+    subject, message_id, expires_at, payload_print = key
     # The claim waits for a concurrent transaction holding the same key; if that one committed,
     # nothing is inserted and the stored reply is read below, in a statement of its own (this
     # statement's snapshot predates that commit).
     row = await conn.fetchrow(
-        f"WITH claimed AS ({idempotency.CLAIM_SQL}) SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, {caller_state_sql('$5', '$6')}",
+        f"WITH claimed AS ({idempotency.CLAIM_SQL}) SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, {caller_state_sql('$6', '$7')}",
         subject,
         message_id,
         command,
         datetime.fromtimestamp(expires_at, UTC),
+        payload_print,
         caller.session_id,
         caller.subject,
     )
@@ -55,7 +62,7 @@ async def open_command(conn: Connection, caller: Caller | None, key: Key | None,
     refuse(revoked=row["revoked"], banned=row["banned"])
     if row["claimed"]:
         return idempotency.UNSET
-    return await idempotency.stored_reply(conn, subject, message_id, command)
+    return await idempotency.stored_reply(conn, subject, message_id, command, payload_print)
 
 
 async def close_command(
@@ -77,7 +84,7 @@ async def close_command(
     if key is not None:
         parts.append(
             f"saved AS (UPDATE processed_commands SET reply = {params(reply)}"
-            f" WHERE subject = {params(key[0])} AND message_id = {params(key[1])})"
+            f" WHERE subject = {params(key.subject)} AND message_id = {params(key.message_id)})"
         )
     if decision is not None:
         values = ", ".join(params(value) for value in audit.row(decision))

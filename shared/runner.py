@@ -271,7 +271,7 @@ class MessageProcessor:
         `_record_after_rollback`; otherwise the transaction commits and the result is returned."""
         if route.reads_only:
             return await self._run_public_read(route, caller, payload)
-        command = _Command(route, caller, payload, self._idempotency_key(route, caller, message))
+        command = _Command(route, caller, payload, self._idempotency_key(route, caller, payload, message))
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 with outbox.buffered(conn, route.emits) as events:
@@ -337,13 +337,16 @@ class MessageProcessor:
             decision = decision.followed_by(f"{exc.status} {exc.detail}")
         await audit.record_alone(self._pool, decision)
 
-    def _idempotency_key(self, route: CommandRoute, caller: Caller | None, message: AbstractIncomingMessage) -> bookkeeping.Key | None:
+    def _idempotency_key(
+        self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage
+    ) -> bookkeeping.Key | None:
         if not route.replays or not message.message_id:
             return None
+        payload_print = idempotency.fingerprint(payload)
         if caller is not None:
-            return caller.subject, message.message_id, caller.expires_at
-        key = idempotency.anonymous_key(message.message_id, message.body)
-        return idempotency.ANONYMOUS, key, int(time.time()) + self._anonymous_ttl
+            return bookkeeping.Key(caller.subject, message.message_id, caller.expires_at, payload_print)
+        key = idempotency.anonymous_key(message.message_id, payload_print)
+        return bookkeeping.Key(idempotency.ANONYMOUS, key, int(time.time()) + self._anonymous_ttl, payload_print)
 
     def _decide(
         self, decision: audit.DecisionKind, route: CommandRoute, caller: Caller | None, payload: Any, reason: str

@@ -19,7 +19,7 @@ import pytest
 
 from shared import audit, bookkeeping, idempotency, outbox
 from shared.database import create_pool
-from shared.errors import Conflict, Forbidden, Unauthorized
+from shared.errors import Conflict, Forbidden, Unauthorized, Unprocessable
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
 from shared.roles import Role
 from shared.tokens import Caller
@@ -41,8 +41,8 @@ def a_caller() -> Caller:
     return Caller(subject=uuid4(), session_id=uuid4(), role=Role.USER, token_id="t", expires_at=int(time.time()) + 600)
 
 
-def key_of(caller: Caller, message_id: str = "m-1") -> bookkeeping.Key:
-    return caller.subject, message_id, caller.expires_at
+def key_of(caller: Caller, message_id: str = "m-1", payload: bytes = b"payload") -> bookkeeping.Key:
+    return bookkeeping.Key(caller.subject, message_id, caller.expires_at, payload)
 
 
 POST_ID = str(uuid4())
@@ -85,7 +85,7 @@ async def test_the_closing_statement_writes_reply_audit_row_and_events_in_order(
     assert rows[0]["body"]["post_id"] == POST_ID and UUID(rows[0]["body"]["event_id"]) == first
 
 
-async def test_a_repeated_message_gets_the_stored_reply_and_another_command_a_conflict(schema_pool: asyncpg.Pool) -> None:
+async def test_a_repeated_message_gets_the_stored_reply_another_command_409_another_payload_422(schema_pool: asyncpg.Pool) -> None:
     caller = a_caller()
     key = key_of(caller)
     async with schema_pool.acquire() as conn:
@@ -97,6 +97,12 @@ async def test_a_repeated_message_gets_the_stored_reply_and_another_command_a_co
         with pytest.raises(Conflict):
             async with conn.transaction():
                 await bookkeeping.open_command(conn, caller, key, "delete-post")
+        with pytest.raises(Unprocessable, match="different payload"):
+            async with conn.transaction():
+                await bookkeeping.open_command(conn, caller, key_of(caller, payload=b"another"), "create-post")
+        # Neither refusal touched the record: the first reply is still what a true repeat gets.
+        async with conn.transaction():
+            assert await bookkeeping.open_command(conn, caller, key, "create-post") == {"id": "p-1"}
 
 
 async def test_a_concurrent_repeat_waits_for_the_first_and_reads_its_reply(schema_pool: asyncpg.Pool) -> None:

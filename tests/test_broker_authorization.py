@@ -424,6 +424,22 @@ async def test_replay_same_caller(broker: BrokerProbe, db: asyncpg.Pool, new_use
     assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE title = $1", title) == 1
 
 
+async def test_replay_with_another_payload_is_422(broker: BrokerProbe, db: asyncpg.Pool, new_user) -> None:
+    """The same message_id from the same caller with another payload is refused, not answered
+    with the first reply, and runs nothing; the first payload still replays."""
+    caller: User = await new_user("caller")
+    message_id, title = str(uuid4()), f"first-{uuid4().hex}"
+    first = succeeded(await broker.command("create-post", {"title": title, "body": "x"}, token=caller.token, message_id=message_id))
+
+    other = f"other-{uuid4().hex}"
+    reply = await broker.command("create-post", {"title": other, "body": "x"}, token=caller.token, message_id=message_id)
+    refused(reply, 422)
+    assert reply is not None and "different payload" in reply["error"]["detail"]
+    assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE title = $1", other) == 0
+    again = succeeded(await broker.command("create-post", {"body": "x", "title": title}, token=caller.token, message_id=message_id))
+    assert again["id"] == first["id"]
+
+
 async def test_replay_other_caller(broker: BrokerProbe, db: asyncpg.Pool, new_user) -> None:
     alice: User = await new_user("alice")
     bob: User = await new_user("bob")

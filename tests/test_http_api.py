@@ -662,6 +662,46 @@ async def test_idempotency_key_makes_a_retry_harmless(http: aiohttp.ClientSessio
     assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE author_id = $1", alice.id) == 1
 
 
+async def test_the_same_key_with_another_body_is_422_even_once_the_post_is_gone(
+    http: aiohttp.ClientSession, new_user, db: asyncpg.Pool
+) -> None:
+    """The IETF idempotency-key draft: a key re-used for a different request is the client's
+    bug, answered 422, never with the first request's result (here, a post since deleted)."""
+    alice: User = await new_user("rekey")
+    key = f"key-{uuid4().hex}"
+    first = {"title": "First", "body": "one"}
+    headers = {**alice.auth, "Idempotency-Key": key}
+    async with http.post("/posts", json=first, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        post_id = Post.model_validate(await response.json()).id
+    # Another order of the same fields is the same request.
+    async with http.post("/posts", json={"body": "one", "title": "First"}, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        assert Post.model_validate(await response.json()).id == post_id
+    another = {"title": "Second", "body": "two"}
+    async with http.post("/posts", json=another, headers=headers) as response:
+        assert response.status == 422, await response.text()
+        assert "different payload" in Problem.model_validate_json(await response.text()).detail
+    delete_key = {**alice.auth, "Idempotency-Key": f"del-{uuid4().hex}"}
+    async with http.delete(f"/posts/{post_id}", headers=delete_key) as response:
+        assert response.status == 204, await response.text()
+    async with http.post("/posts", json=another, headers=headers) as response:
+        assert response.status == 422, await response.text()
+    # The key's own request still gets its first answer.
+    async with http.post("/posts", json=first, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        assert Post.model_validate(await response.json()).id == post_id
+    assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE author_id = $1", alice.id) == 0
+
+    # The delete's key on another post: refused, and that post is untouched.
+    async with http.post("/posts", json=another, headers=alice.auth) as response:
+        assert response.status == 201, await response.text()
+        other_id = Post.model_validate(await response.json()).id
+    async with http.delete(f"/posts/{other_id}", headers=delete_key) as response:
+        assert response.status == 422, await response.text()
+    assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE id = $1", other_id) == 1
+
+
 # -- platform routes -------------------------------------------------------------------------
 
 CONTRACT_ROUTES = {
