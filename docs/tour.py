@@ -3,16 +3,15 @@
     .venv/bin/python docs/tour.py          needs PostgreSQL, RabbitMQ, curl, jq and Debian's chromium
 
 It provisions a fresh database and vhost as the tests do (tests/support), starts the four services
-on free ports, runs SESSION with bash and prints it with its output (ids and tokens shortened, the
-noisiest headers left out), then signs Bob in with Chromium, has him delete Alice's post and saves
+on free ports, runs the session of tests/support/tour.py with bash and writes it with its output
+into README.md between its markers (ids and tokens shortened, the noisiest headers left out;
+tests/test_readme.py checks the block against a live run), then signs Bob in with Chromium, has him delete Alice's post and saves
 the refusal as a 1100x700 screenshot. Everything is stopped, dropped and deleted at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,40 +20,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.async_api import async_playwright, expect
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the tests' support package provisions the stack
 
 from auth_service.keys import to_pem  # noqa: E402
+from tests.support import tour  # noqa: E402
 from tests.support.backends import provision  # noqa: E402
 from tests.support.stack import Stack, stack_env  # noqa: E402
 
 SCREENSHOT = ROOT / "docs" / "ui.png"
+README = ROOT / "README.md"
 CHROMIUM = "/usr/bin/chromium"
-SESSION = r"""
-show() { printf '$ %s\n' "$1"; eval "$1"; printf '\n'; }
-show "curl -s \$GW/auth/register -H 'Content-Type: application/json' \\
-    -d '{\"email\": \"alice@example.com\", \"password\": \"correct horse battery\", \"display_name\": \"Alice\"}'"
-show "curl -s \$GW/auth/login -H 'Content-Type: application/json' \\
-    -d '{\"email\": \"alice@example.com\", \"password\": \"correct horse battery\"}'"
-show "ALICE=\$(curl -s \$GW/auth/login -H 'Content-Type: application/json' \\
-    -d '{\"email\": \"alice@example.com\", \"password\": \"correct horse battery\"}' | jq -r .access_token)"
-show "curl -s \$GW/posts -H \"Authorization: Bearer \$ALICE\" -H 'Content-Type: application/json' \\
-    -d '{\"title\": \"Hello\", \"body\": \"My first post.\"}'"
-POST=$(curl -s "$GW/posts?limit=1" | jq -r '.items[0].id')
-curl -s $GW/auth/register -H 'Content-Type: application/json' \
-    -d '{"email": "bob@example.com", "password": "another good password", "display_name": "Bob"}' >/dev/null
-echo '# Bob registers and logs in the same way ($BOB), then tries to delete Alice'"'"'s post ($POST, its id):'
-BOB=$(curl -s $GW/auth/login -H 'Content-Type: application/json' \
-    -d '{"email": "bob@example.com", "password": "another good password"}' | jq -r .access_token)
-show "curl -si -X DELETE \$GW/posts/\$POST -H \"Authorization: Bearer \$BOB\""
-"""
-LEFT_OUT = re.compile(r"^(Date|Server|Content-Length|Connection|Keep-Alive): .*\n", re.MULTILINE | re.IGNORECASE)
-
-
-def shorten(text: str) -> str:
-    text = re.sub(r"\b([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", r"\1-…", text)
-    text = re.sub(r"\b(eyJ[\w-]{16})[\w-]*\.[\w-]+\.[\w-]+", r"\1…", text)
-    text = re.sub(r"\b([0-9a-f]{8})[0-9a-f]{24}\b", r"\1…", text)  # request ids
-    return LEFT_OUT.sub("", text.replace("\r\n", "\n"))
 
 
 async def screenshot(gateway_url: str) -> None:
@@ -93,11 +68,12 @@ async def main() -> None:
             for service in ("users", "posts", "gateway"):
                 stack.start(service)
             await stack.wait_ready("gateway")
-            env = {**stack.env, "GW": stack.gateway_url}
-            session = await asyncio.to_thread(
-                subprocess.run, ["bash", "-c", SESSION], env=env, capture_output=True, text=True, timeout=60, check=True
-            )
-            print(shorten(session.stdout))
+            output = await asyncio.to_thread(tour.run, stack.gateway_url, stack.env)
+            readme = README.read_text()
+            old = readme[readme.index(tour.BEGIN) : readme.index(tour.END) + len(tour.END)]
+            README.write_text(readme.replace(old, tour.block(output)))
+            print(output)
+            print(f"rewrote the tour in {README}")
             await screenshot(stack.gateway_url)
             print(f"saved {SCREENSHOT}")
         finally:

@@ -66,7 +66,7 @@ WIRES: dict[str, WireFn] = {
     users_service.service.NAME: users_service.service.wire,
     posts_service.service.NAME: posts_service.service.wire,
 }
-#: The commands the contract lets anyone send without a token (../shared/CONTRACT.md).
+#: The commands the contract lets anyone send without a token (docs/CONTRACT.md).
 CONTRACT_PUBLIC = frozenset({"register", "login", "get-post", "list-posts", "get-user"})
 GUARDED: list[Command] = [c for c in COMMANDS.values() if c.guarded]
 
