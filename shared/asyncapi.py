@@ -23,7 +23,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from pydantic.json_schema import JsonSchemaMode
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE
+from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, EVENTS_EXCHANGE
 from shared.commands import COMMANDS
 from shared.envelope import AUTHORIZATION_HEADER, CLIENT_ADDRESS_HEADER, MESSAGE_ID, REQUEST_ID, REQUEST_ID_HEADER
 from shared.events import EVENTS
@@ -259,8 +259,9 @@ def _dead_letters(doc: dict[str, Any]) -> None:
         "messages": {"dead-letter": _ref("components", "messages", "dead-letter")},
         "description": (
             "A message that is not JSON, has no message_id, names an unknown command or has a malformed payload is parked by "
-            "the runner with the reason, its credentials and secret fields redacted; one that crashed its consumer {DELIVERY_LIMIT} times is dead-lettered by RabbitMQ "
-            "(x-death). `python -m shared.dead_letters` lists, replays and drops them."
+            "the runner with the reason, its credentials and secret fields redacted; so is a command that failed "
+            f"{DELIVERY_LIMIT} deliveries in a row (it crashes its consumer). Anything else past the delivery limit (an event) "
+            "is dead-lettered by RabbitMQ (x-death). `python -m shared.dead_letters` lists, replays and drops them."
         ),
     }
     for service in ROUTES:

@@ -34,6 +34,7 @@ from shared import audit, bookkeeping, idempotency, logs, outbox
 from shared.broker import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
+    DELIVERY_LIMIT,
     EVENTS_EXCHANGE,
     command_queue_name,
     event_queue_name,
@@ -89,6 +90,13 @@ class Malformed(Exception):
     def __init__(self, error: AppError) -> None:
         super().__init__(error.detail)
         self.error = error
+
+
+def failed_deliveries(headers: dict[str, Any]) -> int:
+    """How many times the quorum queue has handed this message out without an ack (its
+    `x-delivery-count`); 0 for a first delivery or a header that is not a count."""
+    count = headers.get("x-delivery-count")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def _authorization(headers: dict[str, Any]) -> str | None:
@@ -175,6 +183,11 @@ class MessageProcessor:
         outcome = "ok"
         try:
             try:
+                if failed_deliveries(headers) >= DELIVERY_LIMIT:
+                    # Every earlier delivery died before an ack (it crashes its consumer). One more
+                    # failure and RabbitMQ would park it itself, token and passwords in clear: the
+                    # runner parks it now, redacted, without running it again.
+                    raise Malformed(InternalError(f"This command failed {DELIVERY_LIMIT} deliveries in a row and was set aside"))
                 route, caller, payload = await self._admit(message, headers)
                 hidden = logs.hide(secret_values(payload, route.declaration.secret_fields))
                 result = await self._hold_through_outage(lambda: self._execute_once(route, caller, payload, message), "command")

@@ -1,6 +1,7 @@
-"""A message that keeps failing is not retried forever: after the quorum queue's delivery limit
-RabbitMQ parks it in `<queue>.dead`, where the operator commands find it, say why, and can send it
-back once the cause is fixed."""
+"""A message that keeps failing is not retried forever: after the quorum queue's delivery limit it
+is parked in `<queue>.dead` (by the runner, redacted, when the runner is the consumer; by RabbitMQ
+otherwise), where the operator commands find it, say why, and can send it back once the cause is
+fixed."""
 
 from __future__ import annotations
 
@@ -71,3 +72,36 @@ async def test_a_message_past_the_delivery_limit_is_parked_and_can_be_replayed(
 
     await wait_until(created, timeout=5)
     assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE author_id = $1", user.id) == 1
+
+
+async def test_the_runner_parks_a_command_that_keeps_failing_before_rabbitmq_would_keep_its_token(
+    stack: Stack, broker: BrokerProbe, db: asyncpg.Pool, new_user
+) -> None:
+    """RabbitMQ parks a message past the delivery limit as it is, bearer token and any password in
+    clear. The runner sees the count first: on the last delivery it parks the command itself,
+    redacted, and does not run it again."""
+    user: User = await new_user("poison-redacted")
+    await broker.dead_letters("posts.commands")
+    message_id = str(uuid4())
+    title = f"poison-{uuid4().hex}"
+    stack.stop("posts")
+    try:
+        channel = await broker.open_channel()
+        await channel.set_qos(prefetch_count=1)
+        queue = await channel.get_queue("posts.commands", ensure=False)
+        await broker.command("create-post", {"title": title, "body": "b"}, token=user.token, message_id=message_id, reply=False)
+        for _ in range(DELIVERY_LIMIT):  # every delivery but the last dies before its ack
+            message = await queue.get(no_ack=False, fail=False, timeout=5)
+            assert message is not None and message.message_id == message_id
+            await message.nack(requeue=True)
+        await channel.close()
+    finally:
+        stack.start("posts")
+        await stack.wait_ready("posts")
+
+    parked = await broker.parked("posts.commands", lambda m: m.message_id == message_id, timeout=15)
+    headers = parked.headers or {}
+    assert "set aside" in str(headers.get("x-dead-letter-reason")), headers
+    assert headers.get("authorization") == "[redacted]" and "authorization" in str(headers.get("x-redacted")), headers
+    assert user.token not in parked.body.decode() and user.token not in str(headers)
+    assert await db.fetchval("SELECT count(*) FROM posts.posts WHERE title = $1", title) == 0

@@ -36,7 +36,7 @@ show "curl -si -X DELETE \$GW/posts/\$POST -H \"Authorization: Bearer \$BOB\""
 LEFT_OUT = re.compile(r"^(Date|Server|Content-Length|Connection|Keep-Alive|Content-Security-Policy): .*\n", re.MULTILINE | re.IGNORECASE)
 
 #: Where the README's block starts and ends (docs/tour.py rewrites what is between).
-BEGIN, END = "<!-- generated: tour -->", "<!-- end generated: tour -->"
+BEGIN, END = "<!-- tour: written by docs/tour.py -->", "<!-- end of the tour -->"
 
 
 def run(gateway_url: str, env: Mapping[str, str]) -> str:
