@@ -23,7 +23,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, with_config
 from pydantic.json_schema import JsonSchemaMode
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE
+from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, EVENTS_EXCHANGE
 from shared.commands import COMMANDS
 from shared.envelope import AUTHORIZATION_HEADER, CLIENT_ADDRESS_HEADER, MESSAGE_ID, REQUEST_ID, REQUEST_ID_HEADER
 from shared.events import EVENTS
@@ -39,7 +39,18 @@ AMQP_BINDING = "0.3.0"
 class ReplyError(TypedDict):
     """`error` in a refused command's reply, as `AppError.to_dict` writes it."""
 
-    status: Annotated[int, Field(ge=400, le=599, description="The HTTP status the gateway answers with")]
+    status: Annotated[
+        int,
+        Field(
+            ge=400,
+            le=599,
+            description="The HTTP status the gateway answers with: 400 a body that is not JSON, no message_id or a content_type "
+            "other than JSON; 401 no token, or one that does not verify or whose session is revoked; 403 banned, or not "
+            "allowed (not the owner, not an admin); 404 no such resource; 409 a conflict (an email taken, a message_id used for another command); 413 over the "
+            "size limit; 422 a payload its schema refuses (a missing, unknown or mistyped field) or a `type` that is not "
+            "the routing key; 429 too many attempts; 503 unavailable",
+        ),
+    ]
     title: str
     detail: Annotated[str, Field(description="Safe to show a person")]
     retry_after: NotRequired[Annotated[int, Field(ge=1, description="Seconds to wait (429, 503)")]]
@@ -259,7 +270,7 @@ def _dead_letters(doc: dict[str, Any]) -> None:
         "messages": {"dead-letter": _ref("components", "messages", "dead-letter")},
         "description": (
             "A message that is not JSON, has no message_id, names an unknown command or has a malformed payload is parked by "
-            "the runner with the reason, its credentials and secret fields redacted; one that crashed its consumer {DELIVERY_LIMIT} times is dead-lettered by RabbitMQ "
+            f"the runner with the reason, its credentials and secret fields redacted; one that crashed its consumer {DELIVERY_LIMIT} times is dead-lettered by RabbitMQ "
             "(x-death). `python -m shared.dead_letters` lists, replays and drops them."
         ),
     }
@@ -309,7 +320,9 @@ def build_document() -> dict[str, Any]:
                 "messages": {},
                 "description": (
                     "The sender's reply_to queue, reached through the default exchange. A reply carries the command's correlation_id "
-                    'and is {"ok": true, "result": ...} or {"ok": false, "error": {status, title, detail, retry_after?}}.'
+                    'and is {"ok": true, "result": ...} or {"ok": false, "error": {status, title, detail, retry_after?}}. '
+                    "With RabbitMQ's direct reply-to, reply_to is `amq.rabbitmq.reply-to`, and the sender consumes that "
+                    "pseudo-queue in no-ack mode on the channel it publishes from, before it publishes."
                 ),
             }
         },
