@@ -1,7 +1,7 @@
 """Node.js for the tests that run third-party tools from clients/node: the amqplib client written
 only from the published documents, and redocly, which lints the OpenAPI document.
 
-scripts/bootstrap installs clients/node's locked dependencies (`npm ci`) where npm is installed.
+scripts/test installs clients/node's locked dependencies (`npm ci`) where npm is installed.
 Without node or those dependencies the tests skip, unless REQUIRE_NODE is set (CI sets it), where
 that is a failure.
 """
@@ -31,7 +31,7 @@ def require_node(minimum: tuple[int, int] = (18, 0)) -> str:
     elif (version := _version(node)) < minimum:
         missing = f"node {'.'.join(map(str, version))} is older than {'.'.join(map(str, minimum))}"
     elif not _INSTALLED.exists():
-        missing = "clients/node's dependencies are not installed (scripts/bootstrap runs npm ci where npm is installed)"
+        missing = "clients/node's dependencies are not installed (scripts/test runs npm ci where npm is installed)"
     else:
         return node
     if os.environ.get("REQUIRE_NODE"):
