@@ -3,8 +3,9 @@
 redocly (clients/node, pinned by its package-lock.json) lints the document the running gateway
 serves with `recommended-strict`, the recommended ruleset with every warning an error, and no
 configuration of ours that could switch a rule off. The unit tests below check what redocly does
-not: the headers each answer carries, explicit security on every operation and `date-time`
-timestamps, each derived from the declarations rather than listed by hand.
+not: the headers each answer carries, explicit security on every operation, `date-time`
+timestamps, and that every route the gateway serves is in it, each derived from the declarations
+or the routes rather than listed by hand.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.openapi import build_document
+from gateway.routes import setup_routes
 from shared.commands import COMMANDS
 from tests.support.node import NODE_DIR, require_node
 
@@ -132,3 +135,17 @@ def test_the_document_names_its_server_and_every_operation_has_an_id() -> None:
     ids = [op["operationId"] for _, _, op in operations()]
     assert len(ids) == len(set(ids))
     assert {c.name for c in COMMANDS.values() if c.http} <= set(ids)
+
+
+@pytest.mark.unit
+def test_every_route_the_gateway_serves_is_documented() -> None:
+    app = web.Application()
+    setup_routes(app)
+    served = {
+        (resource.canonical, route.method.lower())
+        for resource in app.router.resources()
+        for route in resource
+        if route.method.lower() in METHODS and not resource.canonical.startswith("/static")
+    }
+    documented = {(path, method) for path, method, _ in operations()}
+    assert served == documented
