@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.keys import METRICS
 from shared import logs
+from shared.envelope import REQUEST_ID as SAFE_REQUEST_ID
 from shared.errors import AppError
 from shared.problems import problem, problem_from_error
 
@@ -21,7 +22,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID = web.RequestKey("request_id", str)
 #: Set once the request's bearer token has been read: a 401 after that is about that token.
 TOKEN_PRESENTED = web.RequestKey("token_presented", bool)
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 #: aiohttp's own HTTP errors (unknown route, wrong method, body too large) as problem details.
 _HTTP_DETAILS = {
@@ -37,7 +37,7 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     written for the request and echo it back. One line per request: INFO when it failed (status
     400 and up), DEBUG otherwise, so a busy gateway does not pay for a line per success."""
     offered = request.headers.get("X-Request-ID", "")
-    request_id = request[REQUEST_ID] = offered if _SAFE_REQUEST_ID.match(offered) else uuid4().hex
+    request_id = request[REQUEST_ID] = offered if SAFE_REQUEST_ID.fullmatch(offered) else uuid4().hex
     bound = logs.bind(request_id=request_id)
     started = time.perf_counter()
     try:

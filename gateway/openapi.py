@@ -2,12 +2,21 @@
 
 Each command with an HTTP binding (shared/commands.py) is an operation: its path and method, its
 request body (the payload model the services enforce, without the path's fields), its query
-parameters, its result model, whether it needs a token, and the error statuses that its policy,
-payload and binding imply. The document cannot drift from what the code accepts.
+parameters, its result model, whether it needs a token, the error statuses that its policy,
+payload and binding imply, and the headers its answers carry (`Location`, `Cache-Control`).
+The document cannot drift from what the code accepts. The gateway's own routes (audit, keys,
+health, metrics, the UI) are described by hand below.
+
+What every answer shares is stated once here and attached to each response: `X-Request-ID`
+(gateway/middlewares.py), `WWW-Authenticate` on a 401, `Retry-After` on a 429 or a 503, and the
+400 aiohttp's HTTP parser answers in plain text before any route runs. redocly's recommended
+rules pass on it (tests/test_openapi_lint.py); schemathesis checks the gateway against it
+(tests/test_schemathesis.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -18,13 +27,15 @@ from pydantic.json_schema import JsonSchemaMode
 from gateway import schemas
 from shared.commands import COMMANDS, RESOURCES
 from shared.declarations import SERVICE_NAMES, Command
+from shared.envelope import REQUEST_ID
 from shared.idempotency import IDEMPOTENCY_KEY_PATTERN
 
 REF = "#/components/schemas/{model}"
 PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 _ERRORS = {
-    400: "The body is not valid JSON",
+    400: "The body is not valid JSON (problem+json); or the request could not be parsed as HTTP at all, "
+    "a malformed request line or header, or one over 8190 bytes (plain text, before any route runs)",
     401: "No token, or a token that does not verify, or a revoked session",
     403: "Banned, or not allowed to do this",
     404: "No such resource",
@@ -33,46 +44,43 @@ _ERRORS = {
     415: "The body is not sent as Content-Type: application/json",
     422: "Fields missing, unknown or of the wrong type",
     429: "Too many attempts; see Retry-After",
-    503: "The broker or a service is down; see Retry-After",
+    503: "The broker or a service is down; see Retry-After when present",
     504: "The service did not answer in time",
 }
 
-
-def _json(model: type[BaseModel]) -> dict[str, Any]:
-    return {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}
-
-
-def _op(
-    summary: str,
-    *,
-    ok: tuple[int, str, type[BaseModel] | None],
-    errors: list[int],
-    body: type[BaseModel] | None = None,
-    secured: bool = False,
-    mutating: bool = False,
-    params: list[dict[str, Any]] | None = None,
-    body_required: bool = True,
-) -> dict[str, Any]:
-    status, description, model = ok
-    responses: dict[str, Any] = {str(status): {"description": description, **({"content": _json(model)} if model else {})}}
-    for code in sorted(set(errors) | {503, 504}):
-        responses[str(code)] = {"description": _ERRORS[code], "content": PROBLEM}
-    op: dict[str, Any] = {"summary": summary, "responses": responses}
-    if body is not None:
-        op["requestBody"] = {"required": body_required, "content": _json(body)}
-    if secured:
-        op["security"] = [{"bearerAuth": []}]
-    if mutating:
-        op.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
-        # A malformed Idempotency-Key, or one already used with another body, is a 422; one
-        # already used for another command is a 409.
-        responses.setdefault("422", {"description": _ERRORS[422], "content": PROBLEM})
-        responses.setdefault("409", {"description": _ERRORS[409], "content": PROBLEM})
-    if params:
-        op.setdefault("parameters", []).extend(params)
-    return op
+#: Response headers, described once (components.headers) and referred to from each response that
+#: carries them; `required` says they are on every such response.
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "The request's id, in every log line written for it: the client's own X-Request-ID when it "
+        "matches this pattern, else a new one",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{REQUEST_ID.pattern}$"},
+    },
+    "WWW-Authenticate": {
+        "description": 'RFC 6750: `Bearer` when no bearer token was sent, `Bearer error="invalid_token", '
+        'error_description="…"` when one was sent and refused',
+        "required": True,
+        "schema": {"type": "string", "pattern": "^Bearer"},
+    },
+    "Retry-After": {"description": "Seconds to wait before trying again", "required": False, "schema": {"type": "integer", "minimum": 1}},
+    "Location": {"description": "Where the new resource is", "required": True, "schema": {"type": "string", "format": "uri-reference"}},
+    "Cache-Control": {
+        "description": "The answer carries a token or an account: no browser or proxy keeps a copy",
+        "required": True,
+        "schema": {"type": "string", "const": "no-store"},
+    },
+}
 
 
+#: Every request may name itself; an id that does not match the pattern is replaced, never refused.
+REQUEST_ID_PARAMETER = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": f"An id for the request, echoed back and logged; one that does not match ^{REQUEST_ID.pattern}$ is replaced",
+}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -83,6 +91,61 @@ IDEMPOTENCY_KEY = {
         "the same key and caller with a different body is 422."
     ),
 }
+PUBLIC: list[dict[str, list[str]]] = []  # explicitly no security requirement
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+
+
+def _headers(*names: str, inline: dict[str, bool] | None = None) -> dict[str, Any]:
+    """References to HEADERS, and inlined copies of those whose `required` differs on this response."""
+    refs: dict[str, Any] = {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+    return refs | {name: {**HEADERS[name], "required": required} for name, required in (inline or {}).items()}
+
+
+def _ok(description: str, content: dict[str, Any] | None = None, *, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A success answer: it carries X-Request-ID (every answer the app makes does) and `headers`."""
+    response: dict[str, Any] = {"description": description, "headers": _headers("X-Request-ID", *headers)}
+    if content is not None:
+        response["content"] = content
+    return response
+
+
+def _error(status: int) -> dict[str, Any]:
+    if status == 400:
+        # aiohttp's parser refuses unparseable HTTP in plain text, before the middlewares that
+        # would make it a problem or add an X-Request-ID; a body that is not JSON is ours.
+        content = {**PROBLEM, "text/plain": {"schema": {"type": "string"}}}
+        return {"description": _ERRORS[400], "headers": _headers(inline={"X-Request-ID": False}), "content": content}
+    headers = {
+        401: _headers("X-Request-ID", "WWW-Authenticate"),
+        429: _headers("X-Request-ID", inline={"Retry-After": True}),
+        503: _headers("X-Request-ID", "Retry-After"),  # a broker outage says when to retry; a shutdown does not
+    }.get(status, _headers("X-Request-ID"))
+    return {"description": _ERRORS[status], "headers": headers, "content": PROBLEM}
+
+
+def _json(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    *,
+    ok: dict[str, dict[str, Any]],
+    errors: Iterable[int],
+    secured: bool,
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One operation: any request can be unparseable (400); a command may meet a broker or
+    service outage (503) or a slow service (504), so the routes that send one say so in `errors`."""
+    responses = {**ok, **{str(code): _error(code) for code in sorted(set(errors) | {400})}}
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "security": BEARER if secured else PUBLIC,
+        "parameters": [*(params or []), REQUEST_ID_PARAMETER],
+        "responses": responses,
+    }
 
 
 def _path_id(name: str) -> dict[str, Any]:
@@ -123,11 +186,11 @@ def _query_params(command: Command) -> list[dict[str, Any]]:
     ]
 
 
-def _errors(command: Command, *, body: bool, query: bool, takes_key: bool) -> list[int]:
+def _errors(command: Command, *, body: bool, query: bool, takes_key: bool) -> set[int]:
     """The statuses a command's route can answer, from what its declaration says it does."""
     http = command.http
     assert http is not None
-    found = set(command.errors)
+    found = set(command.errors) | {503, 504}  # every command crosses the broker
     if command.guarded:
         found |= {401, 403}  # a bad token; a banned caller, or one the policy refuses
     if body:
@@ -139,7 +202,7 @@ def _errors(command: Command, *, body: bool, query: bool, takes_key: bool) -> li
         found.add(404)
     if takes_key:
         found |= {409, 422}  # an Idempotency-Key used for another command; a malformed one, or one used with another body
-    return sorted(found)
+    return found
 
 
 def _command_operation(command: Command, components: dict[str, Any]) -> dict[str, Any]:
@@ -152,19 +215,21 @@ def _command_operation(command: Command, components: dict[str, Any]) -> dict[str
         components[name] = schema
     if command.result is not None:
         _add_model(command.result, components, "serialization")
-    params = [_path_id(name) for name in http.path_fields] + _query_params(command)
+    query = _query_params(command)
+    params = [_path_id(name) for name in http.path_fields] + query
     takes_key = command.takes_idempotency_key
-    errors = _errors(command, body=body is not None, query=bool(_query_params(command)), takes_key=takes_key)
-    ok = (http.status, command.summary, command.result)
-    operation = _op(
+    if takes_key:
+        params.append(IDEMPOTENCY_KEY)
+    headers = (("Location",) if http.location else ()) + (("Cache-Control",) if http.no_store else ())
+    content = _json(command.result) if command.result is not None else None
+    operation = _operation(
+        command.name,
         f"{command.summary} {command.policy.describe()}",
-        ok=ok,
-        errors=errors,
+        ok={str(http.status): _ok(command.summary, content, headers=headers)},
+        errors=_errors(command, body=body is not None, query=bool(query), takes_key=takes_key),
         secured=command.guarded,
-        mutating=takes_key,
-        params=params or None,
+        params=params,
     )
-    operation["operationId"] = command.name
     if body is not None:
         operation["requestBody"] = {
             "required": not command.accepts_empty_body(),
@@ -179,6 +244,89 @@ def _add_model(model: type[BaseModel], components: dict[str, Any], mode: JsonSch
     components[model.__name__] = schema
 
 
+def _status_body(value: str) -> dict[str, Any]:
+    schema = {"type": "object", "required": ["status"], "properties": {"status": {"const": value}}}
+    return {"application/json": {"schema": schema}}
+
+
+def _platform_paths() -> dict[str, dict[str, Any]]:
+    """The gateway's own routes (gateway/routes.py) besides the commands'."""
+    audit_params = [
+        {"name": "service", "in": "query", "required": True, "schema": {"type": "string", "enum": list(SERVICE_NAMES)}},
+        {"name": "decision", "in": "query", "required": False, "schema": {"type": "string", "enum": ["allowed", "denied", "replayed"]}},
+        {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}},
+    ]
+    jwks = {
+        "type": "object",
+        "required": ["keys"],
+        "properties": {
+            "keys": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["kty", "crv", "kid", "x"],
+                    "properties": {name: {"type": "string"} for name in ("kty", "crv", "kid", "x", "alg", "use")},
+                },
+            }
+        },
+    }
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {
+        "/audit": {
+            "get": _operation(
+                "list-audit",
+                "Authorization decisions of one service, newest first (admins only)",
+                ok={"200": _ok("A page of audit entries", _json(schemas.AuditPage))},
+                errors={401, 403, 422, 503, 504},
+                secured=True,
+                params=audit_params,
+            )
+        },
+        "/.well-known/jwks.json": {
+            "get": _operation(
+                "get-jwks",
+                "The public keys tokens are signed with",
+                ok={"200": _ok("A JWKS (RFC 7517)", {"application/json": {"schema": jwks}})},
+                errors={503},
+                secured=False,
+            )
+        },
+        "/openapi.json": {
+            "get": _operation(
+                "get-openapi",
+                "This document",
+                ok={"200": _ok("OpenAPI 3.1", {"application/json": {"schema": {"type": "object"}}})},
+                errors=(),
+                secured=False,
+            )
+        },
+        "/docs": {"get": _operation("get-docs", "The API reference, as a page", ok={"200": _ok("HTML", html)}, errors=(), secured=False)},
+        "/healthz": {
+            "get": _operation("get-health", "The process is up", ok={"200": _ok("Up", _status_body("ok"))}, errors=(), secured=False)
+        },
+        "/readyz": {
+            "get": _operation(
+                "get-readiness",
+                "The broker and every service are reachable",
+                ok={"200": _ok("Ready", _status_body("ready"))},
+                errors={503},
+                secured=False,
+            )
+        },
+        "/metrics": {
+            "get": _operation(
+                "get-metrics",
+                "Prometheus metrics",
+                ok={"200": _ok("Prometheus text format", {"text/plain": {"schema": {"type": "string"}}})},
+                errors=(),
+                secured=False,
+            )
+        },
+        "/": {"get": _operation("get-ui", "The web UI", ok={"200": _ok("HTML", html)}, errors=(), secured=False)},
+    }
+
+
 @lru_cache(maxsize=1)
 def build_document() -> dict[str, Any]:
     components: dict[str, Any] = {}
@@ -188,64 +336,24 @@ def build_document() -> dict[str, Any]:
             paths.setdefault(command.http.path, {})[command.http.method.lower()] = _command_operation(command, components)
     for model in (schemas.Problem, schemas.AuditPage):
         _add_model(model, components, "serialization")
-    paths.update(
-        {
-            "/audit": {
-                "get": _op(
-                    "Authorization decisions of one service, newest first (admins only)",
-                    ok=(200, "A page of audit entries", schemas.AuditPage),
-                    errors=[401, 403, 422],
-                    secured=True,
-                    params=[
-                        {"name": "service", "in": "query", "required": True, "schema": {"type": "string", "enum": list(SERVICE_NAMES)}},
-                        {
-                            "name": "decision",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "string", "enum": ["allowed", "denied", "replayed"]},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50},
-                        },
-                        {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"}},
-                    ],
-                )
-            },
-            "/.well-known/jwks.json": {
-                "get": {
-                    "summary": "The public keys tokens are signed with",
-                    "responses": {"200": {"description": "A JWKS"}, "503": {"description": "Unavailable", "content": PROBLEM}},
-                }
-            },
-            "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "Up"}}}},
-            "/readyz": {
-                "get": {
-                    "summary": "The broker and every service are reachable",
-                    "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready", "content": PROBLEM}},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
-                }
-            },
-            "/": {"get": {"summary": "The web UI", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
-        }
-    )
+    paths.update(_platform_paths())
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Zero-trust posts platform",
             "version": "0.1.0",
-            "description": "Every error is application/problem+json (RFC 9457). Every command is re-authorized by the service that runs it.",
+            "description": "Every error is application/problem+json (RFC 9457). Every command is re-authorized by the service "
+            "that runs it. The broker side is asyncapi.yaml in the repository.",
+            # The repository has no LICENSE file: nothing is granted, and the document says so (an
+            # SPDX LicenseRef, as OpenAPI 3.1 asks, since no SPDX id means "no license").
+            "license": {"name": "All rights reserved (no open-source license granted)", "identifier": "LicenseRef-Proprietary"},
         },
+        # Relative: the gateway that served this document (OpenAPI 3.1 §4.8.5).
+        "servers": [{"url": "/", "description": "The gateway that serves this document"}],
         "paths": paths,
         "components": {
             "schemas": components,
+            "headers": HEADERS,
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA, typ at+jwt)"}},
         },
     }

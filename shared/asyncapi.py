@@ -39,7 +39,18 @@ AMQP_BINDING = "0.3.0"
 class ReplyError(TypedDict):
     """`error` in a refused command's reply, as `AppError.to_dict` writes it."""
 
-    status: Annotated[int, Field(ge=400, le=599, description="The HTTP status the gateway answers with")]
+    status: Annotated[
+        int,
+        Field(
+            ge=400,
+            le=599,
+            description="The HTTP status the gateway answers with: 400 a body that is not JSON, no message_id or a content_type "
+            "other than JSON; 401 no token, or one that does not verify or whose session is revoked; 403 banned, or not "
+            "allowed (not the owner, not an admin); 404 no such resource; 409 a conflict (an email taken, a message_id used for another command); 413 over the "
+            "size limit; 422 a payload its schema refuses (a missing, unknown or mistyped field) or a `type` that is not "
+            "the routing key; 429 too many attempts; 503 unavailable",
+        ),
+    ]
     title: str
     detail: Annotated[str, Field(description="Safe to show a person")]
     retry_after: NotRequired[Annotated[int, Field(ge=1, description="Seconds to wait (429, 503)")]]
@@ -310,7 +321,9 @@ def build_document() -> dict[str, Any]:
                 "messages": {},
                 "description": (
                     "The sender's reply_to queue, reached through the default exchange. A reply carries the command's correlation_id "
-                    'and is {"ok": true, "result": ...} or {"ok": false, "error": {status, title, detail, retry_after?}}.'
+                    'and is {"ok": true, "result": ...} or {"ok": false, "error": {status, title, detail, retry_after?}}. '
+                    "With RabbitMQ's direct reply-to, reply_to is `amq.rabbitmq.reply-to`, and the sender consumes that "
+                    "pseudo-queue in no-ack mode on the channel it publishes from, before it publishes."
                 ),
             }
         },

@@ -56,7 +56,7 @@ def _not_blank(value: str) -> str:
 Email = Annotated[
     str,
     AfterValidator(_email),
-    Field(json_schema_extra={"pattern": EMAIL_PATTERN, "maxLength": 254}),
+    Field(description="An email address; kept and compared in lower case", json_schema_extra={"pattern": EMAIL_PATTERN, "maxLength": 254}),
 ]
 _NO_NUL: JsonDict = {"pattern": r"^[^\u0000]*$"}
 _NOT_BLANK: JsonDict = {"pattern": r"^[^\u0000]*[^\s\u0000][^\u0000]*$"}  # something besides spaces, and no NUL

@@ -7,12 +7,26 @@ result model here.
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel, Field
 
 from shared.roles import Role
+
+
+def _timestamp(value: str) -> str:
+    # Kept as the text the service sent (tests compare it as such), but it must be what the
+    # schema promises: an RFC 3339 date-time, offset included.
+    if datetime.fromisoformat(value).utcoffset() is None:
+        raise ValueError("must carry its UTC offset")
+    return value
+
+
+#: An instant as the services write it (`datetime.isoformat()` of an aware time, RFC 3339);
+#: `format: date-time` in OpenAPI and AsyncAPI, so generated clients can parse it as one.
+Timestamp = Annotated[str, AfterValidator(_timestamp), Field(json_schema_extra={"format": "date-time"})]
 
 
 class Account(BaseModel):
@@ -33,7 +47,7 @@ class Post(BaseModel):
     author_id: UUID
     title: str
     body: str
-    created_at: str
+    created_at: Timestamp
 
 
 class PostPage(BaseModel):
@@ -49,7 +63,7 @@ class UserProfile(BaseModel):
 
 class AuditEntry(BaseModel):
     id: int
-    occurred_at: str
+    occurred_at: Timestamp
     decision: Literal["allowed", "denied", "replayed"]
     command: str
     caller: str

@@ -8,7 +8,8 @@ fetch('/openapi.json').then(r => r.json()).then(doc => {
       const h = document.createElement('h2');
       h.textContent = method.toUpperCase() + ' ' + path;
       const p = document.createElement('p');
-      p.textContent = op.summary + (op.security ? ' (Bearer token)' : '');
+      // A public operation says so with an empty list (`security: []`), which is truthy.
+      p.textContent = op.summary + (op.security && op.security.length ? ' (Bearer token)' : '');
       const ul = document.createElement('ul');
       for (const [code, r] of Object.entries(op.responses)) {
         const li = document.createElement('li'); li.textContent = code + ': ' + r.description; ul.appendChild(li);
