@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.broker_link import BrokerLink
 from gateway.keys import BROKER, HTTP, JWKS, METRICS, SETTINGS, VERIFIER
 from gateway.metrics import GatewayMetrics
-from gateway.middlewares import error_middleware, metrics_middleware, request_id_middleware, set_security_headers
+from gateway.middlewares import error_middleware, hide_server_version, metrics_middleware, request_id_middleware, set_security_headers
 from gateway.routes import setup_routes
 from shared.settings import Settings
 from shared.tokens import JwksKeySource, TokenVerifier
@@ -43,6 +43,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
     app.on_response_prepare.append(set_security_headers)
+    hide_server_version()
     app.cleanup_ctx.extend([http_ctx, broker_ctx])
     setup_routes(app)
     return app

@@ -8,7 +8,7 @@ import re
 import time
 from uuid import uuid4
 
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
 from gateway.keys import METRICS
@@ -143,6 +143,13 @@ SECURITY_HEADERS = {
     # aiohttp would say "Python/3.x aiohttp/3.x": versions tell an attacker which CVEs to try.
     "Server": "gateway",
 }
+
+
+def hide_server_version() -> None:
+    """aiohttp answers a request it cannot parse by itself, before any route, middleware or
+    signal runs, with `Server: Python/3.x aiohttp/3.x`; that default is a module constant, the only
+    hook aiohttp offers for it."""
+    web_response.SERVER_SOFTWARE = SECURITY_HEADERS["Server"]
 
 
 async def set_security_headers(_: web.Request, response: web.StreamResponse) -> None:

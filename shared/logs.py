@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import EventDict, Processor
 
 #: Attributes every LogRecord has; anything else on a record came from `extra=`.
@@ -146,3 +147,17 @@ def configure_logging(service: str, level: str, *, trace_ids: bool = False) -> N
     # aio-pika and aiormq are chatty at INFO during reconnects; their warnings still show.
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_client_errors_are_warnings)
+
+
+def _client_errors_are_warnings(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot parse (a bad header line, a bad method) at ERROR with a
+    traceback: anyone could fill the error log, and an ERROR should mean our fault. The client's
+    mistake becomes one WARNING line; anything else aiohttp logs stays as it is."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError) and record.levelno > logging.WARNING:
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = f"refused a request that is not valid HTTP: {exc.message or type(exc).__name__}"
+        record.args = ()
+        record.exc_info = record.exc_text = None
+    return True

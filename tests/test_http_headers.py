@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import urllib.parse
 from html.parser import HTMLParser
 from uuid import uuid4
 
@@ -24,6 +26,7 @@ from gateway.openapi import build_document
 from shared import results
 from shared.commands import COMMANDS
 from tests.support.accounts import User
+from tests.support.stack import Stack
 from tests.test_http_api import create_post, expect_problem, profile_exists, registration
 
 NOT_JSON = {
@@ -253,3 +256,24 @@ async def test_the_server_header_names_no_version(http: aiohttp.ClientSession) -
         async with http.get(path) as response:
             server = response.headers.get("Server", "")
         assert not re.search(r"\d|python|aiohttp", server, re.IGNORECASE), f"{path}: Server: {server}"
+
+
+async def test_a_request_that_is_not_http_names_no_version_and_is_no_error(stack: Stack) -> None:
+    """aiohttp answers an unparseable request itself, before any route: that answer must not name
+    versions either, and the client's mistake is a warning in the log, not an ERROR a flood of
+    such requests could bury real ones under."""
+    parts = urllib.parse.urlsplit(stack.gateway_url)
+    marker = f"bad-header-{uuid4().hex}"
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(f"GET /posts HTTP/1.1\r\nHost: x\r\n{marker}\r\n\r\n".encode())  # a header line without a colon
+    await writer.drain()
+    answer = (await asyncio.wait_for(reader.read(), 10)).decode(errors="replace")
+    writer.close()
+    assert re.match(r"HTTP/1\.[01] 400 ", answer), answer
+    server = re.search(r"^Server: (.*)$", answer, re.MULTILINE | re.IGNORECASE)
+    assert server is not None and not re.search(r"\d|python|aiohttp", server.group(1), re.IGNORECASE), answer
+    await asyncio.sleep(0.5)  # the log line is written as the connection closes
+    lines = [json.loads(line) for line in stack.logs("gateway", tail=200).splitlines() if line.startswith("{")]
+    refused = [line for line in lines if line.get("logger") == "aiohttp.server"]
+    assert refused, "the refused request was not logged at all"
+    assert all(line["level"] == "warning" for line in refused), refused
