@@ -17,6 +17,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict
 
 from shared.declarations import AUTH, POSTS, SERVICES, USERS, EventDeclaration
+from shared.results import Timestamp
 
 
 class Event(BaseModel):
@@ -25,7 +26,7 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     event_id: UUID
-    occurred_at: str
+    occurred_at: Timestamp
 
 
 class UserRegistered(Event):
