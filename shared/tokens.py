@@ -92,6 +92,8 @@ def parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
 #: How long a JWKS is used when its response says nothing about caching, and the most it is ever used.
 DEFAULT_JWKS_MAX_AGE_SECONDS = 60.0
 MAX_JWKS_MAX_AGE_SECONDS = 3600.0
+#: How many withdrawn kids are remembered (a few a year in practice; the bound is for safety).
+WITHDRAWN_KIDS_KEPT = 1000
 
 
 def freshness_seconds(headers: Mapping[str, str]) -> float | None:
@@ -126,6 +128,10 @@ class JwksKeySource:
       one per request. If the next fetch is more than `max_wait_seconds` away, the request is not
       held (the key is reported unknown at once).
     - `refresh()`, called directly.
+    A kid that left the key set (rotated out, retired) is remembered as withdrawn and refused at
+    once, without waiting for a fetch: its tokens are no longer good, and a client replaying one
+    should not hold a request for a second. Should it come back (a key file restored, replicas that
+    disagree for a moment), the next periodic fetch takes it back.
     A failed fetch keeps the keys we had: unlike PyJWKClient, a blip at auth_service never turns
     every valid token into a 401 (the price: while auth_service cannot be reached, a key it
     withdrew keeps verifying here).
@@ -139,6 +145,7 @@ class JwksKeySource:
         self._min_refresh = min_refresh_seconds
         self._max_wait = max_wait_seconds
         self._keys: dict[str, jwt.PyJWK] = {}
+        self._withdrawn: dict[str, None] = {}  # an ordered set, the oldest dropped past WITHDRAWN_KIDS_KEPT
         self._last_attempt = float("-inf")  # time.monotonic() when the last fetch started
         self._fresh_for = DEFAULT_JWKS_MAX_AGE_SECONDS
         self._last_ok = False
@@ -153,7 +160,7 @@ class JwksKeySource:
 
     async def get(self, kid: str) -> jwt.PyJWK | None:
         key = self._keys.get(kid)
-        if key is None:
+        if key is None and kid not in self._withdrawn:
             await self._fetch_for(time.monotonic())
             key = self._keys.get(kid)
         return key
@@ -196,6 +203,12 @@ class JwksKeySource:
             log.warning("the JWKS had no usable key; keeping the cached keys")
             self._last_ok = False
             return
+        for kid in self._keys.keys() - keys.keys():
+            self._withdrawn[kid] = None
+        for kid in keys.keys() & self._withdrawn.keys():
+            del self._withdrawn[kid]
+        while len(self._withdrawn) > WITHDRAWN_KIDS_KEPT:
+            del self._withdrawn[next(iter(self._withdrawn))]
         self._keys = keys
         self._fresh_for = DEFAULT_JWKS_MAX_AGE_SECONDS if fresh_for is None else fresh_for
         self._last_ok = True
