@@ -217,6 +217,11 @@ def build_document() -> dict[str, Any]:
             "/.well-known/jwks.json": {
                 "get": {
                     "summary": "The public keys tokens are signed with",
+                    "description": (
+                        "Every key a valid token may carry: the key that signs now, the next one (published before it signs), "
+                        "and older keys while tokens they signed can still be valid. A retired key is never listed. Served with "
+                        "`Cache-Control: public, max-age=1`: fetch it again when that runs out, and when a token names an unknown `kid`."
+                    ),
                     "responses": {"200": {"description": "A JWKS"}, "503": {"description": "Unavailable", "content": PROBLEM}},
                 }
             },

@@ -149,6 +149,7 @@ class JwksKeySource:
         self._last_attempt = float("-inf")  # time.monotonic() when the last fetch started
         self._fresh_for = DEFAULT_JWKS_MAX_AGE_SECONDS
         self._last_ok = False
+        self._warned = False
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         #: How many fetches were made, whatever their outcome.
@@ -194,8 +195,9 @@ class JwksKeySource:
                 document = await response.json(content_type=None)
                 fresh_for = freshness_seconds(response.headers)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            if self._last_ok or not self._keys:  # once per outage, not once a second
+            if not self._warned:  # once per outage, not once a second
                 log.warning("could not refresh the JWKS; keeping the cached keys", extra={"error": str(exc)})
+                self._warned = True
             self._last_ok = False
             return
         keys = parse_jwks(document)
@@ -210,6 +212,7 @@ class JwksKeySource:
         while len(self._withdrawn) > WITHDRAWN_KIDS_KEPT:
             del self._withdrawn[next(iter(self._withdrawn))]
         self._keys = keys
+        self._warned = False
         self._fresh_for = DEFAULT_JWKS_MAX_AGE_SECONDS if fresh_for is None else fresh_for
         self._last_ok = True
 

@@ -36,7 +36,7 @@ from tests.support.accounts import User, login, register
 from tests.support.backends import provision
 from tests.support.broker import BrokerProbe
 from tests.support.forge import TokenForge
-from tests.support.stack import Stack, stack_env, start_stack
+from tests.support.stack import Stack, free_port, stack_env, start_stack
 
 TTL = 6
 ISS, AUD = "auth_service", "posts-platform"
@@ -233,7 +233,8 @@ class RingStack:
         self.stack, self.http, self.broker = stack, http, broker
 
     async def jwks_kids(self, service: str = "gateway") -> set[str]:
-        async with self.http.get(self.stack.http_url(service) + "/.well-known/jwks.json") as response:
+        base = service if service.startswith("http") else self.stack.http_url(service)
+        async with self.http.get(base + "/.well-known/jwks.json") as response:
             assert response.status == 200
             return {key["kid"] for key in (await response.json())["keys"]}
 
@@ -306,6 +307,28 @@ async def test_rotate_key_makes_new_tokens_carry_the_new_kid_and_old_tokens_keep
     assert await ring.statuses(before.token) == ACCEPTED, "a token signed before the rotation still works everywhere"
     fresh = await login(ring.http, before.email, before.password)
     assert kid_of(fresh) == new_kid and await ring.statuses(fresh) == ACCEPTED
+
+
+async def test_every_replica_publishes_and_signs_with_the_rotated_key(ring: RingStack, tmp_path: Path) -> None:
+    """A second auth_service on the same database: both read one ring, so a rotation reaches both
+    (logins are shared between them by the broker, so each login may be signed by either)."""
+    replica = Stack({**ring.stack.env, "AUTH_HTTP_PORT": str(free_port())}, tmp_path)
+    replica.start("auth")
+    try:
+        await replica.wait_ready("auth")
+        user = await register(ring.http, "replicas")
+        new_kid = ring.rotate()
+
+        async def both_publish() -> bool:
+            published = [new_kid in await ring.jwks_kids(url) for url in (ring.stack.http_url("auth"), replica.http_url("auth"))]
+            return all(published)
+
+        await poll(both_publish, timeout=3.0, what="both replicas publish the new key")
+        await asyncio.sleep(1.0)  # the contract's second
+        kids = {kid_of(await login(ring.http, user.email, user.password)) for _ in range(6)}
+        assert kids == {new_kid}, "whichever replica signed, the token carries the new kid"
+    finally:
+        replica.stop_all()
 
 
 async def test_concurrent_clients_across_a_rotation_see_no_failure(ring: RingStack) -> None:
