@@ -94,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: python -m auth_service retire-key kF3mXl0sQ2cV5c2nUu3p8Jm8a1YzQm4D0n3k9dQhY1s",
     )
     retire.add_argument("kid")
-    sub.add_parser("list-keys", help="list the signing keys and whether each signs, is published or is retired")
+    sub.add_parser(
+        "list-keys",
+        help="list the signing keys and whether each signs, is published or is retired",
+        epilog="example: python -m auth_service list-keys",
+    )
     return parser
 
 

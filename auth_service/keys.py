@@ -303,9 +303,10 @@ class LiveKeyRing:
         async for _ in every(RELOAD_SECONDS, stop):
             try:
                 await self.reload()
-            except _RELOAD_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - this loop must outlive any one reload, or rotation silently stops here
                 if not failing:  # once per outage, not four times a second
-                    log.warning("cannot reload the signing keys; keeping those last read", extra={"error": str(exc)})
+                    level = logging.WARNING if isinstance(exc, _RELOAD_ERRORS) else logging.ERROR
+                    log.log(level, "cannot reload the signing keys; keeping those last read", extra={"error": repr(exc)})
                 failing = True
             else:
                 if failing:

@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_service.keys import RETENTION_MARGIN_SECONDS, FileKeyStore, KeyRing, LiveKeyRing, RingKey, SigningKey, to_pem
 from shared.errors import Unauthorized
+from shared.preflight import Problem, check_signing_key
+from shared.settings import Settings
 from shared.tokens import JwksKeySource, TokenVerifier, freshness_seconds
 from tests.support.accounts import User, login, register
 from tests.support.backends import provision
@@ -117,6 +119,20 @@ async def test_one_key_file_still_works_as_before(tmp_path: Path) -> None:
     live = LiveKeyRing(FileKeyStore(tmp_path / "signing-key.pem"), None)
     await live.reload()
     assert live.signing_key().kid == key.kid and [k["kid"] for k in live.jwks()["keys"]] == [key.kid]
+
+
+@pytest.mark.unit
+async def test_preflight_checks_every_file_of_a_key_directory(tmp_path: Path) -> None:
+    (tmp_path / "a.pem").write_text(to_pem(new_key().private))
+    settings = Settings.from_env({"AUTH_SIGNING_KEY_FILE": str(tmp_path)})
+    assert await check_signing_key(settings) == f"{tmp_path} holds 1 Ed25519 key file(s)"
+    (tmp_path / "b.pem").write_text("not a key\n")
+    with pytest.raises(Problem, match="b.pem is not an unencrypted PEM private key"):
+        await check_signing_key(settings)
+    for path in tmp_path.iterdir():
+        path.unlink()
+    with pytest.raises(Problem, match="no \\*.pem file"):
+        await check_signing_key(settings)
 
 
 @pytest.mark.unit
@@ -304,6 +320,8 @@ async def test_rotate_key_makes_new_tokens_carry_the_new_kid_and_old_tokens_keep
     assert time.monotonic() - rotated_at < 3.0
     for service in ("auth", "gateway"):
         assert {old_kid, new_kid} <= await ring.jwks_kids(service), f"{service}'s JWKS lists both keys"
+        async with ring.http.get(ring.stack.http_url(service) + "/.well-known/jwks.json") as response:
+            assert response.headers["Cache-Control"] == "public, max-age=1", "cached by verifiers for a second at most"
     assert await ring.statuses(before.token) == ACCEPTED, "a token signed before the rotation still works everywhere"
     fresh = await login(ring.http, before.email, before.password)
     assert kid_of(fresh) == new_kid and await ring.statuses(fresh) == ACCEPTED
