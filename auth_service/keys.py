@@ -287,6 +287,7 @@ class LiveKeyRing:
         self._clock = clock
         self._ring = KeyRing((), token_lifetime)
         self._verification: dict[str, jwt.PyJWK] = {}
+        self._signing_kid: str | None = None
 
     @property
     def ring(self) -> KeyRing:
@@ -317,6 +318,9 @@ class LiveKeyRing:
         current = self._ring.current(self._clock())
         if current is None:
             raise ServiceUnavailable("No signing key is usable right now")
+        if current.key.kid != self._signing_kid:  # so an operator sees each replica take up a rotation
+            log.info("signing with a new key", extra={"kid": current.key.kid, "previous_kid": self._signing_kid})
+            self._signing_kid = current.key.kid
         return current.key
 
     def jwks(self) -> dict[str, Any]:
