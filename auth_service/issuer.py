@@ -1,4 +1,4 @@
-"""Issuing access tokens: RFC 9068 JWTs signed with EdDSA."""
+"""Issuing access tokens: RFC 9068 JWTs signed with EdDSA, by whichever key of the ring is current."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 
 import jwt
 
-from auth_service.keys import SigningKey
+from auth_service.keys import LiveKeyRing
 from shared.tokens import ALGORITHM, TOKEN_TYPE
 
 
@@ -18,11 +18,12 @@ class IssuedToken:
     token_id: str
     issued_at: int
     expires_at: int
+    kid: str = ""
 
 
 class TokenIssuer:
-    def __init__(self, key: SigningKey, *, issuer: str, audience: str) -> None:
-        self._key = key
+    def __init__(self, keys: LiveKeyRing, *, issuer: str, audience: str) -> None:
+        self._keys = keys
         self._issuer = issuer
         self._audience = audience
 
@@ -42,5 +43,8 @@ class TokenIssuer:
             "exp": now + ttl_seconds,
             "jti": token_id,
         }
-        token = jwt.encode(claims, self._key.private, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE, "kid": self._key.kid})
-        return IssuedToken(token, token_id, now, now + ttl_seconds)
+        # The key is picked per token, so a rotation takes effect at the new key's `signs_from`
+        # without waiting for anything else.
+        key = self._keys.signing_key()
+        token = jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE, "kid": key.kid})
+        return IssuedToken(token, token_id, now, now + ttl_seconds, key.kid)

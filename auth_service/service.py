@@ -1,4 +1,5 @@
-"""auth_service's wiring: its handlers bound to the commands and events declared for it, and its JWKS route."""
+"""auth_service's wiring: its handlers bound to the commands and events declared for it, its key
+ring (reloaded in the background) and the JWKS route that publishes it."""
 
 from __future__ import annotations
 
@@ -9,29 +10,31 @@ from aiohttp import web
 
 from auth_service.handlers import AuthHandlers
 from auth_service.issuer import TokenIssuer
-from auth_service.keys import load_signing_key
+from auth_service.keys import JWKS_MAX_AGE_SECONDS, open_key_ring
 from shared.routes import bind_commands, bind_events
 from shared.service import Wiring
 from shared.settings import Settings
-from shared.tokens import StaticKeySource
 
 NAME = "auth"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 async def wire(settings: Settings, pool: asyncpg.Pool) -> Wiring:
-    key = await load_signing_key(settings, pool)
-    issuer = TokenIssuer(key, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    keys = await open_key_ring(settings, pool)
+    issuer = TokenIssuer(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
     handlers = AuthHandlers(settings, pool, issuer)
-    jwks = {"keys": [key.public_jwk()]}
 
     async def jwks_view(_: web.Request) -> web.Response:
-        return web.json_response(jwks, headers={"Cache-Control": "public, max-age=300"})
+        # A short max-age: verifiers refetch when it runs out, which is how a retired key leaves
+        # every service within about a second (a new key needs no such thing: an unknown kid is
+        # fetched at once).
+        return web.json_response(keys.jwks(), headers={"Cache-Control": f"public, max-age={JWKS_MAX_AGE_SECONDS}"})
 
     return Wiring(
         commands=bind_commands(NAME, handlers.commands()),
         events=bind_events(NAME, handlers.events()),
         http_port=settings.auth_http_port,
-        key_source=StaticKeySource({key.kid: key.verification_key()}),
+        key_source=keys,
         http_routes=[web.get("/.well-known/jwks.json", jwks_view)],
+        background=[keys.run],
     )

@@ -21,8 +21,10 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[HTTP] = session
     app[JWKS] = JwksKeySource(settings.auth_jwks_url, session)
+    app[JWKS].start()  # refetched as its max-age runs out, so a retired key stops verifying here too
     app[VERIFIER] = TokenVerifier(app[JWKS], issuer=settings.jwt_issuer, audience=settings.jwt_audience)
     yield
+    await app[JWKS].close()
     await session.close()
 
 

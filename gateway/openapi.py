@@ -249,6 +249,17 @@ def _status_body(value: str) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+def _jwks_answer(schema: dict[str, Any]) -> dict[str, Any]:
+    """The key set, with how long it may be kept (short: a rotated or retired key shows within a second)."""
+    answer = _ok("A JWKS (RFC 7517)", {"application/json": {"schema": schema}})
+    answer["headers"]["Cache-Control"] = {
+        "description": "How long the key set may be kept, e.g. `public, max-age=1`",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    return answer
+
+
 def _platform_paths() -> dict[str, dict[str, Any]]:
     """The gateway's own routes (gateway/routes.py) besides the commands'."""
     audit_params = [
@@ -284,13 +295,20 @@ def _platform_paths() -> dict[str, dict[str, Any]]:
             )
         },
         "/.well-known/jwks.json": {
-            "get": _operation(
-                "get-jwks",
-                "The public keys tokens are signed with",
-                ok={"200": _ok("A JWKS (RFC 7517)", {"application/json": {"schema": jwks}})},
-                errors={503},
-                secured=False,
-            )
+            "get": {
+                **_operation(
+                    "get-jwks",
+                    "The public keys tokens are signed with",
+                    ok={"200": _jwks_answer(jwks)},
+                    errors={503},
+                    secured=False,
+                ),
+                "description": (
+                    "Every key a valid token may carry: the key that signs now, the next one (published before it signs), "
+                    "and older keys while tokens they signed can still be valid. A retired key is never listed. Served with "
+                    "`Cache-Control: public, max-age=1`: fetch it again when that runs out, and when a token names an unknown `kid`."
+                ),
+            }
         },
         "/openapi.json": {
             "get": _operation(

@@ -178,15 +178,17 @@ async def list_audit(request: web.Request) -> web.Response:
 
 
 async def jwks(request: web.Request) -> web.Response:
-    """auth_service's JWKS, passed through so clients need only the gateway's address."""
+    """auth_service's JWKS, passed through so clients need only the gateway's address. Its
+    Cache-Control comes along: the short max-age is how a retired key leaves every cache."""
     try:
         timeout = aiohttp.ClientTimeout(total=3)
         async with request.app[HTTP].get(request.app[SETTINGS].auth_jwks_url, timeout=timeout) as upstream:
             upstream.raise_for_status()
             document = await upstream.json(content_type=None)
+            cache_control = upstream.headers.get("Cache-Control", "no-cache")
     except (aiohttp.ClientError, TimeoutError, ValueError):
         raise ServiceUnavailable("The key set is unavailable right now", retry_after=5) from None
-    return json_response(document, headers={"Cache-Control": "public, max-age=300"})
+    return json_response(document, headers={"Cache-Control": cache_control})
 
 
 async def index(_: web.Request) -> web.FileResponse:

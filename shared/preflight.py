@@ -6,7 +6,8 @@ It reads the same environment variables as every process and checks, each within
     broker         AMQP_URL answers and lets the user in; with BROKER_TOPOLOGY=verify, the topology exists
     database       DATABASE_URL answers; the server version; each service's schema and its migrations
     jwks           AUTH_JWKS_URL serves an Ed25519 key (and the public half of AUTH_SIGNING_KEY_FILE, if set)
-    signing key    AUTH_SIGNING_KEY_FILE, when set, is a readable unencrypted Ed25519 private key
+    signing key    AUTH_SIGNING_KEY_FILE, when set, is a readable unencrypted Ed25519 private key (or a
+                   directory of them)
 
 It prints one line per check, `ok` or `problem:` with what is wrong and what to do, and exits 0
 only when every check passed. Nothing is created or changed anywhere.
@@ -178,11 +179,29 @@ def _public_x(key_file: str) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def _key_files(key_file: str) -> list[str]:
+    """The files AUTH_SIGNING_KEY_FILE names: itself, or the `*.pem` files of a directory."""
+    path = Path(key_file)
+    if not path.is_dir():
+        return [key_file]
+    files = sorted(str(p) for p in path.glob("*.pem"))
+    if not files:
+        raise Problem(f"AUTH_SIGNING_KEY_FILE {path} is a directory with no *.pem file: put the signing key there")
+    return files
+
+
 async def check_signing_key(settings: Settings) -> str:
     if not settings.auth_signing_key_file:
-        return "AUTH_SIGNING_KEY_FILE not set: auth_service signs with a development key kept in the database; set it in production"
-    _public_x(settings.auth_signing_key_file)
-    return f"{settings.auth_signing_key_file} holds an Ed25519 key"
+        return (
+            "AUTH_SIGNING_KEY_FILE not set: auth_service keeps its signing keys in the database (rotate-key works); "
+            "whoever can read auth.signing_key_ring can mint tokens"
+        )
+    files = _key_files(settings.auth_signing_key_file)
+    for key_file in files:
+        _public_x(key_file)
+    if len(files) == 1 and files[0] == settings.auth_signing_key_file:
+        return f"{settings.auth_signing_key_file} holds an Ed25519 key"
+    return f"{settings.auth_signing_key_file} holds {len(files)} Ed25519 key file(s)"
 
 
 async def check_jwks(settings: Settings, timeout: float) -> str:
@@ -202,10 +221,11 @@ async def check_jwks(settings: Settings, timeout: float) -> str:
         raise Problem(f"{url} serves no Ed25519 key, so no token could be verified: is AUTH_JWKS_URL auth_service's key set?")
     if settings.auth_signing_key_file:
         try:
-            x = _public_x(settings.auth_signing_key_file)
+            xs = [_public_x(key_file) for key_file in _key_files(settings.auth_signing_key_file)]
         except Problem:
-            x = None  # the signing key check says what is wrong with the file
-        if x is not None and x not in {entry.get("x") for entry in document["keys"] if isinstance(entry, dict)}:
+            xs = []  # the signing key check says what is wrong with the file
+        published = {entry.get("x") for entry in document["keys"] if isinstance(entry, dict)}
+        if any(x not in published for x in xs):
             raise Problem(
                 f"{url} does not publish the key in AUTH_SIGNING_KEY_FILE: the auth_service there signs with another "
                 "key, so tokens it issues would not match this file (another stack's auth_service? an old key file?)"

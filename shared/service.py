@@ -14,10 +14,10 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aio_pika
 import aiohttp
@@ -59,13 +59,15 @@ CONSUME_START_SECONDS = 30.0
 
 @dataclass
 class Wiring:
-    """What a service contributes: its routes, and optionally its own keys and HTTP routes."""
+    """What a service contributes: its routes, and optionally its own keys, HTTP routes and loops
+    that run for the life of the process (each is given the stop event)."""
 
     commands: list[CommandRoute]
     events: list[EventRoute]
     http_port: int
     key_source: KeySource | None = None
     http_routes: list[web.RouteDef] = field(default_factory=list)
+    background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
 
 
 WireFn = Callable[[Settings, asyncpg.Pool], Awaitable[Wiring]]
@@ -112,7 +114,12 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         wiring = await wire(settings, pool)
         check_routes(wiring.commands)  # refuse to start with an undeclared policy
         check_wiring(name, [r.name for r in wiring.commands] + [audit_command_name(name)], [r.routing_key for r in wiring.events])
-        keys = wiring.key_source or JwksKeySource(settings.auth_jwks_url, http)
+        keys = wiring.key_source
+        if keys is None:
+            jwks = JwksKeySource(settings.auth_jwks_url, http)
+            jwks.start()  # refreshes the key set as its max-age runs out, so a withdrawn key stops verifying
+            opened.push_async_callback(jwks.close)
+            keys = jwks
         verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
 
         connection = await _retry_until_up(
@@ -177,6 +184,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
                 name="dead-letter-gauge",
             ),
             asyncio.create_task(_watch_outbox(relay, metrics, stop), name="outbox-gauges"),
+            *(asyncio.create_task(loop(stop), name=getattr(loop, "__qualname__", "wiring")) for loop in wiring.background),
         ]
         opened.push_async_callback(_cancel, background)
         # Flushed before the tasks are cancelled and the broker connection closes.

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -62,7 +63,7 @@ class KeySource(Protocol):
 
 
 class StaticKeySource:
-    """Keys held in memory; auth_service verifies with its own keys this way."""
+    """Keys held in memory, fixed for the life of the object (tools and tests)."""
 
     def __init__(self, keys: dict[str, jwt.PyJWK]) -> None:
         self._keys = dict(keys)
@@ -88,21 +89,71 @@ def parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
     return keys
 
 
-class JwksKeySource:
-    """A JWKS fetched over HTTP and cached as key objects.
+#: How long a JWKS is used when its response says nothing about caching, and the most it is ever used.
+DEFAULT_JWKS_MAX_AGE_SECONDS = 60.0
+MAX_JWKS_MAX_AGE_SECONDS = 3600.0
+#: How many withdrawn kids are remembered (a few a year in practice; the bound is for safety).
+WITHDRAWN_KIDS_KEPT = 1000
 
-    An unknown `kid` triggers one refetch (at most once per `min_refresh_seconds`, so forged kids
-    cannot make us hammer auth_service). A failed refresh keeps the keys we had: unlike
-    PyJWKClient, a blip at auth_service never turns every valid token into a 401.
+
+def freshness_seconds(headers: Mapping[str, str]) -> float | None:
+    """How long a response may be used, from its Cache-Control max-age less its Age (RFC 9111);
+    0 for no-cache or no-store; None when the headers do not say."""
+    directives = {}
+    for part in headers.get("Cache-Control", "").split(","):
+        name, _, value = part.strip().partition("=")
+        directives[name.lower()] = value.strip().strip('"')
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    try:
+        max_age = float(int(directives["max-age"]))
+    except (KeyError, ValueError):
+        return None
+    try:
+        age = float(int(headers.get("Age", "0")))
+    except ValueError:
+        age = 0.0
+    return min(max(max_age - age, 0.0), MAX_JWKS_MAX_AGE_SECONDS)
+
+
+class JwksKeySource:
+    """A JWKS fetched over HTTP and cached as key objects, by its HTTP cache headers.
+
+    Three things fetch it, and together they make at most one fetch per `min_refresh_seconds`:
+    - `start()` keeps it fresh in the background: fetched again when its max-age runs out, so a
+      key auth_service withdrew (retire-key) stops verifying here within about that max-age.
+    - An unknown `kid` (a key just rotated in) fetches it at once, or, when a fetch happened less
+      than `min_refresh_seconds` ago, waits for the next one rather than answer 401: every request
+      that waits shares that one fetch, so a flood of forged kids makes one fetch per window, not
+      one per request. If the next fetch is more than `max_wait_seconds` away, the request is not
+      held (the key is reported unknown at once).
+    - `refresh()`, called directly.
+    A kid that left the key set (rotated out, retired) is remembered as withdrawn and refused at
+    once, without waiting for a fetch: its tokens are no longer good, and a client replaying one
+    should not hold a request for a second. Should it come back (a key file restored, replicas that
+    disagree for a moment), the next periodic fetch takes it back.
+    A failed fetch keeps the keys we had: unlike PyJWKClient, a blip at auth_service never turns
+    every valid token into a 401 (the price: while auth_service cannot be reached, a key it
+    withdrew keeps verifying here).
     """
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, *, min_refresh_seconds: float = 1.0) -> None:
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, *, min_refresh_seconds: float = 1.0, max_wait_seconds: float = 2.0
+    ) -> None:
         self._url = url
         self._session = session
         self._min_refresh = min_refresh_seconds
+        self._max_wait = max_wait_seconds
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._last_attempt = float("-inf")
+        self._withdrawn: dict[str, None] = {}  # an ordered set, the oldest dropped past WITHDRAWN_KIDS_KEPT
+        self._last_attempt = float("-inf")  # time.monotonic() when the last fetch started
+        self._fresh_for = DEFAULT_JWKS_MAX_AGE_SECONDS
+        self._last_ok = False
+        self._warned = False
         self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        #: How many fetches were made, whatever their outcome.
+        self.fetches = 0
 
     @property
     def loaded(self) -> bool:
@@ -110,32 +161,81 @@ class JwksKeySource:
 
     async def get(self, kid: str) -> jwt.PyJWK | None:
         key = self._keys.get(kid)
-        if key is None:
-            await self.refresh(force=False)
+        if key is None and kid not in self._withdrawn:
+            await self._fetch_for(time.monotonic())
             key = self._keys.get(kid)
         return key
+
+    async def _fetch_for(self, asked_at: float) -> None:
+        """Make sure a fetch starts after `asked_at`, keeping to one per window."""
+        if self._last_attempt + self._min_refresh - asked_at > self._max_wait:
+            return
+        async with self._lock:
+            if self._last_attempt >= asked_at:
+                return  # another request's fetch started after we asked: it answers us too
+            # Sleeping under the lock is the point: whoever else asks meanwhile waits for this fetch.
+            await asyncio.sleep(max(self._last_attempt + self._min_refresh - time.monotonic(), 0.0))
+            await self._fetch()
 
     async def refresh(self, *, force: bool = True) -> bool:
         """Fetch the JWKS again; True when the cache now holds at least one key."""
         async with self._lock:
-            now = time.monotonic()
-            if not force and now - self._last_attempt < self._min_refresh:
+            if not force and time.monotonic() - self._last_attempt < self._min_refresh:
                 return self.loaded
-            self._last_attempt = now
-            try:
-                timeout = aiohttp.ClientTimeout(total=3)
-                async with self._session.get(self._url, timeout=timeout) as response:
-                    response.raise_for_status()
-                    document = await response.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                log.warning("could not refresh the JWKS; keeping the cached keys", extra={"error": str(exc)})
-                return self.loaded
-            keys = parse_jwks(document)
-            if keys:
-                self._keys = keys
-            else:
-                log.warning("the JWKS had no usable key; keeping the cached keys")
+            await self._fetch()
             return self.loaded
+
+    async def _fetch(self) -> None:
+        self._last_attempt = time.monotonic()
+        self.fetches += 1
+        try:
+            timeout = aiohttp.ClientTimeout(total=3)
+            async with self._session.get(self._url, timeout=timeout) as response:
+                response.raise_for_status()
+                document = await response.json(content_type=None)
+                fresh_for = freshness_seconds(response.headers)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if not self._warned:  # once per outage, not once a second
+                log.warning("could not refresh the JWKS; keeping the cached keys", extra={"error": str(exc)})
+                self._warned = True
+            self._last_ok = False
+            return
+        keys = parse_jwks(document)
+        if not keys:
+            log.warning("the JWKS had no usable key; keeping the cached keys")
+            self._last_ok = False
+            return
+        for kid in self._keys.keys() - keys.keys():
+            self._withdrawn[kid] = None
+        for kid in keys.keys() & self._withdrawn.keys():
+            del self._withdrawn[kid]
+        while len(self._withdrawn) > WITHDRAWN_KIDS_KEPT:
+            del self._withdrawn[next(iter(self._withdrawn))]
+        self._keys = keys
+        self._warned = False
+        self._fresh_for = DEFAULT_JWKS_MAX_AGE_SECONDS if fresh_for is None else fresh_for
+        self._last_ok = True
+
+    def start(self) -> None:
+        """Keep the key set fresh in the background until `close()`."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._keep_fresh(), name="jwks-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _next_due(self) -> float:
+        # After a failure, try again as soon as the window allows; never more often than that.
+        return self._last_attempt + max(self._fresh_for if self._last_ok else 0.0, self._min_refresh)
+
+    async def _keep_fresh(self) -> None:
+        while True:
+            await asyncio.sleep(max(self._next_due() - time.monotonic(), 0.0))
+            if time.monotonic() >= self._next_due():  # else a request fetched meanwhile: sleep on
+                await self.refresh(force=False)
 
 
 class TokenVerifier:
