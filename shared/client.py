@@ -200,6 +200,12 @@ class CommandClient:
                 raise GatewayTimeout(f"The {command!r} command got no reply within {timeout:g} s") from None
         finally:
             self._pending.pop(correlation_id, None)
+            if future.done() and not future.cancelled():
+                # `_on_connection_lost` may have failed it while the publish was still failing:
+                # read it, or asyncio logs "Future exception was never retrieved" at ERROR.
+                future.exception()
+            else:
+                future.cancel()
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.get(message.correlation_id or "")

@@ -203,3 +203,20 @@ async def test_a_channel_opened_across_a_second_loss_is_not_used() -> None:
     await connection.come_back()
     assert client.ready and connection.channels[-1].consuming
     await client.close()
+
+
+async def test_a_call_failing_to_publish_as_the_connection_drops_leaves_no_unretrieved_future() -> None:
+    """The loss fails the call's reply future while its publish is still failing: the future is
+    read, so asyncio does not log "Future exception was never retrieved" at ERROR."""
+    connection, client = await started()
+    channel = connection.channels[0]
+    channel.hold = asyncio.get_running_loop().create_future()
+    call = asyncio.create_task(client.call("create-post", {"title": "t", "body": "b"}))
+    await settle()
+    [future] = client._pending.values()
+    connection.lose()  # fails the reply future
+    channel.hold.set_exception(aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED"))
+    with pytest.raises(ServiceUnavailable):
+        await call
+    assert future.done() and future._log_traceback is False
+    await client.close()
