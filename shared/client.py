@@ -81,6 +81,7 @@ class CommandClient:
         except BaseException:
             await _close_quietly(channel)
             raise
+        channel.close_callbacks.add(self._on_channel_closed)
         self._channel, self._exchange = channel, exchange
 
     def _on_reconnect(self, *_: Any) -> None:
@@ -111,19 +112,34 @@ class CommandClient:
         if stale is not None and stale is not self._channel:
             await _close_quietly(stale)
 
+    def _on_channel_closed(self, channel: Any, reason: BaseException | None = None, *_: Any) -> None:
+        if channel is not self._channel or self._closing:
+            return  # a channel we have done with, or our own shutdown
+        # Losing the connection closes the channel too, and `_on_connection_lost` and
+        # `_on_reconnect` see to that. But the broker can close the channel alone (a publish it
+        # refuses, such as a wrong user_id), and then no reconnect callback comes: the robust
+        # channel reopens itself without the reply consumer, and every later call on it would be
+        # refused. Treat it as a loss of its own.
+        self._lose("Lost the channel to the message broker")
+        if isinstance(reason, aio_pika.exceptions.AMQPChannelError):
+            self._on_reconnect()
+
     def _on_connection_lost(self, *_: Any) -> None:
         # Publish nothing until `_reopen` has a new channel. The robust connection reopens the old
         # one *before* it calls `_on_reconnect`, without the reply consumer: a command published
         # on it in between is refused by the broker (PRECONDITION_FAILED), or fails when `_reopen`
         # closes that channel under it (aiormq then fails the pending confirm with a bare
         # `Exception`), and before this was so, that answered a 500.
+        self._lose("Lost the connection to the message broker")
+
+    def _lose(self, detail: str) -> None:
         self._exchange = None
         self._losses += 1
         # Replies to calls in flight would have come to the consumer that just died: answer
         # their callers now rather than after the timeout.
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(ServiceUnavailable("Lost the connection to the message broker", retry_after=5))
+                future.set_exception(ServiceUnavailable(detail, retry_after=5))
 
     async def close(self) -> None:
         self._closing = True
@@ -232,9 +248,9 @@ def _cancelled_from_outside() -> bool:
 
 
 async def _close_quietly(channel: AbstractChannel) -> None:
-    """Close a channel we are done with; a broker already gone has closed it for us."""
+    """Close a channel we are done with. Closed already (the broker went) or not, a robust
+    channel is closed again: that is what keeps the connection from restoring it."""
     try:
-        if not channel.is_closed:
-            await channel.close()
+        await channel.close()
     except Exception as exc:  # noqa: BLE001 - whatever it was, the channel is no use to us now
         log.debug("closing a stale channel failed", extra={"error": repr(exc)})

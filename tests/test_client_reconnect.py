@@ -25,8 +25,8 @@ pytestmark = pytest.mark.unit
 class Callbacks(set[Any]):
     """aio-pika's CallbackCollection, as far as the client uses it."""
 
-    def fire(self, *args: Any) -> list[Any]:
-        return [callback(None, *args) for callback in list(self)]
+    def fire(self, *args: Any, sender: Any = None) -> list[Any]:
+        return [callback(sender, *args) for callback in list(self)]
 
 
 class FakeQueue:
@@ -53,6 +53,7 @@ class FakeExchange:
 class FakeChannel:
     def __init__(self) -> None:
         self.is_closed = False
+        self.close_callbacks = Callbacks()
         self.consuming = False
         self.published: list[str] = []
         self.publish_error: BaseException | None = None
@@ -219,4 +220,28 @@ async def test_a_call_failing_to_publish_as_the_connection_drops_leaves_no_unret
     with pytest.raises(ServiceUnavailable):
         await call
     assert future.done() and future._log_traceback is False
+    await client.close()
+
+
+async def test_a_channel_the_broker_closes_alone_is_replaced() -> None:
+    """A channel-level error (the broker refusing a publish) closes the channel but not the
+    connection: no reconnect callback comes, and the robust channel reopens without the reply
+    consumer. The client stops using it, answers the calls waiting on it, and opens another."""
+    connection, client = await started()
+    first = connection.channels[0]
+    first.hold = asyncio.get_running_loop().create_future()
+    call = asyncio.create_task(client.call("create-post", {"title": "t", "body": "b"}))
+    await settle()
+    first.hold.set_result(None)  # the publish is confirmed; the call waits for its reply
+    await settle()
+    first.is_closed = True
+    first.close_callbacks.fire(aiormq.exceptions.ChannelPreconditionFailed("refused"), sender=first)
+    first.is_closed, first.consuming = False, False  # aio-pika reopens it, consumer not included
+    assert not client.ready
+    with pytest.raises(ServiceUnavailable):
+        await call
+    await settle()
+    second = connection.channels[-1]
+    assert second is not first and second.consuming and first.is_closed
+    assert client.ready
     await client.close()
