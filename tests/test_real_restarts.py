@@ -10,7 +10,9 @@ use the machine's broker: start a second node on another port and name it,
         scripts/test tests/test_real_restarts.py -k rabbitmq
 
 (OPERATIONS.md shows how to start one). rabbitmqctl then talks to that node, and the test stops
-it only if that node is the one listening on TEST_AMQP_URL's port.
+it only if that node is the one listening on TEST_AMQP_URL's port. The PostgreSQL test likewise
+restarts the cluster PGCLUSTER names (`15/faults`, postgresql-common's variable) when
+TEST_DATABASE_URL is on loopback at that cluster's port.
 """
 
 from __future__ import annotations
@@ -143,14 +145,38 @@ async def test_rabbitmq_restart_under_load(
     await stack.wait_ready("gateway", timeout=30)
 
 
-@pytest.mark.skipif(
-    not (LOCAL and shutil.which("pg_ctlcluster") and Path("/etc/postgresql").is_dir()),
-    reason="needs the local PostgreSQL cluster and pg_ctlcluster",
-)
+def postgresql_cluster_to_restart() -> tuple[str, str] | None:
+    """(version, name) of the PostgreSQL cluster this run may restart: the local `main` when no
+    TEST_* URL is set (CI), or the one PGCLUSTER names (`15/faults`) when TEST_DATABASE_URL is on
+    loopback at that cluster's port (pg_lsclusters); None otherwise."""
+    if not (shutil.which("pg_ctlcluster") and Path("/etc/postgresql").is_dir()):
+        return None
+    if LOCAL:
+        return sorted(p.name for p in Path("/etc/postgresql").iterdir())[0], "main"
+    url = urllib.parse.urlsplit(os.environ.get("TEST_DATABASE_URL", ""))
+    version, _, name = os.environ.get("PGCLUSTER", "").partition("/")
+    if not name or url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    try:
+        listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for row in listing.splitlines():
+        fields = row.split()
+        if fields[:3] == [version, name, str(url.port or 5432)]:
+            return version, name
+    return None
+
+
+CLUSTER = postgresql_cluster_to_restart()
+
+
+@pytest.mark.skipif(CLUSTER is None, reason="needs pg_ctlcluster and a local PostgreSQL cluster it may restart")
 async def test_postgresql_restart_under_load(stack: Stack, faults: FaultWatch, broker: BrokerProbe, db: asyncpg.Pool, new_user) -> None:
+    assert CLUSTER is not None
+    version, cluster = CLUSTER
     faults.expect(*DATABASE_RESTART)
     user: User = await new_user("pg-restart")
-    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
     message_ids = [str(uuid4()) for _ in range(200)]
 
     async def send(message_id: str) -> dict:
@@ -167,7 +193,7 @@ async def test_postgresql_restart_under_load(stack: Stack, faults: FaultWatch, b
 
     load = asyncio.gather(*(send(m) for m in message_ids))
     await asyncio.sleep(0.3)
-    await asyncio.to_thread(run, "pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart")
+    await asyncio.to_thread(run, "pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "restart")
     replies = await load
     assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]][:3]
     titles = [r["title"] for r in await db.fetch("SELECT title FROM posts.posts WHERE author_id = $1", user.id)]
