@@ -5,6 +5,11 @@ published persistent, with publisher confirms and `mandatory`, so a command no q
 an immediate 503 rather than silence; every call has a timeout (504). Replies arrive on the
 pseudo-queue `amq.rabbitmq.reply-to` of the same channel and are matched by correlation id.
 Payloads are JSON, never pickle; a remote error comes back as the same `AppError` it was.
+
+Losing the broker is always a 503 (or a 504 when no reply came), never a 500. From the moment
+the connection drops until a fresh channel with its reply consumer is open, nothing is published
+(see `_on_connection_lost`); and whatever a publish raises, it means the command may or may not
+have reached the broker, which a retry with the same `message_id` settles (see `call`).
 With `topology="verify"` the client only checks that `commands` exists (shared/topology), so its
 broker user needs nothing but write on `commands`.
 """
@@ -12,6 +17,7 @@ broker user needs nothing but write on `commands`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 from uuid import uuid4
 
@@ -22,10 +28,17 @@ from shared import jsoncodec
 from shared.broker import COMMANDS_EXCHANGE
 from shared.envelope import build_command
 from shared.errors import GatewayTimeout, InternalError, ServiceUnavailable, error_from_dict
+from shared.pacing import Backoff
 from shared.settings import BrokerTopology
 from shared.topology import TopologyError, open_exchange
 
+log = logging.getLogger(__name__)
+
 REPLY_QUEUE = "amq.rabbitmq.reply-to"
+#: What opening a channel can raise while the broker is still settling after a reconnect.
+_REOPEN_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError, TopologyError)
+#: How long one attempt at reopening the channel may take.
+_REOPEN_SECONDS = 10.0
 
 
 class CommandClient:
@@ -37,42 +50,103 @@ class CommandClient:
         self._topology: BrokerTopology = topology
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._channel: AbstractChannel | None = None
+        #: None while there is no channel fit to publish on (before start, and between losing the
+        #: broker and `_reopen` opening the next channel).
         self._exchange: AbstractExchange | None = None
+        self._reopening: asyncio.Task[None] | None = None
+        self._closing = False
+        #: Counts connection losses: a channel opened across one is not used.
+        self._losses = 0
 
     async def start(self) -> None:
         await self._open()
         # A robust connection restores its channels after a broker restart, but not the consumer
-        # of the direct reply-to pseudo-queue, so the client reopens its own channel instead.
+        # of the direct reply-to pseudo-queue, so the client opens a channel of its own instead.
         reconnect = getattr(self._connection, "reconnect_callbacks", None)
         if reconnect is not None:
             reconnect.add(self._on_reconnect)
         self._connection.close_callbacks.add(self._on_connection_lost)
 
     async def _open(self) -> None:
+        losses = self._losses
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await open_exchange(channel, COMMANDS_EXCHANGE, self._topology)
-        reply_queue = await channel.get_queue(REPLY_QUEUE, ensure=False)
-        await reply_queue.consume(self._on_reply, no_ack=True)
+        try:
+            exchange = await open_exchange(channel, COMMANDS_EXCHANGE, self._topology)
+            reply_queue = await channel.get_queue(REPLY_QUEUE, ensure=False)
+            await reply_queue.consume(self._on_reply, no_ack=True)
+            if losses != self._losses:
+                # The broker went away while we opened it: it would come back without its
+                # consumer, like any channel a robust connection restores.
+                raise aio_pika.exceptions.ChannelInvalidStateError("the connection was lost while the channel opened")
+        except BaseException:
+            await _close_quietly(channel)
+            raise
+        channel.close_callbacks.add(self._on_channel_closed)
         self._channel, self._exchange = channel, exchange
 
-    async def _on_reconnect(self, *_: Any) -> None:
+    def _on_reconnect(self, *_: Any) -> None:
+        # Not awaited by the connection: it runs its reconnect callbacks inside its own reconnect,
+        # and a channel opened from one would wait for that reconnect to finish.
+        if self._reopening is not None:
+            self._reopening.cancel()
+        self._reopening = asyncio.create_task(self._reopen(), name="command-client-reopen")
+
+    async def _reopen(self) -> None:
+        """A fresh channel with its reply consumer, then the old one closed; tried until it works."""
+        self._exchange = None  # `_on_connection_lost` did this already, unless the loss went unseen
         stale = self._channel
-        self._channel = None
-        if stale is not None and not stale.is_closed:
-            await stale.close()
-        try:
-            await self._open()
-        except (aio_pika.exceptions.AMQPError, ConnectionError, OSError, TopologyError):
-            pass  # the connection will call us again on its next successful reconnect
+        delays = Backoff(0.5)
+        while not self._closing and not self._connection.is_closed:
+            try:
+                async with asyncio.timeout(_REOPEN_SECONDS):
+                    await self._open()
+                break
+            except _REOPEN_ERRORS as exc:
+                delay = next(delays)
+                log.warning(
+                    "could not reopen the command channel; retrying", extra={"error": str(exc) or type(exc).__name__, "retry_in": delay}
+                )
+                await asyncio.sleep(delay)
+        # Nothing publishes on the old channel any more (the robust connection has reopened it,
+        # without the reply consumer): close it, or it would be restored on every reconnect.
+        if stale is not None and stale is not self._channel:
+            await _close_quietly(stale)
+
+    def _on_channel_closed(self, channel: Any, reason: BaseException | None = None, *_: Any) -> None:
+        if channel is not self._channel or self._closing:
+            return  # a channel we have done with, or our own shutdown
+        # Losing the connection closes the channel too, and `_on_connection_lost` and
+        # `_on_reconnect` see to that. But the broker can close the channel alone (a publish it
+        # refuses, such as a wrong user_id), and then no reconnect callback comes: the robust
+        # channel reopens itself without the reply consumer, and every later call on it would be
+        # refused. Treat it as a loss of its own.
+        self._lose("Lost the channel to the message broker")
+        if isinstance(reason, aio_pika.exceptions.AMQPChannelError):
+            self._on_reconnect()
 
     def _on_connection_lost(self, *_: Any) -> None:
+        # Publish nothing until `_reopen` has a new channel. The robust connection reopens the old
+        # one *before* it calls `_on_reconnect`, without the reply consumer: a command published
+        # on it in between is refused by the broker (PRECONDITION_FAILED), or fails when `_reopen`
+        # closes that channel under it (aiormq then fails the pending confirm with a bare
+        # `Exception`), and before this was so, that answered a 500.
+        self._lose("Lost the connection to the message broker")
+
+    def _lose(self, detail: str) -> None:
+        self._exchange = None
+        self._losses += 1
         # Replies to calls in flight would have come to the consumer that just died: answer
         # their callers now rather than after the timeout.
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(ServiceUnavailable("Lost the connection to the message broker", retry_after=5))
+                future.set_exception(ServiceUnavailable(detail, retry_after=5))
 
     async def close(self) -> None:
+        self._closing = True
+        self._exchange = None
+        if self._reopening is not None:
+            self._reopening.cancel()
+            await asyncio.gather(self._reopening, return_exceptions=True)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ServiceUnavailable("The gateway is shutting down"))
@@ -85,7 +159,7 @@ class CommandClient:
 
     @property
     def ready(self) -> bool:
-        return self._channel is not None and not self._channel.is_closed and not self._connection.is_closed
+        return self._exchange is not None and self._channel is not None and not self._channel.is_closed and not self._connection.is_closed
 
     async def call(
         self,
@@ -99,7 +173,8 @@ class CommandClient:
         timeout: float | None = None,
     ) -> Any:
         """Send `command` and return its result, or raise the AppError the service replied with."""
-        if self._exchange is None or not self.ready:
+        exchange = self._exchange
+        if exchange is None or not self.ready:
             raise ServiceUnavailable("The message broker is unavailable", retry_after=5)
         correlation_id = uuid4().hex
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -117,10 +192,23 @@ class CommandClient:
         )
         try:
             try:
-                await asyncio.wait_for(self._exchange.publish(message, routing_key=command, mandatory=True), timeout)
+                await asyncio.wait_for(exchange.publish(message, routing_key=command, mandatory=True), timeout)
             except aio_pika.exceptions.PublishError:
                 raise ServiceUnavailable(f"No service is accepting {command!r} commands", retry_after=5) from None
-            except (aio_pika.exceptions.AMQPError, ConnectionError, TimeoutError, RuntimeError):
+            except asyncio.CancelledError:
+                if _cancelled_from_outside():
+                    raise  # the caller went away, or we are shutting down
+                # aiormq fails a pending confirm with CancelledError when its channel is closed
+                # with no reason given (a robust connection closing it to reopen it, say).
+                raise ServiceUnavailable("The message broker is unavailable", retry_after=5) from None
+            except Exception as exc:
+                # The publish ran into the broker going away: an AMQPError, ConnectionError,
+                # TimeoutError or RuntimeError as a rule, but a channel closed under a pending
+                # confirm fails it with a bare `Exception`. Either way the command may or may not
+                # have reached a queue, and a retry with the same message_id is what settles it:
+                # a 503, never a 500. Logged, so an unexpected kind still shows.
+                if not isinstance(exc, aio_pika.exceptions.AMQPError | ConnectionError | TimeoutError | RuntimeError):
+                    log.warning("a publish failed in an unexpected way", extra={"error": repr(exc)})
                 raise ServiceUnavailable("The message broker is unavailable", retry_after=5) from None
             try:
                 return await asyncio.wait_for(future, timeout)
@@ -128,6 +216,12 @@ class CommandClient:
                 raise GatewayTimeout(f"The {command!r} command got no reply within {timeout:g} s") from None
         finally:
             self._pending.pop(correlation_id, None)
+            if future.done() and not future.cancelled():
+                # `_on_connection_lost` may have failed it while the publish was still failing:
+                # read it, or asyncio logs "Future exception was never retrieved" at ERROR.
+                future.exception()
+            else:
+                future.cancel()
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.get(message.correlation_id or "")
@@ -144,3 +238,19 @@ class CommandClient:
             future.set_exception(error_from_dict(reply.get("error")))
         else:
             future.set_exception(InternalError("The service sent an unreadable reply"))
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the current task is being cancelled (by `task.cancel()`), as opposed to a
+    CancelledError raised out of a future the broker library cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _close_quietly(channel: AbstractChannel) -> None:
+    """Close a channel we are done with. Closed already (the broker went) or not, a robust
+    channel is closed again: that is what keeps the connection from restoring it."""
+    try:
+        await channel.close()
+    except Exception as exc:  # noqa: BLE001 - whatever it was, the channel is no use to us now
+        log.debug("closing a stale channel failed", extra={"error": repr(exc)})

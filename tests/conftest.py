@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from auth_service.keys import to_pem
 from tests.support.accounts import User, make_admin, register
 from tests.support.backends import Backends, provision
 from tests.support.broker import BrokerProbe
+from tests.support.faults import FaultWatch
 from tests.support.forge import TokenForge
 from tests.support.stack import Stack, stack_env, start_stack
 
@@ -77,6 +78,15 @@ async def broker(backends: Backends, stack: Stack) -> AsyncIterator[BrokerProbe]
     await probe.start()
     yield probe
     await connection.close()
+
+
+@pytest.fixture
+def faults(stack: Stack) -> Iterator[FaultWatch]:
+    """For fault tests: fails the test on any 500 a client saw and on any ERROR line in any
+    process's log that the fault does not explain (tests/support/faults.py)."""
+    watch = FaultWatch(stack.log_dir)
+    yield watch
+    watch.check()
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import pytest
 
 from tests.support.accounts import User
 from tests.support.broker import BrokerProbe
+from tests.support.faults import BROKER_CUT, FaultWatch
 from tests.support.proxy import CuttableProxy
 from tests.support.stack import ROOT, Stack, free_port
 
@@ -83,10 +84,11 @@ async def gateway_behind_proxy(stack: Stack) -> AsyncIterator[ProxiedProcess]:
     await running.proxy.cut()
 
 
-async def test_the_gateway_answers_503_at_once_and_recovers(gateway_behind_proxy: ProxiedProcess, new_user) -> None:
+async def test_the_gateway_answers_503_at_once_and_recovers(faults: FaultWatch, gateway_behind_proxy: ProxiedProcess, new_user) -> None:
+    faults.expect(*BROKER_CUT)
     user: User = await new_user("outage")
     url = gateway_behind_proxy.url
-    async with aiohttp.ClientSession(base_url=url) as http:
+    async with aiohttp.ClientSession(base_url=url, trace_configs=[faults.trace_config()]) as http:
         async with http.get("/posts") as response:
             assert response.status == 200
 
@@ -113,13 +115,14 @@ async def test_the_gateway_answers_503_at_once_and_recovers(gateway_behind_proxy
 
 
 async def test_a_request_in_flight_when_the_broker_goes_is_answered_promptly(
-    stack: Stack, gateway_behind_proxy: ProxiedProcess, new_user, db: asyncpg.Pool, wait_until
+    stack: Stack, faults: FaultWatch, gateway_behind_proxy: ProxiedProcess, new_user, db: asyncpg.Pool, wait_until
 ) -> None:
+    faults.expect(*BROKER_CUT)
     user: User = await new_user("in-flight")
     # Stop posts_service so the command waits in its queue, then cut the broker under the waiting call.
     stack.stop("posts")
     try:
-        async with aiohttp.ClientSession(base_url=gateway_behind_proxy.url) as http:
+        async with aiohttp.ClientSession(base_url=gateway_behind_proxy.url, trace_configs=[faults.trace_config()]) as http:
             call = asyncio.create_task(http.post("/posts", json={"title": "t", "body": "b"}, headers=user.auth))
             await asyncio.sleep(0.5)
             started = time.monotonic()
@@ -142,7 +145,10 @@ async def test_a_request_in_flight_when_the_broker_goes_is_answered_promptly(
     await wait_until(executed, timeout=10)
 
 
-async def test_a_service_reconnects_and_resumes_consuming(stack: Stack, broker: BrokerProbe, db: asyncpg.Pool, new_user) -> None:
+async def test_a_service_reconnects_and_resumes_consuming(
+    stack: Stack, faults: FaultWatch, broker: BrokerProbe, db: asyncpg.Pool, new_user
+) -> None:
+    faults.expect(*BROKER_CUT)
     user: User = await new_user("resume")
     stack.stop("posts")  # only the proxied instance consumes posts.commands now
     proxied = await start_behind_proxy(stack, "posts_service", "POSTS_HTTP_PORT")

@@ -22,6 +22,7 @@ import pytest
 
 from tests.support.accounts import User
 from tests.support.broker import BrokerProbe
+from tests.support.faults import DATABASE_CUT, FaultWatch
 from tests.support.proxy import CuttableProxy
 from tests.support.stack import ROOT, Stack, free_port
 
@@ -34,8 +35,9 @@ async def status_of(url: str) -> int:
 
 
 async def test_a_service_holds_commands_through_a_database_outage(
-    stack: Stack, broker: BrokerProbe, db: asyncpg.Pool, new_user, wait_until
+    stack: Stack, faults: FaultWatch, broker: BrokerProbe, db: asyncpg.Pool, new_user, wait_until
 ) -> None:
+    faults.expect(*DATABASE_CUT)
     user: User = await new_user("db-outage")
     upstream = urllib.parse.urlsplit(stack.env["DATABASE_URL"])
     proxy = CuttableProxy(upstream.hostname or "127.0.0.1", upstream.port or 5432)

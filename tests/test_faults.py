@@ -28,6 +28,7 @@ import asyncpg
 import pytest
 
 from tests.support.accounts import User
+from tests.support.faults import KILLED_CONSUMER, FaultWatch
 from tests.support.stack import ROOT, Stack, free_port
 
 pytestmark = pytest.mark.fault
@@ -210,7 +211,10 @@ async def metric(url: str, name: str, **labels: str) -> float:
 # -- kill -9 mid-stream ---------------------------------------------------------------------------
 
 
-async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(stack: Stack, stream: Stream, db: asyncpg.Pool, new_user) -> None:
+async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
+    stack: Stack, faults: FaultWatch, stream: Stream, db: asyncpg.Pool, new_user
+) -> None:
+    faults.expect(*KILLED_CONSUMER)
     total = 1000
     author: User = await new_user("sigkill")
     tap = await stream.tap("post.created")
@@ -259,7 +263,10 @@ async def _at_least(db: asyncpg.Pool, author: str, count: int) -> bool:
 # -- SIGTERM under load ---------------------------------------------------------------------------
 
 
-async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(stack: Stack, stream: Stream, db: asyncpg.Pool, new_user) -> None:
+async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(
+    stack: Stack, faults: FaultWatch, stream: Stream, db: asyncpg.Pool, new_user
+) -> None:
+    # A clean shutdown explains no error at all.
     total = 500
     author: User = await new_user("sigterm")
     tap = await stream.tap("post.created")
@@ -304,7 +311,10 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(stack: Stack, 
 # -- two instances, every command twice -----------------------------------------------------------
 
 
-async def test_two_instances_and_duplicate_sends_take_effect_once(stack: Stack, stream: Stream, db: asyncpg.Pool, new_user) -> None:
+async def test_two_instances_and_duplicate_sends_take_effect_once(
+    stack: Stack, faults: FaultWatch, stream: Stream, db: asyncpg.Pool, new_user
+) -> None:
+    # Duplicates are answered from the idempotency records: they explain no error either.
     creates, deletes = 500, 100
     author: User = await new_user("twins")
     tap = await stream.tap("post.created", "post.deleted")
