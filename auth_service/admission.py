@@ -50,7 +50,7 @@ class LaneBounds:
     """How much of the hashing threads one lane may hold and queue for."""
 
     threads: int  # hashes of this lane that may run at once
-    waiting: int  # callers that may wait for a thread; the next one is refused at once
+    waiting: int  # callers it may hold beyond `threads` (waiting, or making their checks); the next is refused at once
     wait_seconds: float  # how long one caller may wait before it is refused
     busy_detail: str  # what a refused caller is told
 

@@ -13,6 +13,7 @@ connection of it is held by a command waiting for a second one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,8 +91,11 @@ class AuthHandlers:
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM banned_accounts WHERE user_id = $1)", account["id"]):
             raise Forbidden("Your account is banned")
         if needs_rehash(account["password_hash"]):
-            new_hash = await self._hashing.run(Lane.LOGIN, lambda: hash_password(cmd.password))
-            await repository.set_password_hash(conn, account["id"], new_hash)
+            # An upgrade of the hash's parameters, not needed for this login: when the hashing
+            # threads are busy it waits for a later one rather than turn this one away.
+            with contextlib.suppress(ServiceUnavailable):
+                new_hash = await self._hashing.run(Lane.LOGIN, lambda: hash_password(cmd.password))
+                await repository.set_password_hash(conn, account["id"], new_hash)
         await repository.clear_login_failures(conn, cmd.email)
         issued = await open_session(conn, self._issuer, account, self._settings.access_token_ttl_seconds)
         return {
