@@ -14,6 +14,7 @@ connection of it is held by a command waiting for a second one.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +40,21 @@ from shared.tokens import Caller
 WRONG_CREDENTIALS = "Wrong email or password"
 TOO_MANY_FROM_ADDRESS = "Too many accounts registered from your address; try again later"
 TOO_MANY_OVERALL = "Too many accounts are being registered right now; try again later"
+
+
+def registration_address(address: str) -> str:
+    """The key an address's registrations are counted under: an IPv6 address by its /64, the
+    block one subscriber is usually given (counting each of its 2^64 addresses alone would make
+    the limit no limit), an IPv4-mapped one as plain IPv4, anything else as it came."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class AuthHandlers:
@@ -132,7 +148,7 @@ class AuthHandlers:
         Every attempt that gets this far counts, a taken email's too, so the 409 cannot be used
         to test emails faster than the limit; one refused as busy is given back."""
         ctx = current_message()
-        address = ctx.client_address if ctx else None
+        address = registration_address(ctx.client_address) if ctx and ctx.client_address else None
         window = timedelta(seconds=self._settings.register_window_seconds)
         async with self._limits_pool.acquire() as conn:
             reserved = await repository.reserve_registration(
