@@ -3,10 +3,18 @@
 Handlers are application code: a validated payload, the verified caller (or None for public
 commands) and a connection inside the command's transaction. The runner has already checked the
 token, the session, the ban and the policy before any of these run.
+
+Every hash goes through the admission (auth_service/admission.py): logins first, registrations
+bounded, a fast 503 when busy. Rate-limit rows (failed logins, registration attempts) are written
+on a small pool of their own: they must outlive the command's transaction (a refusal rolls it
+back), and taking a second connection from the command pool could wait forever once every
+connection of it is held by a command waiting for a second one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,12 +22,14 @@ from typing import Any
 import asyncpg
 
 from auth_service import repository
+from auth_service.admission import HashAdmission, Lane
+from auth_service.common_passwords import TOO_COMMON, is_common
 from auth_service.issuer import TokenIssuer
 from auth_service.passwords import hash_password, needs_rehash, verify_password
 from auth_service.sessions import close_all_sessions, close_session, open_session
 from shared.commands import GetMe, Login, Logout, Register
 from shared.envelope import current_message
-from shared.errors import Forbidden, TooManyRequests, Unauthorized
+from shared.errors import Conflict, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized, Unprocessable
 from shared.events import UserBanned
 from shared.outbox import add_event
 from shared.revocation import on_session_revoked, record_ban
@@ -28,15 +38,33 @@ from shared.settings import Settings
 from shared.tokens import Caller
 
 WRONG_CREDENTIALS = "Wrong email or password"
+TOO_MANY_FROM_ADDRESS = "Too many accounts registered from your address; try again later"
+TOO_MANY_OVERALL = "Too many accounts are being registered right now; try again later"
+
+
+def registration_address(address: str) -> str:
+    """The key an address's registrations are counted under: an IPv6 address by its /64, the
+    block one subscriber is usually given (counting each of its 2^64 addresses alone would make
+    the limit no limit), an IPv4-mapped one as plain IPv4, anything else as it came."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class AuthHandlers:
-    """Handlers bound to what they need: the pool (for failure records), issuer and settings."""
+    """Handlers bound to what they need: the rate-limit pool, the hashing admission, issuer and settings."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, issuer: TokenIssuer) -> None:
+    def __init__(self, settings: Settings, limits_pool: asyncpg.Pool, issuer: TokenIssuer, hashing: HashAdmission) -> None:
         self._settings = settings
-        self._pool = pool
+        self._limits_pool = limits_pool
         self._issuer = issuer
+        self._hashing = hashing
 
     def commands(self) -> dict[str, CommandHandler]:
         return {"register": self.register, "login": self.login, "logout": self.logout, "get-me": self.get_me}
@@ -45,23 +73,45 @@ class AuthHandlers:
         return {"session.revoked": on_session_revoked, "user.banned": self.on_user_banned}
 
     async def register(self, cmd: Register, _caller: None, conn: asyncpg.Connection) -> dict[str, Any]:
-        account = await repository.create_user(conn, cmd.email, cmd.display_name, await hash_password(cmd.password))
+        # Cheapest refusals first: each step costs more than the one before, the hash most of all.
+        if is_common(cmd.password):
+            raise Unprocessable(TOO_COMMON)
+        # A place in the hashing queue first: when it is full the answer is a 503 at once, before
+        # any database work and before the attempt counts against the caller's address.
+        with self._hashing.place(Lane.REGISTRATION) as place:
+            attempt = await self._reserve_registration()
+            if await repository.email_taken(conn, cmd.email):
+                raise Conflict(repository.EMAIL_TAKEN)
+            try:
+                password_hash = await place.run(lambda: hash_password(cmd.password))
+            except ServiceUnavailable:
+                async with self._limits_pool.acquire() as limits:
+                    await repository.cancel_registration_attempt(limits, attempt)
+                raise
+        account = await repository.create_user(conn, cmd.email, cmd.display_name, password_hash)
         await add_event(conn, "user.registered", {"user_id": str(account["id"]), "display_name": account["display_name"]})
         return repository.account_view(account)
 
     async def login(self, cmd: Login, _caller: None, conn: asyncpg.Connection) -> dict[str, Any]:
         ctx = current_message()
         address = ctx.client_address if ctx else None
-        await self._check_rate_limit(conn, cmd.email, address)
-        account = await repository.find_by_email(conn, cmd.email)
-        valid = await verify_password(account["password_hash"] if account else None, cmd.password)
+        # An unknown email takes the same place, lane and hash as a known one: neither the
+        # answer nor its timing may tell which emails have accounts.
+        with self._hashing.place(Lane.LOGIN) as place:
+            await self._check_rate_limit(conn, cmd.email, address)
+            account = await repository.find_by_email(conn, cmd.email)
+            valid = await place.run(lambda: verify_password(account["password_hash"] if account else None, cmd.password))
         if account is None or not valid:
             await self._record_failure(cmd.email, address)
             raise Unauthorized(WRONG_CREDENTIALS)
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM banned_accounts WHERE user_id = $1)", account["id"]):
             raise Forbidden("Your account is banned")
         if needs_rehash(account["password_hash"]):
-            await repository.set_password_hash(conn, account["id"], await hash_password(cmd.password))
+            # An upgrade of the hash's parameters, not needed for this login: when the hashing
+            # threads are busy it waits for a later one rather than turn this one away.
+            with contextlib.suppress(ServiceUnavailable):
+                new_hash = await self._hashing.run(Lane.LOGIN, lambda: hash_password(cmd.password))
+                await repository.set_password_hash(conn, account["id"], new_hash)
         await repository.clear_login_failures(conn, cmd.email)
         issued = await open_session(conn, self._issuer, account, self._settings.access_token_ttl_seconds)
         return {
@@ -92,8 +142,26 @@ class AuthHandlers:
                 wait = (oldest + window - datetime.now(UTC)).total_seconds()
                 raise TooManyRequests("Too many failed sign-in attempts; try again later", retry_after=max(1, math.ceil(wait)))
 
+    async def _reserve_registration(self) -> int:
+        """Count this attempt against the caller's address and everyone's, or refuse it with 429.
+
+        Every attempt that gets this far counts, a taken email's too, so the 409 cannot be used
+        to test emails faster than the limit; one refused as busy is given back."""
+        ctx = current_message()
+        address = registration_address(ctx.client_address) if ctx and ctx.client_address else None
+        window = timedelta(seconds=self._settings.register_window_seconds)
+        async with self._limits_pool.acquire() as conn:
+            reserved = await repository.reserve_registration(
+                conn, address, window, self._settings.register_max_per_address, self._settings.register_max_global
+            )
+        if isinstance(reserved, int):
+            return reserved
+        wait = (reserved.oldest + window - datetime.now(UTC)).total_seconds()
+        detail = TOO_MANY_FROM_ADDRESS if reserved.limit == "address" else TOO_MANY_OVERALL
+        raise TooManyRequests(detail, retry_after=max(1, math.ceil(wait)))
+
     async def _record_failure(self, email: str, address: str | None) -> None:
-        # On its own connection: the command's transaction rolls back with the 401 it raises,
-        # and the failure must still count.
-        async with self._pool.acquire() as conn:
+        # Outside the command's transaction: it rolls back with the 401 it raises, and the
+        # failure must still count.
+        async with self._limits_pool.acquire() as conn:
             await repository.record_login_failure(conn, email, address, timedelta(seconds=self._settings.login_window_seconds))

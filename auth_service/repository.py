@@ -1,9 +1,10 @@
-"""SQL of auth_service: accounts, sessions and login failures. `$n` parameters only."""
+"""SQL of auth_service: accounts, sessions, login failures and registration attempts. `$n` parameters only."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -12,6 +13,7 @@ from asyncpg.pool import PoolConnectionProxy
 from shared.errors import Conflict, NotFound
 
 ACCOUNT_COLUMNS = "id, kind, email, service_name, display_name, password_hash, role"
+EMAIL_TAKEN = "An account with that email already exists"
 
 
 async def create_user(conn: asyncpg.Connection | PoolConnectionProxy, email: str, display_name: str, password_hash: str) -> asyncpg.Record:
@@ -25,7 +27,7 @@ async def create_user(conn: asyncpg.Connection | PoolConnectionProxy, email: str
             password_hash,
         )
     except asyncpg.UniqueViolationError:
-        raise Conflict("An account with that email already exists") from None
+        raise Conflict(EMAIL_TAKEN) from None
     assert row is not None
     return row
 
@@ -145,6 +147,56 @@ async def failures_since(
     )
     assert row is not None
     return int(row["n"]), row["oldest"]
+
+
+async def email_taken(conn: asyncpg.Connection | PoolConnectionProxy, email: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM accounts WHERE email = $1)", email))
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRefused:
+    """A registration over its limit: which one, and when its oldest counted attempt leaves the window."""
+
+    limit: Literal["address", "global"]
+    oldest: datetime
+
+
+async def reserve_registration(
+    conn: asyncpg.Connection | PoolConnectionProxy, address: str | None, window: timedelta, per_address: int, overall: int
+) -> int | RegistrationRefused:
+    """Count a registration attempt if `address` and everyone together are under their limits
+    within the window; returns the attempt's id, or which limit refused it.
+
+    The table is locked for the count and the insert, so concurrent attempts, from any number of
+    auth_service instances, are counted one after the other and none slips past the limit. Each
+    reservation also clears up to `PURGE_BATCH` expired rows, so the table holds about one window
+    of attempts (at most `overall` of them) whatever an outsider sends."""
+    cutoff = datetime.now(UTC) - window
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE registration_attempts IN EXCLUSIVE MODE")
+        row = await conn.fetchrow(
+            "WITH expired AS (SELECT id FROM registration_attempts WHERE attempted_at <= $2 LIMIT $3),"
+            " purged AS (DELETE FROM registration_attempts WHERE id IN (SELECT id FROM expired))"
+            " SELECT count(*) AS total, min(attempted_at) AS oldest,"
+            " count(*) FILTER (WHERE address = $1) AS from_address,"
+            " min(attempted_at) FILTER (WHERE address = $1) AS oldest_from_address"
+            " FROM registration_attempts WHERE attempted_at > $2",
+            address,
+            cutoff,
+            PURGE_BATCH,
+        )
+        assert row is not None
+        if address is not None and row["from_address"] >= per_address:
+            return RegistrationRefused("address", row["oldest_from_address"])
+        if row["total"] >= overall:
+            return RegistrationRefused("global", row["oldest"])
+        attempt_id = await conn.fetchval("INSERT INTO registration_attempts (address) VALUES ($1) RETURNING id", address)
+    return int(attempt_id)
+
+
+async def cancel_registration_attempt(conn: asyncpg.Connection | PoolConnectionProxy, attempt_id: int) -> None:
+    """Stop counting an attempt that was never given its hash (the hasher was busy)."""
+    await conn.execute("DELETE FROM registration_attempts WHERE id = $1", attempt_id)
 
 
 def account_view(row: asyncpg.Record) -> dict[str, Any]:

@@ -50,17 +50,31 @@ async def _expect(response: aiohttp.ClientResponse, status: int) -> dict[str, An
     return body
 
 
+#: How often a request answered "busy, retry after" (503) is sent again before it counts as an error.
+BUSY_RETRIES = 10
+
+
+async def _post(http: aiohttp.ClientSession, path: str, body: dict[str, Any], status: int) -> dict[str, Any]:
+    """POST and expect `status`. auth_service answers 503 with Retry-After when its password
+    hashing is saturated (a burst of registrations or logins): like any client, wait and retry."""
+    for _ in range(BUSY_RETRIES):
+        async with http.post(path, json=body) as response:
+            if response.status == 503 and response.headers.get("Retry-After", "").isdigit():
+                await asyncio.sleep(int(response.headers["Retry-After"]))
+                continue
+            return await _expect(response, status)
+    raise RuntimeError(f"POST {path} was still busy after {BUSY_RETRIES} tries")
+
+
 async def log_in(http: aiohttp.ClientSession, user: BenchUser) -> None:
-    async with http.post("/auth/login", json={"email": user.email, "password": user.password}) as response:
-        user.token = (await _expect(response, 200))["access_token"]
+    user.token = (await _post(http, "/auth/login", {"email": user.email, "password": user.password}, 200))["access_token"]
 
 
 async def create_users(http: aiohttp.ClientSession, count: int, name: str) -> list[BenchUser]:
     async def one() -> BenchUser:
         email, password = f"{name}-{uuid4().hex[:12]}@bench.example.com", f"pw-{uuid4().hex}"
         body = {"email": email, "password": password, "display_name": f"Bench {name}"}
-        async with http.post("/auth/register", json=body) as response:
-            account = await _expect(response, 201)
+        account = await _post(http, "/auth/register", body, 201)
         user = BenchUser(account["id"], email, password)
         await log_in(http, user)
         return user

@@ -44,7 +44,7 @@ _ERRORS = {
     415: "The body is not sent as Content-Type: application/json",
     422: "Fields missing, unknown or of the wrong type",
     429: "Too many attempts; see Retry-After",
-    503: "The broker or a service is down; see Retry-After when present",
+    503: "The broker or a service is down, or too busy (password hashing); see Retry-After when present",
     504: "The service did not answer in time",
 }
 

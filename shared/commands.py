@@ -209,7 +209,7 @@ def audit_command_name(service: str) -> str:
 # fmt: off
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("register", AUTH, Register, results.Account, PUBLIC, "Create an account.",
-            emits=("user.registered",), errors=(409,), http=Http("POST", "/auth/register", status=201, no_store=True)),
+            emits=("user.registered",), errors=(409, 429), http=Http("POST", "/auth/register", status=201, no_store=True)),
     Command("login", AUTH, Login, results.TokenResponse, PUBLIC, "Open a session and get an access token.",
             replays=False, errors=(401, 403, 429), http=Http("POST", "/auth/login", no_store=True)),
     Command("logout", AUTH, Logout, None, USER, "Revoke the caller's session everywhere.",

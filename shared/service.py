@@ -59,8 +59,9 @@ CONSUME_START_SECONDS = 30.0
 
 @dataclass
 class Wiring:
-    """What a service contributes: its routes, and optionally its own keys, HTTP routes and loops
-    that run for the life of the process (each is given the stop event)."""
+    """What a service contributes: its routes, and optionally its own keys, HTTP routes, loops
+    that run for the life of the process (each is given the stop event) and whatever it opened
+    that must be closed when the service stops (`closers`)."""
 
     commands: list[CommandRoute]
     events: list[EventRoute]
@@ -68,6 +69,7 @@ class Wiring:
     key_source: KeySource | None = None
     http_routes: list[web.RouteDef] = field(default_factory=list)
     background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 WireFn = Callable[[Settings, asyncpg.Pool], Awaitable[Wiring]]
@@ -112,6 +114,8 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         metrics = ServiceMetrics()
 
         wiring = await wire(settings, pool)
+        for close in wiring.closers:
+            opened.push_async_callback(close)
         check_routes(wiring.commands)  # refuse to start with an undeclared policy
         check_wiring(name, [r.name for r in wiring.commands] + [audit_command_name(name)], [r.routing_key for r in wiring.events])
         keys = wiring.key_source

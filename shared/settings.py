@@ -86,6 +86,9 @@ class Settings:
     login_max_failures_per_account: int
     login_max_failures_per_address: int
     login_window_seconds: int
+    register_max_per_address: int
+    register_max_global: int
+    register_window_seconds: int
     log_level: str
     broker_topology: BrokerTopology
 
@@ -119,6 +122,9 @@ class Settings:
             login_max_failures_per_account=_int(env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 5, low=1, high=10_000),
             login_max_failures_per_address=_int(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, low=1, high=100_000),
             login_window_seconds=_int(env, "LOGIN_WINDOW_SECONDS", 300, low=1, high=86_400),
+            register_max_per_address=_int(env, "REGISTER_MAX_PER_ADDRESS", 10, low=1, high=1_000_000),
+            register_max_global=_int(env, "REGISTER_MAX_GLOBAL", 1000, low=1, high=1_000_000),
+            register_window_seconds=_int(env, "REGISTER_WINDOW_SECONDS", 3600, low=1, high=86_400),
             log_level=log_level,
             broker_topology=topology,
         )

@@ -293,6 +293,8 @@ async def test_the_running_services_serve_exactly_the_declarations(stack: Stack)
         pool = await create_pool(settings.database_url, service, min_size=1, max_size=2)
         try:
             wiring = await wire(settings, pool)
+            for close in wiring.closers:  # what the service opened for itself (auth's rate-limit pool)
+                await close()
         finally:
             await pool.close()
         table = check_routes([*wiring.commands, audit_route(service)])
