@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -40,19 +42,33 @@ def token_claims(token: str) -> dict[str, Any]:
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
+#: How long setting up a user may wait out a busy hasher (several tests make users at once, and
+#: auth_service answers a full hashing lane with 503 and Retry-After, as it should).
+BUSY_PATIENCE_SECONDS = 30.0
+
+
+async def _post_patiently(http: aiohttp.ClientSession, path: str, body: dict[str, str], expected: int) -> Any:
+    """POST as a well-behaved client does: a busy 503 is retried after its Retry-After."""
+    deadline = time.monotonic() + BUSY_PATIENCE_SECONDS
+    while True:
+        async with http.post(path, json=body) as response:
+            if response.status == 503 and time.monotonic() < deadline:
+                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                continue
+            assert response.status == expected, await response.text()
+            return await response.json()
+
+
 async def login(http: aiohttp.ClientSession, email: str, password: str) -> str:
-    async with http.post("/auth/login", json={"email": email, "password": password}) as response:
-        assert response.status == 200, await response.text()
-        return str((await response.json())["access_token"])
+    answer = await _post_patiently(http, "/auth/login", {"email": email, "password": password}, 200)
+    return str(answer["access_token"])
 
 
 async def register(http: aiohttp.ClientSession, name: str = "user") -> User:
     email = f"{name}-{uuid4().hex[:12]}@example.com"
     password = f"pw-{uuid4().hex}"
     display_name = f"{name.title()} {uuid4().hex[:4]}"
-    async with http.post("/auth/register", json={"email": email, "password": password, "display_name": display_name}) as response:
-        assert response.status == 201, await response.text()
-        account = await response.json()
+    account = await _post_patiently(http, "/auth/register", {"email": email, "password": password, "display_name": display_name}, 201)
     return User(account["id"], email, password, display_name, await login(http, email, password))
 
 
