@@ -15,7 +15,7 @@ import logging
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
-from shared.broker import RECONNECT_SECONDS
+from shared.broker import RECONNECT_SECONDS, login_user
 from shared.client import CommandClient
 from shared.errors import ServiceUnavailable
 from shared.pacing import Backoff
@@ -62,7 +62,7 @@ class BrokerLink:
             connection = None
             try:
                 connection = await aio_pika.connect_robust(self._url, timeout=5, reconnect_interval=RECONNECT_SECONDS)
-                client = CommandClient(connection, timeout=self._rpc_timeout, topology=self._topology)
+                client = CommandClient(connection, user_id=login_user(self._url), timeout=self._rpc_timeout, topology=self._topology)
                 await client.start()
                 self.connection, self._client = connection, client
                 log.info("connected to the broker")

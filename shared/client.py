@@ -6,7 +6,9 @@ an immediate 503 rather than silence; every call has a timeout (504). Replies ar
 pseudo-queue `amq.rabbitmq.reply-to` of the same channel and are matched by correlation id.
 Payloads are JSON, never pickle; a remote error comes back as the same `AppError` it was.
 With `topology="verify"` the client only checks that `commands` exists (shared/topology), so its
-broker user needs nothing but write on `commands`.
+broker user needs nothing but write on `commands`. Every command carries `user_id`, the
+connection's user: RabbitMQ checks it, and services believe `x-client-address` only from the
+gateway's.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ REPLY_QUEUE = "amq.rabbitmq.reply-to"
 class CommandClient:
     """Sends commands and awaits replies. One per process; safe for concurrent calls."""
 
-    def __init__(self, connection: AbstractConnection, *, timeout: float, topology: BrokerTopology = "declare") -> None:
+    def __init__(self, connection: AbstractConnection, *, user_id: str, timeout: float, topology: BrokerTopology = "declare") -> None:
         self._connection = connection
+        self._user_id = user_id
         self._timeout = timeout
         self._topology: BrokerTopology = topology
         self._pending: dict[str, asyncio.Future[Any]] = {}
@@ -114,6 +117,7 @@ class CommandClient:
             correlation_id=correlation_id,
             request_id=request_id,
             client_address=client_address,
+            user_id=self._user_id,
         )
         try:
             try:
