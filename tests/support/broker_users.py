@@ -153,7 +153,12 @@ async def provision_broker_users(admin_amqp_url: str) -> tuple[BrokerUsers, Call
 
     else:
         call = _management(admin_amqp_url)
-        await asyncio.to_thread(call, "POST", "/definitions", definitions)
+        try:
+            await asyncio.to_thread(call, "POST", "/definitions", definitions)
+        except (urllib.error.URLError, OSError) as exc:
+            raise RuntimeError(
+                f"cannot create the processes' broker users: no local rabbitmqctl, and the management API refused ({exc})"
+            ) from None
 
         def cleanup() -> None:
             call("POST", "/users/bulk-delete", {"users": list(users.values())})
