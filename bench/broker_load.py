@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import aio_pika
 
 from bench.measurement import LoadResult
+from shared.broker import login_user
 from shared.client import CommandClient
 from shared.errors import AppError
 
@@ -54,7 +55,7 @@ async def drive_delete_posts(
 ) -> tuple[LoadResult, float]:
     """Delete `items` ((token, post id) pairs) for `duration_s`; the result and this driver's CPU seconds."""
     connection = await aio_pika.connect(amqp_url)
-    client = CommandClient(connection, timeout=RPC_TIMEOUT_SECONDS)
+    client = CommandClient(connection, user_id=login_user(amqp_url), timeout=RPC_TIMEOUT_SECONDS)
     await client.start()
     pending = list(reversed(items))
     latencies: list[float] = []

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import uuid4
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_service.keys import to_pem
 from tests.support import stack as launcher
+from tests.support.broker_users import BrokerUsers, provision_broker_users
 
 #: How long the services may take to answer /readyz: a loaded machine starts them slowly.
 READY_SECONDS = 90.0
@@ -54,6 +56,8 @@ class Backends:
         self._admin_database_url, self._admin_amqp_url = admin_database_url, admin_amqp_url
         self.database_url = with_path(admin_database_url, "/" + self.name)
         self.amqp_url = with_path(admin_amqp_url, "/" + self.name)
+        self.broker_users: BrokerUsers | None = None
+        self._delete_users: Callable[[], None] | None = None
 
     async def create(self) -> None:
         if shutil.which("rabbitmqctl") is None:
@@ -66,8 +70,12 @@ class Backends:
         user = urllib.parse.unquote(urllib.parse.urlsplit(self._admin_amqp_url).username or "guest")
         for args in (["add_vhost", self.name], ["set_permissions", "-p", self.name, user, ".*", ".*", ".*"]):
             await asyncio.to_thread(subprocess.run, ["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+        # A user per process, as production runs (each publishes with its own user_id).
+        self.broker_users, self._delete_users = await provision_broker_users(self.amqp_url)
 
     async def drop(self) -> None:
+        if self._delete_users is not None:
+            await asyncio.to_thread(self._delete_users)
         await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "delete_vhost", self.name], check=False, capture_output=True, timeout=120)
         conn = await asyncpg.connect(self._admin_database_url)
         try:
@@ -81,7 +89,8 @@ async def start_stack(backends: Backends, run_dir: Path) -> Stack:
     are `<run_dir>/<service>.log`."""
     key_file = run_dir / "signing-key.pem"
     key_file.write_text(to_pem(Ed25519PrivateKey.generate()))
-    env = launcher.service_env(backends.database_url, backends.amqp_url, key_file, os.environ)
+    assert backends.broker_users is not None, "create() the backends first"
+    env = launcher.service_env(backends.database_url, backends.amqp_url, key_file, os.environ, backends.broker_users)
     # The one setting that is not production's: every author is registered from 127.0.0.1, and
     # `--users` may ask for more than the per-address registration limit allows in an hour.
     env.setdefault("REGISTER_MAX_PER_ADDRESS", "100000")

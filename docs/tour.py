@@ -61,7 +61,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         key_file = Path(run_dir) / "signing-key.pem"
         key_file.write_text(to_pem(Ed25519PrivateKey.generate()))
-        stack = Stack(stack_env(backends.database_url, backends.amqp_url, key_file), Path(run_dir))
+        stack = Stack(stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users), Path(run_dir))
         try:
             stack.start("auth")
             await stack.wait_ready("auth")

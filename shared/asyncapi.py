@@ -63,6 +63,7 @@ REPLY_PROPERTIES = {
     "properties": {
         "content_type": {"const": "application/json"},
         "correlation_id": {"type": "string", "description": "The command's correlation_id, when it had one"},
+        "user_id": {"type": "string", "description": "The answering service's broker user (RabbitMQ checks it)"},
     },
 }
 
@@ -95,6 +96,13 @@ def _schemas(models: Sequence[Any], mode: JsonSchemaMode) -> dict[str, Any]:
     return found
 
 
+def _user_id(description: str) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "description": f"The publishing connection's broker user: RabbitMQ refuses a message that claims another's. {description}",
+    }
+
+
 def _message_binding(name: str, message_id: str, *, command: bool) -> dict[str, Any]:
     """The AMQP message binding: the type, and the basic properties the message carries.
 
@@ -117,6 +125,17 @@ def _message_binding(name: str, message_id: str, *, command: bool) -> dict[str, 
         props["type"]["description"] = "Absent: the routing key names the command; a different one is 422"
         props["reply_to"] = {"type": "string", "description": "Where the reply goes (amq.rabbitmq.reply-to); no reply without it"}
         props["correlation_id"] = {"type": "string", "description": "Copied into the reply's correlation_id property"}
+        props["user_id"] = _user_id(
+            f"{CLIENT_ADDRESS_HEADER} is believed only when it is the gateway's (BROKER_USER_GATEWAY); a command carrying that "
+            "header from anyone else is 403 and parked. Grants no privilege: only the token does"
+        )
+    else:
+        owner = EVENTS[name].owner
+        required.append("user_id")
+        props["user_id"] = _user_id(
+            f"Must be {owner.package}'s ({owner.process.broker_user_variable}, default {owner.process.default_broker_user!r}), "
+            "the service that owns the event: from anyone else it is parked and changes nothing"
+        )
     properties = {"type": "object", "required": required, "properties": props}
     return {"amqp": {"messageType": name, "bindingVersion": AMQP_BINDING, "x-properties": properties}}
 
@@ -130,7 +149,10 @@ def _headers(guarded: bool) -> dict[str, Any]:
         },
         CLIENT_ADDRESS_HEADER: {
             "type": "string",
-            "description": "The client's address as the gateway saw it; only rate-limits login, grants nothing",
+            "description": (
+                "The client's address as the gateway saw it; only rate-limits login, grants nothing. Only the gateway may send it "
+                "(its user_id): from anyone else the command is 403 and parked"
+            ),
         },
     }
     if not guarded:
@@ -257,6 +279,10 @@ def _dead_letters(doc: dict[str, Any]) -> None:
                 "x-dead-letter-reason": {"type": "string"},
                 "x-original-exchange": {"type": "string"},
                 "x-original-routing-key": {"type": "string"},
+                "x-original-user-id": {
+                    "type": "string",
+                    "description": "The user_id it was first published with (empty: none); the message itself carries the parking service's",
+                },
                 REDACTED_HEADER: {"type": "string", "description": "What was taken out: header and field names, or `body`"},
                 AUTHORIZATION_HEADER: {"const": REDACTED},
             },

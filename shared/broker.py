@@ -12,6 +12,8 @@ broker, is `shared/topology`.
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 COMMANDS_EXCHANGE = "commands"
 EVENTS_EXCHANGE = "events"
 DEAD_LETTER_EXCHANGE = "dead-letters"
@@ -28,6 +30,13 @@ DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
 DEAD_LETTER_OVERFLOW = "reject-publish"
 #: How soon a robust connection tries again after losing the broker.
 RECONNECT_SECONDS = 1.0
+
+
+def login_user(amqp_url: str) -> str:
+    """The user an AMQP URL logs in as (aio-pika's default, guest, when it names none). Every
+    message a process publishes carries it as `user_id`: RabbitMQ refuses any other, so a
+    consumer can trust it to say who published (SECURITY.md, "Who published it")."""
+    return unquote(urlsplit(amqp_url).username or "guest")
 
 
 def command_queue_name(service: str) -> str:

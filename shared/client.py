@@ -11,7 +11,9 @@ the connection drops until a fresh channel with its reply consumer is open, noth
 (see `_on_connection_lost`); and whatever a publish raises, it means the command may or may not
 have reached the broker, which a retry with the same `message_id` settles (see `call`).
 With `topology="verify"` the client only checks that `commands` exists (shared/topology), so its
-broker user needs nothing but write on `commands`.
+broker user needs nothing but write on `commands`. Every command carries `user_id`, the
+connection's user: RabbitMQ checks it, and services believe `x-client-address` only from the
+gateway's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
 from shared import jsoncodec
-from shared.broker import COMMANDS_EXCHANGE
+from shared.broker import COMMANDS_EXCHANGE, login_user
 from shared.envelope import build_command
 from shared.errors import GatewayTimeout, InternalError, ServiceUnavailable, error_from_dict
 from shared.pacing import Backoff
@@ -44,8 +46,13 @@ _REOPEN_SECONDS = 10.0
 class CommandClient:
     """Sends commands and awaits replies. One per process; safe for concurrent calls."""
 
-    def __init__(self, connection: AbstractConnection, *, timeout: float, topology: BrokerTopology = "declare") -> None:
+    def __init__(
+        self, connection: AbstractConnection, *, timeout: float, topology: BrokerTopology = "declare", user_id: str | None = None
+    ) -> None:
         self._connection = connection
+        # RabbitMQ accepts no user_id but the connection's own user, so that is the default (the
+        # abstract connection type does not declare the `url` every aio-pika connection has).
+        self._user_id = user_id if user_id is not None else login_user(str(getattr(connection, "url", "")))
         self._timeout = timeout
         self._topology: BrokerTopology = topology
         self._pending: dict[str, asyncio.Future[Any]] = {}
@@ -189,6 +196,7 @@ class CommandClient:
             correlation_id=correlation_id,
             request_id=request_id,
             client_address=client_address,
+            user_id=self._user_id,
         )
         try:
             try:

@@ -10,6 +10,14 @@ exchange and routing key it was first sent to. A parked command's token was reda
 an authenticated command gets a 401 unless the sender publishes it again with a fresh token: replay
 is for messages that failed for a reason since fixed (a bug, a missing service), not a way around
 authorization. Uses AMQP_URL.
+
+Services accept an event only from its owning service's broker user (its AMQP `user_id`, which
+RabbitMQ lets nobody claim but that user), so a parked event is replayed through its owner: it goes
+back into the owning service's outbox (DATABASE_URL) with its event_id, and the owner's relay
+publishes it as the owner. Only an event the owner itself published is replayed; one somebody else
+published (parked as not its owner's) stays parked, so replay never turns a forged event into a
+real one. A command is published again as AMQP_URL's user, and keeps `x-client-address` only when
+that user is the gateway's (BROKER_USER_GATEWAY): from anyone else it would be parked again.
 """
 
 from __future__ import annotations
@@ -17,13 +25,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
+import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from pydantic import ValidationError
 
-from shared.broker import dead_letter_queue_name
+from shared.broker import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, dead_letter_queue_name, login_user
+from shared.declarations import GATEWAY
+from shared.envelope import CLIENT_ADDRESS_HEADER
+from shared.events import EVENTS, Event
+from shared.outbox import notify_channel
 from shared.settings import ConfigurationError, Settings
 
 EXAMPLES = """examples:
@@ -36,6 +50,7 @@ _BOOKKEEPING = (
     "x-dead-letter-reason",
     "x-original-exchange",
     "x-original-routing-key",
+    "x-original-user-id",
     "x-death",
     "x-delivery-count",
     "x-first-death-exchange",
@@ -79,8 +94,68 @@ async def _take_all(channel: AbstractChannel, queue_name: str) -> list[AbstractI
     return taken
 
 
-async def run(action: str, queue_name: str, message_id: str | None, every: bool, amqp_url: str) -> list[str]:
+def original_publisher(message: AbstractIncomingMessage, parker: str) -> str | None:
+    """Who first published a parked message. The runner keeps it in `x-original-user-id` when it
+    parks one (republishing it as itself), believed only when `parker`, the broker user of the
+    service whose queue it died in, parked it: any service may write to `dead-letters`, and a
+    header is what anyone can claim. RabbitMQ's own dead-lettering keeps the original `user_id`."""
+    headers = message.headers or {}
+    if "x-original-user-id" in headers:
+        if message.user_id != parker:
+            return None
+        return _text(headers["x-original-user-id"]) or None
+    return message.user_id
+
+
+async def _replay_event(
+    message: AbstractIncomingMessage, queue_name: str, routing_key: str, database_url: str, broker_users: Mapping[str, str]
+) -> None:
+    """Hand a parked event back to its owning service: into its outbox, with its event_id, so the
+    owner's relay publishes it as the owner (its `user_id`). Only what the owner itself published:
+    replay must never lend an owner's name to an event somebody else made up."""
+    event = EVENTS[routing_key]
+    owner = broker_users[event.owner.name]
+    parker = broker_users.get(queue_name.partition(".")[0], "")
+    publisher = original_publisher(message, parker)
+    if publisher != owner:
+        raise ReplayRefused(f"published by {publisher or 'an unnamed user'}, not by its owner {owner}: it stays parked")
+    try:
+        event.model.model_validate_json(message.body)
+        event_id = Event.model_validate_json(message.body).event_id
+    except ValidationError:
+        raise ReplayRefused(f"not a valid {routing_key} event: it stays parked") from None
+    conn = await asyncpg.connect(database_url)
+    try:
+        schema = event.owner.name
+        # The consumers that saw it already ignore it by event_id; the others apply it now.
+        await conn.execute(
+            f"WITH event AS (INSERT INTO {schema}.outbox (event_id, routing_key, body) VALUES ($1, $2, $3::jsonb)"
+            " ON CONFLICT DO NOTHING) SELECT pg_notify($4, '')",
+            event_id,
+            routing_key,
+            message.body.decode(),
+            notify_channel(schema),
+        )
+    finally:
+        await conn.close()
+
+
+class ReplayRefused(Exception):
+    """A parked message that replay leaves where it is, and why."""
+
+
+async def run(
+    action: str,
+    queue_name: str,
+    message_id: str | None,
+    every: bool,
+    amqp_url: str,
+    *,
+    database_url: str,
+    broker_users: Mapping[str, str],
+) -> list[str]:
     lines: list[str] = []
+    user = login_user(amqp_url)
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -94,24 +169,48 @@ async def run(action: str, queue_name: str, message_id: str | None, every: bool,
                 continue
             if action == "replay":
                 exchange_name, routing_key = origin(message)
-                headers = {k: v for k, v in (message.headers or {}).items() if k not in _BOOKKEEPING}
-                exchange = channel.default_exchange if exchange_name == "" else await channel.get_exchange(exchange_name, ensure=False)
-                await exchange.publish(
-                    aio_pika.Message(
-                        message.body,
-                        headers=headers,
-                        content_type=message.content_type,
-                        message_id=message.message_id,
-                        type=message.type,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
-                    routing_key=routing_key,
-                )
+                try:
+                    if exchange_name == EVENTS_EXCHANGE and routing_key in EVENTS:
+                        await _replay_event(message, queue_name, routing_key, database_url, broker_users)
+                    else:
+                        await _republish(channel, message, exchange_name, routing_key, user, broker_users)
+                except ReplayRefused as refused:
+                    await message.nack(requeue=True)
+                    lines.append(f"not replayed ({refused}) {describe(message)}")
+                    continue
             await message.ack()
             lines.append(f"{PAST[action]} {describe(message)}")
     finally:
         await connection.close()
     return lines
+
+
+async def _republish(
+    channel: AbstractChannel,
+    message: AbstractIncomingMessage,
+    exchange_name: str,
+    routing_key: str,
+    user: str,
+    broker_users: Mapping[str, str],
+) -> None:
+    """Publish a parked message again, as the operator (AMQP_URL's user, its `user_id`)."""
+    headers = {k: v for k, v in (message.headers or {}).items() if k not in _BOOKKEEPING}
+    if exchange_name == COMMANDS_EXCHANGE and user != broker_users[GATEWAY.name]:
+        # Services believe it only from the gateway: from anyone else the command would be parked again.
+        headers.pop(CLIENT_ADDRESS_HEADER, None)
+    exchange = channel.default_exchange if exchange_name == "" else await channel.get_exchange(exchange_name, ensure=False)
+    await exchange.publish(
+        aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            message_id=message.message_id,
+            type=message.type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=user,
+        ),
+        routing_key=routing_key,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +235,17 @@ def main(argv: Sequence[str]) -> int:
         return 1
     try:
         settings = Settings.from_env()
-        lines = asyncio.run(run(args.action, args.queue, args.message_id, args.all, settings.amqp_url))
+        lines = asyncio.run(
+            run(
+                args.action,
+                args.queue,
+                args.message_id,
+                args.all,
+                settings.amqp_url,
+                database_url=settings.database_url,
+                broker_users=settings.broker_users,
+            )
+        )
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -56,6 +56,27 @@ HttpMethod = Literal["GET", "POST", "PATCH", "PUT", "DELETE"]
 
 
 @dataclass(frozen=True, slots=True)
+class Process:
+    """A process of the platform, `python -m <package>`, connected to RabbitMQ as a user of its own.
+
+    `BROKER_USER_<NAME>` names that user (default: the package name); every message the process
+    publishes carries it as the AMQP `user_id`, which RabbitMQ checks, so a consumer knows who
+    published what (an event from its owner, a client address from the gateway).
+    """
+
+    name: str
+    package: str
+
+    @property
+    def broker_user_variable(self) -> str:
+        return f"BROKER_USER_{self.name.upper()}"
+
+    @property
+    def default_broker_user(self) -> str:
+        return self.package
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     """A service process: `python -m <package>`, queues `<name>.*`, schema `<name>`."""
 
@@ -65,6 +86,10 @@ class Service:
     def package(self) -> str:
         return f"{self.name}_service"
 
+    @property
+    def process(self) -> Process:
+        return Process(self.name, self.package)
+
 
 AUTH = Service("auth")
 USERS = Service("users")
@@ -72,6 +97,10 @@ POSTS = Service("posts")
 #: Every service, in the order a stack starts them (auth first: the others read its keys).
 SERVICES: tuple[Service, ...] = (AUTH, USERS, POSTS)
 SERVICE_NAMES: tuple[str, ...] = tuple(service.name for service in SERVICES)
+#: The gateway: a process that publishes commands and owns no queue.
+GATEWAY = Process("gateway", "gateway")
+#: Every process, each with its own broker user: the gateway, then the services.
+PROCESSES: tuple[Process, ...] = (GATEWAY, *(service.process for service in SERVICES))
 
 _PATH_FIELD = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 

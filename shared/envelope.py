@@ -74,8 +74,11 @@ def build_command(
     request_id: str | None = None,
     client_address: str | None = None,
     expiration: float | None = None,
+    user_id: str | None = None,
 ) -> aio_pika.Message:
-    """A command message as the contract defines it; persistent, so a broker restart keeps it."""
+    """A command message as the contract defines it; persistent, so a broker restart keeps it.
+    `user_id`: the publishing connection's user (RabbitMQ refuses any other), which is how a
+    service knows the gateway sent the `x-client-address`."""
     headers: dict[str, Any] = {}
     if token is not None:
         headers[AUTHORIZATION_HEADER] = f"Bearer {token}"
@@ -93,6 +96,7 @@ def build_command(
         correlation_id=correlation_id,
         headers=headers,
         expiration=expiration,
+        user_id=user_id,
     )
 
 

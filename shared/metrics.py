@@ -31,6 +31,13 @@ class ServiceMetrics:
             "events_consumed_total", "Events consumed, by routing key and outcome", ["routing_key", "outcome"], registry=r
         )
         self.dead_lettered = Counter("dead_lettered_total", "Messages this process dead-lettered", ["queue"], registry=r)
+        self.wrong_publisher = Counter(
+            "wrong_publisher_total",
+            "Messages parked because their publisher (AMQP user_id) may not send them: "
+            "an event not from its owner, an x-client-address not from the gateway",
+            ["queue"],
+            registry=r,
+        )
         self.dead_letters_dropped = Counter(
             "dead_letters_dropped_total",
             "Messages this process meant to park but dropped, because their dead-letter queue was full",

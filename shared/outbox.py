@@ -158,6 +158,7 @@ class OutboxRelay:
         schema: str,
         channel: aio_pika.abc.AbstractChannel,
         *,
+        user_id: str,
         poll_seconds: float = 1.0,
         batch_size: int = 200,
         linger_seconds: float = 0.01,
@@ -166,6 +167,8 @@ class OutboxRelay:
         self._dsn = dsn
         self._schema = schema
         self._channel = channel
+        # The owner's broker user: consumers accept an event only with its owner's `user_id`.
+        self._user_id = user_id
         self._poll = poll_seconds
         self._batch = batch_size
         self._linger = linger_seconds
@@ -239,6 +242,7 @@ class OutboxRelay:
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         message_id=str(row["event_id"]),
                         type=row["routing_key"],
+                        user_id=self._user_id,
                     ),
                     routing_key=row["routing_key"],
                     mandatory=False,

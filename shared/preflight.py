@@ -3,7 +3,8 @@
 It reads the same environment variables as every process and checks, each within `--timeout`:
 
     configuration  Settings.from_env() accepts every variable
-    broker         AMQP_URL answers and lets the user in; with BROKER_TOPOLOGY=verify, the topology exists
+    broker         AMQP_URL answers and lets the user in, and whose BROKER_USER_* it is; with
+                   BROKER_TOPOLOGY=verify, the topology exists
     database       DATABASE_URL answers; the server version; each service's schema and its migrations
     jwks           AUTH_JWKS_URL serves an Ed25519 key (and the public half of AUTH_SIGNING_KEY_FILE, if set)
     signing key    AUTH_SIGNING_KEY_FILE, when set, is a readable unencrypted Ed25519 private key (or a
@@ -34,6 +35,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from shared.declarations import PROCESSES
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource
 from shared.settings import ConfigurationError, Settings
 from shared.tokens import parse_jwks
@@ -92,17 +94,22 @@ async def check_broker(settings: Settings, timeout: float) -> str:
             f"RabbitMQ at {where} let the user in but not into vhost {vhost!r}: create the vhost and grant the user "
             "access (rabbitmqctl add_vhost, set_permissions), or fix the path of AMQP_URL"
         ) from None
+    user = settings.amqp_user
+    owners = [p for p in PROCESSES if settings.broker_user(p.name) == user]
+    # A process must log in as its own BROKER_USER_* (it refuses to start otherwise); an
+    # operator's tool may be anyone, so this says whose it is rather than judging.
+    who = f"{user!r} ({owners[0].broker_user_variable}, {owners[0].package}'s user)" if owners else f"{user!r} (no process's BROKER_USER_*)"
     try:
         found = connection.transport.connection.server_properties.get("version")  # type: ignore[union-attr]
         version = found.decode() if isinstance(found, bytes) else str(found)
         if settings.broker_topology == "declare":
-            return f"RabbitMQ {version}, vhost {vhost!r}; each process declares its topology (BROKER_TOPOLOGY=declare)"
+            return f"RabbitMQ {version}, vhost {vhost!r}, as {who}; each process declares its topology (BROKER_TOPOLOGY=declare)"
         for service in ROUTES:  # a failed passive declare closes its channel: one channel per service
             try:
                 await verify(await connection.channel(), service)
             except TopologyError as exc:
                 raise Problem(str(exc)) from None
-        return f"RabbitMQ {version}, vhost {vhost!r}; the exchanges and every service's queues exist (BROKER_TOPOLOGY=verify)"
+        return f"RabbitMQ {version}, vhost {vhost!r}, as {who}; the exchanges and every service's queues exist (BROKER_TOPOLOGY=verify)"
     finally:
         await connection.close()
 

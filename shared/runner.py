@@ -5,7 +5,16 @@ For a command:   decode -> verify token -> validate payload -> (in one transacti
                  save reply, audit row and events (one statement) -> commit -> reply -> ack.
 A public read (a route declared `reads_only`) runs its handler outside a transaction, on a
 read-only connection: it has no session to check, no message id to claim and nothing to audit.
-For an event:    decode -> validate -> (in one transaction:) skip if seen -> handle -> commit -> ack.
+For an event:    decode -> check its publisher -> validate -> (in one transaction:) skip if seen ->
+                 handle -> commit -> ack.
+
+Who published a message is its AMQP `user_id`, which RabbitMQ checks against the publishing
+connection's user. An event is applied only when it comes from the broker user of the service that
+owns it (shared/events.py), and `x-client-address` is believed only from the gateway's: anything
+else is parked with the reason, counted in `wrong_publisher_total` and changes nothing. A command
+from anyone but the gateway counts against the per-address login limit under its publisher
+(`broker:<user>`), so publishing straight to the broker is no way around that limit.
+Everything this runner publishes (replies, parked messages) carries its own `user_id` too.
 
 A message that is not JSON, has no message_id, names an unknown command or carries a malformed
 payload gets an error reply and is dead-lettered with the reason, its secrets redacted
@@ -21,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,6 +50,7 @@ from shared.broker import (
 )
 from shared.commands import COMMANDS, parse_payload
 from shared.database import TRANSIENT_DATABASE_ERRORS, Connection
+from shared.declarations import GATEWAY
 from shared.envelope import (
     AUTHORIZATION_HEADER,
     CLIENT_ADDRESS_HEADER,
@@ -106,6 +116,16 @@ def _authorization(headers: dict[str, Any]) -> str | None:
         raise Unauthorized(str(exc)) from None
 
 
+class WrongPublisher(Malformed):
+    """The message came from a broker user that may not send it: parked, and changes nothing."""
+
+
+def publisher_address(user_id: str | None) -> str:
+    """What a command from anyone but the gateway counts as for the per-address login limit:
+    its publisher, so a client that skips the gateway is limited like one address."""
+    return f"broker:{user_id or '-'}"
+
+
 class _Requeue(Exception):
     """Give the message back to the broker (we are shutting down mid-outage)."""
 
@@ -142,8 +162,15 @@ class MessageProcessor:
         relay: OutboxRelay | None,
         max_message_bytes: int,
         token_ttl_seconds: int,
+        user_id: str,
+        broker_users: Mapping[str, str],
     ) -> None:
         self.service = service
+        #: The broker user this process publishes as (every reply and parked message says so).
+        self._user_id = user_id
+        self._gateway_user = broker_users[GATEWAY.name]
+        #: By routing key, the broker user of the service that owns the event.
+        self._event_owners = {key: broker_users[event.owner.name] for key, event in EVENTS.items()}
         self.commands = check_routes(commands)
         self.events = {route.routing_key: route for route in events}
         self._pool = pool
@@ -175,7 +202,7 @@ class MessageProcessor:
             command=name,
             message_id=message_id,
             request_id=request_id_for(header_hint(headers, REQUEST_ID_HEADER), message_id),
-            client_address=header_hint(headers, CLIENT_ADDRESS_HEADER),
+            client_address=self._client_address(message, headers),
         )
         token = set_current_message(ctx)
         bound = logs.bind(request_id=ctx.request_id, command=name)
@@ -226,6 +253,13 @@ class MessageProcessor:
             reset_current_message(token)
             self._leave()
 
+    def _client_address(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> str | None:
+        """Where the client is, for the per-address login limit: what the gateway says, and for
+        anyone else their broker user (a command carrying the header from them is parked)."""
+        if message.user_id == self._gateway_user:
+            return header_hint(headers, CLIENT_ADDRESS_HEADER)
+        return publisher_address(message.user_id)
+
     async def _admit(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> tuple[CommandRoute, Caller | None, Any]:
         """Decide what the message is and who sent it; nothing here touches the database."""
         if not valid_message_id(message.message_id):
@@ -235,6 +269,15 @@ class MessageProcessor:
             # Broker permissions cannot stop a service writing to the default exchange (it needs
             # that for replies), which reaches any queue by name: only `commands` is trusted.
             raise Malformed(Unprocessable("A command must be published to the commands exchange"))
+        if CLIENT_ADDRESS_HEADER in headers and message.user_id != self._gateway_user:
+            # Only the gateway knows where an HTTP client is. Ignoring a forged address would still
+            # run the command; parking it shows the attempt and lets nothing count against the
+            # address it names (another client's lockout) or spread failures over made-up ones.
+            raise self._wrong_publisher(
+                command_queue_name(self.service),
+                Forbidden(f"Only the gateway ({self._gateway_user}) may send {CLIENT_ADDRESS_HEADER}"),
+                message.user_id,
+            )
         name = message.type or message.routing_key
         if message.type and message.routing_key and message.type != message.routing_key:
             raise Malformed(Unprocessable("The message type does not match its routing key"))
@@ -394,13 +437,22 @@ class MessageProcessor:
                     raise Malformed(Unprocessable("An event must be published to the events exchange"))
                 if route is None:
                     raise Malformed(Unprocessable(f"Unknown event {key!r}"))
+                owner = self._event_owners[key]
+                if message.user_id != owner:
+                    # Topic permissions keep other services' users off this key, but not an admin
+                    # or a leaked guest: only the owner's `user_id`, which RabbitMQ checks, counts.
+                    raise self._wrong_publisher(
+                        event_queue_name(self.service),
+                        Forbidden(f"A {key!r} event is only accepted from {owner}"),
+                        message.user_id,
+                    )
                 try:
                     event = route.model.model_validate_json(message.body)
                 except ValidationError:
                     raise Malformed(Unprocessable(f"Malformed {key!r} event")) from None
                 await self._hold_through_outage(lambda: self._apply_event(route, event), "event")
             except Malformed as exc:
-                outcome = "malformed"
+                outcome = "wrong_publisher" if isinstance(exc, WrongPublisher) else "malformed"
                 await self._dead_letter(message, event_queue_name(self.service), exc.error.detail, command=False)
             except _Requeue:
                 outcome = "requeued"
@@ -430,6 +482,11 @@ class MessageProcessor:
         if self._relay is not None:
             self._relay.wake()
 
+    def _wrong_publisher(self, queue: str, error: AppError, user_id: str | None) -> WrongPublisher:
+        self._metrics.wrong_publisher.labels(queue).inc()
+        log.warning("refusing a message from a publisher that may not send it", extra={"publisher": user_id or "-", "queue": queue})
+        return WrongPublisher(error)
+
     # -- replies, dead letters, bookkeeping --------------------------------------------------
 
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
@@ -441,7 +498,9 @@ class MessageProcessor:
             body,
             exchange="",
             routing_key=message.reply_to,
-            properties=aio_pika.Message(b"", content_type="application/json", correlation_id=message.correlation_id).properties,
+            properties=aio_pika.Message(
+                b"", content_type="application/json", correlation_id=message.correlation_id, user_id=self._user_id
+            ).properties,
             mandatory=False,
         )
 
@@ -462,6 +521,8 @@ class MessageProcessor:
                 "x-dead-letter-reason": reason,
                 "x-original-exchange": message.exchange or "",
                 "x-original-routing-key": message.routing_key or "",
+                # Parking republishes it as this service: who really sent it is kept here.
+                "x-original-user-id": message.user_id or "",
             }
         )
         channel = self._dead_letter_channel
@@ -478,6 +539,7 @@ class MessageProcessor:
                     type=message.type,
                     correlation_id=message.correlation_id,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    user_id=self._user_id,
                 ),
                 routing_key=queue,
                 mandatory=False,

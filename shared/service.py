@@ -38,7 +38,7 @@ from shared.pacing import Backoff, every
 from shared.probes import build_probe_app
 from shared.routes import CommandRoute, EventRoute, check_routes
 from shared.runner import MessageProcessor
-from shared.settings import Settings
+from shared.settings import ConfigurationError, Settings
 from shared.tokens import JwksKeySource, KeySource, TokenVerifier
 from shared.topology import TopologyError, check_wiring, open_service_queues
 from shared.tracing import configure_tracing
@@ -79,6 +79,12 @@ def run_service(name: str, migrations: Path, wire: WireFn) -> None:
     settings = Settings.from_env()
     tracing = configure_tracing(f"{name}_service")  # before any aiohttp app or aio-pika queue exists
     configure_logging(f"{name}_service", settings.log_level, trace_ids=tracing)
+    try:
+        # Before anything is consumed: its events would be parked everywhere as not its owner's.
+        settings.check_broker_user(name)
+    except ConfigurationError as exc:
+        log.error(f"cannot start: {exc}")
+        sys.exit(1)
     try:
         # uvloop: the same asyncio, less CPU per message (bench/RESULTS.md).
         uvloop.run(serve(name, migrations, wire, settings))
@@ -137,7 +143,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         confirm_channel = await connection.channel(publisher_confirms=True)
         command_queue, event_queue = await open_service_queues(consume_channel, name, settings.broker_topology)
 
-        relay = OutboxRelay(pool, settings.database_url, name, confirm_channel)
+        relay = OutboxRelay(pool, settings.database_url, name, confirm_channel, user_id=settings.amqp_user)
         processor = MessageProcessor(
             service=name,
             commands=[*wiring.commands, audit_route(name)],
@@ -149,6 +155,8 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             relay=relay,
             max_message_bytes=settings.max_message_bytes,
             token_ttl_seconds=settings.access_token_ttl_seconds,
+            user_id=settings.amqp_user,
+            broker_users=settings.broker_users,
         )
         processor.attach_dead_letter_channel(confirm_channel)
 

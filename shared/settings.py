@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from shared.broker import login_user
+from shared.declarations import PROCESSES
+
 #: How a process meets the broker topology (shared/topology): create it, or only check it exists.
 BrokerTopology = Literal["declare", "verify"]
 BROKER_TOPOLOGIES: tuple[BrokerTopology, ...] = ("declare", "verify")
@@ -91,6 +94,28 @@ class Settings:
     register_window_seconds: int
     log_level: str
     broker_topology: BrokerTopology
+    #: By process name (`gateway`, `auth`, ...), the RabbitMQ user it connects as (BROKER_USER_*).
+    broker_users: Mapping[str, str]
+
+    @property
+    def amqp_user(self) -> str:
+        """The user AMQP_URL logs in as (aio-pika's default when the URL names none)."""
+        return login_user(self.amqp_url)
+
+    def broker_user(self, process: str) -> str:
+        """The RabbitMQ user of `process`: the `user_id` on every message it publishes."""
+        return self.broker_users[process]
+
+    def check_broker_user(self, process: str) -> None:
+        """Refuse to run `process` on another process's broker user: RabbitMQ closes the channel of
+        a publish whose `user_id` is not the connection's user, and consumers park what `process`
+        publishes unless it comes from `process`'s user, so a mix-up must stop start-up, not a send."""
+        variable = next(p.broker_user_variable for p in PROCESSES if p.name == process)
+        if self.amqp_user != self.broker_user(process):
+            raise ConfigurationError(
+                f"AMQP_URL logs in as {self.amqp_user!r}, but {variable} says this process is {self.broker_user(process)!r}: "
+                f"give {process} its own user's AMQP_URL (scripts/broker-permissions creates the users), or set {variable}"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -127,4 +152,18 @@ class Settings:
             register_window_seconds=_int(env, "REGISTER_WINDOW_SECONDS", 3600, low=1, high=86_400),
             log_level=log_level,
             broker_topology=topology,
+            broker_users=_broker_users(env),
         )
+
+
+def _broker_users(env: Mapping[str, str]) -> dict[str, str]:
+    """BROKER_USER_* by process, each a different user: two processes sharing one could publish
+    each other's events, and no consumer could tell them apart."""
+    users = {p.name: _text(env, p.broker_user_variable, p.default_broker_user) for p in PROCESSES}
+    for process in PROCESSES:
+        shared = [p.broker_user_variable for p in PROCESSES if p is not process and users[p.name] == users[process.name]]
+        if shared:
+            raise ConfigurationError(
+                f"{process.broker_user_variable} and {shared[0]} both name {users[process.name]!r}: each process needs a broker user of its own"
+            )
+    return users

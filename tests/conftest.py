@@ -49,7 +49,7 @@ async def stack(backends: Backends, signing_key: Ed25519PrivateKey, tmp_path_fac
     run_dir: Path = tmp_path_factory.mktemp("stack")
     key_file = run_dir / "signing-key.pem"
     key_file.write_text(to_pem(signing_key))
-    running = await start_stack(stack_env(backends.database_url, backends.amqp_url, key_file), run_dir)
+    running = await start_stack(stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users), run_dir)
     try:
         yield running
     finally:
@@ -74,9 +74,10 @@ async def db(backends: Backends, stack: Stack) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(scope="session")
 async def broker(backends: Backends, stack: Stack) -> AsyncIterator[BrokerProbe]:
     connection = await aio_pika.connect_robust(backends.amqp_url, reconnect_interval=1)
-    probe = BrokerProbe(connection, backends.amqp_url)
+    probe = BrokerProbe(connection, backends.amqp_url, backends.broker_users.urls)
     await probe.start()
     yield probe
+    await probe.close()
     await connection.close()
 
 

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from shared import audit, bookkeeping, idempotency, outbox
+from shared.broker import login_user
 from shared.database import create_pool
 from shared.errors import Conflict, Forbidden, Unauthorized, Unprocessable
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource, migrate
@@ -220,7 +221,12 @@ async def test_commits_within_the_linger_leave_in_one_batch(schema_pool: asyncpg
     schema = await schema_pool.fetchval("SELECT current_schema()")
     connection = await aio_pika.connect(backends.amqp_url)
     relay = outbox.OutboxRelay(
-        schema_pool, backends.database_url, schema, await connection.channel(publisher_confirms=True), linger_seconds=0.3
+        schema_pool,
+        backends.database_url,
+        schema,
+        await connection.channel(publisher_confirms=True),
+        user_id=login_user(backends.amqp_url),
+        linger_seconds=0.3,
     )
     running = asyncio.create_task(relay.run())
     try:

@@ -23,7 +23,7 @@ from tests.support.accounts import User
 from tests.support.broker import BrokerProbe
 from tests.support.faults import BROKER_CUT, FaultWatch
 from tests.support.proxy import CuttableProxy
-from tests.support.stack import ROOT, Stack, free_port
+from tests.support.stack import PACKAGES, ROOT, Stack, free_port
 
 pytestmark = pytest.mark.fault
 
@@ -35,8 +35,9 @@ class ProxiedProcess:
     url: str
 
 
-def proxied_amqp_url(stack: Stack, proxy: CuttableProxy) -> str:
-    parts = urllib.parse.urlsplit(stack.env["AMQP_URL"])
+def proxied_amqp_url(stack: Stack, proxy: CuttableProxy, service: str) -> str:
+    """`service`'s own AMQP_URL (its broker user), through the proxy."""
+    parts = urllib.parse.urlsplit(stack.env_for(service)["AMQP_URL"])
     netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
@@ -46,7 +47,8 @@ async def start_behind_proxy(stack: Stack, package: str, port_variable: str) -> 
     proxy = CuttableProxy(upstream.hostname or "127.0.0.1", upstream.port or 5672)
     await proxy.start()
     port = free_port()
-    env = {**stack.env, "AMQP_URL": proxied_amqp_url(stack, proxy), port_variable: str(port), "RPC_TIMEOUT_SECONDS": "5"}
+    service = next(name for name, known in PACKAGES.items() if known == package)
+    env = {**stack.env, "AMQP_URL": proxied_amqp_url(stack, proxy, service), port_variable: str(port), "RPC_TIMEOUT_SECONDS": "5"}
     log = open(stack.log_dir / f"{package}-proxied.log", "ab")  # noqa: SIM115 - owned by the process
     process = subprocess.Popen([sys.executable, "-m", package], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     running = ProxiedProcess(proxy, process, f"http://127.0.0.1:{port}")

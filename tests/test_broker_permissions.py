@@ -339,7 +339,7 @@ async def test_declare_mode_builds_the_same_topology_for_a_development_user() ->
         rabbitmqctl("set_permissions", "-p", vhost, f"{prefix}developer", ".*", ".*", ".*")
         connection = await aio_pika.connect(f"amqp://{prefix}developer:{password}@{BROKER}/{vhost}")
         try:
-            client = CommandClient(connection, timeout=5, topology="declare")  # the gateway
+            client = CommandClient(connection, user_id=f"{prefix}developer", timeout=5, topology="declare")  # the gateway
             await client.start()
             await client.close()
             for queue in SERVICES.values():  # each service, as shared/service.py runs it
@@ -474,7 +474,7 @@ async def test_a_command_round_trip_works_under_least_privilege(broker_users: Pr
             await message.ack()
 
         await commands.consume(answer)
-        client = CommandClient(gateway, timeout=10, topology="verify")
+        client = CommandClient(gateway, user_id=f"{broker_users.prefix}gateway", timeout=10, topology="verify")
         await client.start()
         assert await client.call("get-post", {"post_id": str(uuid4())}) == {"answered": "get-post"}
         await client.close()

@@ -114,7 +114,7 @@ async def settle() -> None:
 
 async def started() -> tuple[FakeConnection, CommandClient]:
     connection = FakeConnection()
-    client = CommandClient(connection, timeout=1)  # type: ignore[arg-type]
+    client = CommandClient(connection, user_id="gateway", timeout=1)  # type: ignore[arg-type]
     await client.start()
     return connection, client
 

@@ -56,7 +56,14 @@ async def test_a_command_no_queue_takes_is_a_503_at_once(stack: Stack) -> None:
         capture_output=True,
     )
     port = free_port()
-    env = {**stack.env, "AMQP_URL": urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", "")), "GATEWAY_PORT": str(port)}
+    env = {
+        **stack.env,
+        "AMQP_URL": urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + vhost, "", "")),
+        "GATEWAY_PORT": str(port),
+        # The admin, the only user of the empty vhost, stands in for the gateway's and declares.
+        "BROKER_USER_GATEWAY": parts.username or "guest",
+        "BROKER_TOPOLOGY": "declare",
+    }
     gateway = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:

@@ -20,6 +20,9 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
+from shared.declarations import PROCESSES, Process
+from shared.settings import Settings
+
 pytestmark = pytest.mark.unit
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -44,6 +47,7 @@ CONTRACT_VARIABLES = frozenset(
         "JWT_ISSUER",
         "JWT_AUDIENCE",
         "ACCESS_TOKEN_TTL_SECONDS",
+        *(process.broker_user_variable for process in PROCESSES),
     }
 )
 ALLOWED_VARIABLES = CONTRACT_VARIABLES | {"HTTP_HOST", "LOG_LEVEL", "BROKER_TOPOLOGY"}
@@ -299,13 +303,24 @@ def test_procfile_starts_every_service() -> None:
     commands: dict[str, str] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
-            process, separator, command = line.partition(":")
+            name, separator, command = line.partition(":")
             assert separator, f"Procfile line {line!r} is not 'name: command'"
-            commands[process.strip()] = " ".join(command.split())
-    for package in APP_SERVICES:
-        assert f"python -m {package}" in commands.values(), (
-            f"Procfile does not run 'python -m {package}'; it runs {sorted(commands.values())}"
+            commands[name.strip()] = " ".join(command.split())
+    for process in PROCESSES:
+        own_url = f'env AMQP_URL="${{{process.name.upper()}_AMQP_URL:-$AMQP_URL}}" python -m {process.package}'
+        assert own_url in commands.values(), (
+            f"Procfile should run {process.package} with its own broker user's URL ({own_url!r}); it runs {sorted(commands.values())}"
         )
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: p.package)
+def test_each_process_is_told_its_own_broker_user_and_connects_as_it(process: Process) -> None:
+    """What the process checks at start-up: AMQP_URL's user is its BROKER_USER_* (and, from the
+    same settings, the other processes' users, so it knows who published what)."""
+    settings = Settings.from_env(environment_of(compose_service(process.package)))
+    settings.check_broker_user(process.name)
+    for other in PROCESSES:
+        assert settings.broker_user(other.name) == other.package, f"{process.package} would not recognise {other.package}'s messages"
 
 
 def test_dockerfile_runs_as_non_root_user() -> None:

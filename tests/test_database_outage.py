@@ -45,7 +45,7 @@ async def test_a_service_holds_commands_through_a_database_outage(
     netloc = f"{upstream.username}@127.0.0.1:{proxy.port}" if upstream.username else f"127.0.0.1:{proxy.port}"
     port = free_port()
     env = {
-        **stack.env,
+        **stack.env_for("posts"),
         "DATABASE_URL": urllib.parse.urlunsplit((upstream.scheme, netloc, upstream.path, upstream.query, "")),
         "POSTS_HTTP_PORT": str(port),
     }

@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from shared.declarations import PROCESSES, Process
+from shared.settings import Settings
+
 pytestmark = pytest.mark.unit
 
 KUBE = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
@@ -74,6 +77,20 @@ def test_the_config_map_uses_only_known_variables() -> None:
         "ACCESS_TOKEN_TTL_SECONDS",
         "LOG_LEVEL",
         "BROKER_TOPOLOGY",
+        *(process.broker_user_variable for process in PROCESSES),
     }
     assert set(config) <= known
     assert config["AUTH_JWKS_URL"].startswith("http://auth-service:8081/")
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: p.package)
+def test_each_process_connects_as_the_broker_user_the_config_names(process: Process) -> None:
+    """The user in its AMQP_URL (secret.example.yaml) is its BROKER_USER_* (config.yaml): what the
+    process checks at start-up, and how the others know its messages."""
+    config = next(d for d in documents() if d["kind"] == "ConfigMap")["data"]
+    secrets = next(d for d in documents() if d["kind"] == "Secret" and d["metadata"]["name"] == "posts-platform-secrets")["stringData"]
+    container = deployments()[process.package]["spec"]["template"]["spec"]["containers"][0]
+    key = {e["name"]: e for e in container["env"]}["AMQP_URL"]["valueFrom"]["secretKeyRef"]["key"]
+    settings = Settings.from_env({**config, "AMQP_URL": secrets[key]})
+    settings.check_broker_user(process.name)
+    assert settings.broker_user(process.name) == process.package

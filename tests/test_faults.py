@@ -327,7 +327,7 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
         second = subprocess.Popen(
             [sys.executable, "-m", "posts_service"],
             cwd=ROOT,
-            env={**stack.env, "POSTS_HTTP_PORT": str(port)},
+            env={**stack.env_for("posts"), "POSTS_HTTP_PORT": str(port)},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

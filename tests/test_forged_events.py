@@ -1,8 +1,11 @@
 """Events only take privilege away: forged and replayed events on `events` grant nobody anything.
 
-Anyone with broker access can publish on the `events` exchange. The contract says the only thing
-that grants privilege is a token signed by auth_service, that consumers ignore an `event_id` they
-have seen, and that no event can make anyone an admin, unban anyone or un-revoke a session. So:
+Anyone with broker access can publish on the `events` exchange, but consumers accept an event only
+from its owning service's broker user (tests/test_publisher_identity.py shows an outsider's are
+parked). These tests go further and publish as the owner itself, a compromised service: the
+contract says the only thing that grants privilege is a token signed by auth_service, that
+consumers ignore an `event_id` they have seen, and that no event can make anyone an admin, unban
+anyone or un-revoke a session. So:
 
 - a `user.registered` claiming `"role": "admin"` (for an existing user, replayed with the real
   event_id or sent with a new one, or for a made-up user_id) makes nobody an admin and does not
@@ -93,9 +96,10 @@ def consumption(plain_http: aiohttp.ClientSession, stack: Stack, wait_until: Wai
 
 
 async def publish_and_wait(broker: BrokerProbe, consumption: Consumption, routing_key: str, body: dict[str, Any]) -> None:
-    """Publish an event on `events` and wait until every consumer of that key has handled it."""
+    """Publish an event on `events` as its owning service, and wait until every consumer of that
+    key has handled it."""
     before = await consumption.counts(routing_key)
-    await broker.event(routing_key, body)
+    await broker.event(routing_key, body, as_process=EVENTS[routing_key].owner.name)
     await consumption.wait_past(before, routing_key)
 
 
@@ -464,7 +468,7 @@ async def test_malformed_event_is_dead_lettered(
     routing_key, body = bodies[case]
     before = await settled_fingerprint(db)
 
-    await broker.event(routing_key, body)
+    await broker.event(routing_key, body, as_process=EVENTS[routing_key].owner.name)  # from its owner: only the body is wrong
 
     for service in CONSUMERS[routing_key]:
         parked = await find_dead_letter(broker, f"{service}.events", marker)

@@ -185,7 +185,7 @@ async def limited(signing_key: Ed25519PrivateKey, tmp_path_factory: pytest.TempP
     run_dir: Path = tmp_path_factory.mktemp("limited")
     key_file = run_dir / "signing-key.pem"
     key_file.write_text(to_pem(signing_key))
-    env = stack_env(backends.database_url, backends.amqp_url, key_file)
+    env = stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users)
     env.update({"REGISTER_MAX_PER_ADDRESS": str(PER_ADDRESS), "REGISTER_MAX_GLOBAL": str(GLOBAL), "REGISTER_WINDOW_SECONDS": "3600"})
     running = await start_stack(env, run_dir)
     try:

@@ -227,7 +227,8 @@ def client_address() -> dict[str, str]:
 
 
 async def broker_login(broker, email: str, password: str, headers: dict[str, str]) -> dict[str, Any]:
-    reply = await broker.command("login", {"email": email, "password": password}, headers=headers)
+    # As the gateway: the only publisher whose x-client-address a service believes.
+    reply = await broker.command("login", {"email": email, "password": password}, headers=headers, as_process="gateway")
     assert reply is not None
     return reply
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 
+from shared.declarations import PROCESSES, Process
 from shared.settings import ConfigurationError, Settings
 
 pytestmark = pytest.mark.unit
@@ -54,3 +58,46 @@ def test_settings_are_frozen() -> None:
 def test_a_bad_value_fails_fast_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigurationError, match=name):
         Settings.from_env({name: value})
+
+
+def test_broker_users_default_to_the_contracts_and_come_from_the_declarations() -> None:
+    users = Settings.from_env({}).broker_users
+    assert dict(users) == {"gateway": "gateway", "auth": "auth_service", "users": "users_service", "posts": "posts_service"}
+    assert {p.broker_user_variable for p in PROCESSES} == {
+        "BROKER_USER_GATEWAY",
+        "BROKER_USER_AUTH",
+        "BROKER_USER_USERS",
+        "BROKER_USER_POSTS",
+    }
+    assert Settings.from_env({"BROKER_USER_POSTS": "zt_posts"}).broker_user("posts") == "zt_posts"
+
+
+def test_two_processes_cannot_share_a_broker_user() -> None:
+    with pytest.raises(ConfigurationError, match="BROKER_USER_USERS and BROKER_USER_POSTS both name 'shared'"):
+        Settings.from_env({"BROKER_USER_USERS": "shared", "BROKER_USER_POSTS": "shared"})
+
+
+def test_amqp_urls_user_must_be_the_processs_own() -> None:
+    settings = Settings.from_env({"AMQP_URL": "amqp://posts_service:pw@127.0.0.1:5672/posts"})
+    settings.check_broker_user("posts")
+    with pytest.raises(
+        ConfigurationError, match="AMQP_URL logs in as 'posts_service', but BROKER_USER_USERS says this process is 'users_service'"
+    ):
+        settings.check_broker_user("users")
+    assert Settings.from_env({}).amqp_user == "guest"
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: p.package)
+def test_a_process_on_another_processs_broker_user_does_not_start(process: Process) -> None:
+    """posts_service's URL given to every process: all but posts_service stop at once, before
+    they touch the database or the broker, and say why."""
+    env = {
+        **os.environ,
+        "AMQP_URL": "amqp://posts_service:posts_service-dev@127.0.0.1:1/",
+        "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x",
+    }
+    if process.package == "posts_service":
+        env["BROKER_USER_POSTS"] = "someone_else"
+    result = subprocess.run([sys.executable, "-m", process.package], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "AMQP_URL logs in as 'posts_service'" in result.stdout + result.stderr

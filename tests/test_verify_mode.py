@@ -26,6 +26,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from shared.declarations import PROCESSES
 from tests.support.accounts import User
 from tests.support.backends import Backends
 from tests.support.stack import ROOT, Stack, free_port
@@ -53,6 +54,10 @@ class Broker:
 
     def url(self, user: str) -> str:
         return f"amqp://{self.prefix}{user}:{self.passwords[user]}@{BROKER}/{self.vhost}"
+
+    def env(self) -> dict[str, str]:
+        """BROKER_USER_*: the processes' users here are the prefixed ones."""
+        return {p.broker_user_variable: self.prefix + p.default_broker_user for p in PROCESSES}
 
     def provision(self) -> None:
         """scripts/broker-permissions, exactly as an operator runs it, with an admin of our own."""
@@ -139,7 +144,7 @@ async def test_posts_service_and_gateway_work_in_verify_mode_as_their_own_users(
 ) -> None:
     broker.provision()
     posts_port, gateway_port = free_port(), free_port()
-    common = {**stack.env, "BROKER_TOPOLOGY": "verify", "DATABASE_URL": database_url}
+    common = {**stack.env, **broker.env(), "BROKER_TOPOLOGY": "verify", "DATABASE_URL": database_url}
     processes = Processes(tmp_path)
     admin = await aio_pika.connect(broker.url("admin"))
     try:
@@ -193,7 +198,13 @@ async def test_a_service_in_verify_mode_stops_when_the_topology_is_missing(stack
     rabbitmqctl("add_user", user, stdin=broker.passwords["posts_service"])
     rabbitmqctl("set_permissions", "-p", broker.vhost, user, "^$", "^(amq\\.default|events|dead-letters)$", "^posts\\.(commands|events)$")
     processes = Processes(tmp_path)
-    env = {**stack.env, "BROKER_TOPOLOGY": "verify", "AMQP_URL": broker.url("posts_service"), "POSTS_HTTP_PORT": str(free_port())}
+    env = {
+        **stack.env,
+        **broker.env(),
+        "BROKER_TOPOLOGY": "verify",
+        "AMQP_URL": broker.url("posts_service"),
+        "POSTS_HTTP_PORT": str(free_port()),
+    }
     try:
         process = processes.start("posts_service", env)
         try:

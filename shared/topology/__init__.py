@@ -40,7 +40,7 @@ from shared.broker import (
     event_queue_name,
 )
 from shared.commands import commands_of
-from shared.declarations import SERVICE_NAMES, SERVICES
+from shared.declarations import GATEWAY, SERVICE_NAMES, SERVICES
 from shared.events import events_heard_by, events_published_by
 from shared.settings import BrokerTopology
 
@@ -203,7 +203,7 @@ def as_definitions(vhost: str) -> dict[str, list[dict[str, Any]]]:
 
 
 #: The gateway's RabbitMQ user (BROKER_USER_GATEWAY's default); each service's is its package name.
-GATEWAY_USER = "gateway"
+GATEWAY_USER = GATEWAY.default_broker_user
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +237,7 @@ def grants() -> list[Grant]:
         published = "|".join(_literal(key) for key in events_published_by(service.name))
         found.append(
             Grant(
-                service.package,
+                service.process.default_broker_user,
                 "^$",
                 f"^(amq\\.default|{_literal(EVENTS_EXCHANGE)}|{_literal(DEAD_LETTER_EXCHANGE)})$",
                 f"^{_literal(service.name)}\\.(commands|events)$",

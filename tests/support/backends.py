@@ -3,7 +3,7 @@
 Order of preference: TEST_DATABASE_URL / TEST_AMQP_URL; the localhost defaults when something
 answers there; testcontainers when neither is reachable and Docker is. Every run then creates its
 own database and its own RabbitMQ vhost, so runs (and a stack a developer has running) never see
-each other.
+each other, and its own RabbitMQ user per process (tests/support/broker_users.py), deleted after.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from uuid import uuid4
 
 import asyncpg
 
+from tests.support.broker_users import BrokerUsers, provision_broker_users
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -32,6 +34,8 @@ class Backends:
     database_url: str  # the run's own database
     amqp_url: str  # the run's own vhost
     admin_database_url: str
+    #: A user per process on the run's vhost (`amqp_url`'s user is its admin: the tests' outsider).
+    broker_users: BrokerUsers
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -130,6 +134,8 @@ async def provision() -> Backends:
     run_amqp_url = _with_path(amqp_url, "/" + vhost) if delete_vhost else amqp_url
     if delete_vhost:
         cleanups.insert(0, delete_vhost)
-    backends = Backends(_with_path(database_url, "/" + database), run_amqp_url, database_url, cleanups)
+    broker_users, delete_users = await provision_broker_users(run_amqp_url)
+    cleanups.insert(0, delete_users)
+    backends = Backends(_with_path(database_url, "/" + database), run_amqp_url, database_url, broker_users, cleanups)
     backends.drop_database = drop_database  # type: ignore[attr-defined]
     return backends

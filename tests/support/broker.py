@@ -2,6 +2,11 @@
 
 Unlike the production client it builds no message for you: tests choose the body bytes, the
 headers, the type and whether there is a reply_to, so they can inject what an attacker would.
+
+It connects as the run vhost's admin (guest): an outsider with full broker credentials, exactly the
+attacker of the threat model, whose messages carry no process's `user_id`. `as_process="auth"`
+(or another process name) publishes as that process's own broker user instead, with its
+`user_id`: a legitimate event from its owner, or the gateway vouching for a client address.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from uuid import uuid4
 
 import aio_pika
 import asyncpg
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from pamqp import body as amqp_body
 from pamqp import commands as amqp
 from pamqp import frame as amqp_frame
@@ -31,9 +36,11 @@ WaitUntil = Callable[..., Awaitable[Any]]
 
 
 class BrokerProbe:
-    def __init__(self, connection: AbstractRobustConnection, amqp_url: str) -> None:
+    def __init__(self, connection: AbstractRobustConnection, amqp_url: str, process_urls: dict[str, str] | None = None) -> None:
         self._connection = connection
         self._url = URL(amqp_url)
+        self._process_urls = process_urls or {}
+        self._as_process: dict[str, tuple[AbstractConnection, AbstractChannel]] = {}
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.channel: AbstractChannel
 
@@ -52,6 +59,33 @@ class BrokerProbe:
 
     async def _reopen(self, *_: Any) -> None:
         await self._open()
+
+    async def close(self) -> None:
+        for connection, _channel in self._as_process.values():
+            await connection.close()
+        self._as_process.clear()
+
+    async def channel_of(self, process: str) -> AbstractChannel:
+        """A channel connected as `process`'s own broker user (kept for the run)."""
+        opened = self._as_process.get(process)
+        if opened is None or opened[0].is_closed or opened[1].is_closed:
+            connection = await aio_pika.connect(self._process_urls[process])
+            opened = (connection, await connection.channel())
+            self._as_process[process] = opened
+        return opened[1]
+
+    @property
+    def outsider(self) -> str:
+        """The probe's own broker user (the vhost's admin), which is no process's."""
+        return self._url.user or "guest"
+
+    def url_of(self, process: str) -> str:
+        """`process`'s own AMQP_URL."""
+        return self._process_urls[process]
+
+    def user_of(self, process: str) -> str:
+        """`process`'s broker user name: the `user_id` its messages carry."""
+        return URL(self._process_urls[process]).user or ""
 
     async def ready(self, timeout: float = 30) -> None:
         """Wait out a broker restart: the connection comes back, then `_reopen` gives a new channel."""
@@ -78,6 +112,7 @@ class BrokerProbe:
         timeout: float = 10.0,
         properties: dict[str, Any] | None = None,
         bare: bool = False,
+        as_process: str | None = None,
     ) -> dict[str, Any] | None:
         """Publish a command; returns the decoded reply, or None when reply=False.
 
@@ -105,7 +140,14 @@ class BrokerProbe:
             },
         )
         await self.ready()
-        if bare:
+        if as_process is not None:
+            # Replies come back to a queue of ours: direct reply-to answers only the publishing channel.
+            message.reply_to = self._bare_replies.name if reply else None
+            message.user_id = self.user_of(as_process)
+            channel = await self.channel_of(as_process)
+            exchange = await channel.get_exchange("commands", ensure=False)
+            await exchange.publish(message, routing_key=command, mandatory=False)
+        elif bare:
             message.reply_to = self._bare_replies.name if reply else None
             await publish_bare(self._url, "commands", command, message)
         else:
@@ -115,12 +157,22 @@ class BrokerProbe:
             return None
         return await asyncio.wait_for(future, timeout)
 
-    async def event(self, routing_key: str, body: dict[str, Any] | bytes) -> None:
+    async def event(
+        self, routing_key: str, body: dict[str, Any] | bytes, *, as_process: str | None = None, user_id: str | None = None
+    ) -> None:
+        """Publish an event on `events`: as the outsider, or `as_process` (with its `user_id`).
+        `user_id` sets the property as given (RabbitMQ closes the channel unless it is ours)."""
         await self.ready()
-        exchange = await self.channel.get_exchange("events", ensure=False)
+        channel = self.channel if as_process is None else await self.channel_of(as_process)
+        exchange = await channel.get_exchange("events", ensure=False)
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        claimed = user_id if user_id is not None else (self.user_of(as_process) if as_process is not None else None)
+        # Like the outbox relay: the event_id is the message_id (operators replay by it).
+        message_id = str(body["event_id"]) if isinstance(body, dict) and "event_id" in body else None
         await exchange.publish(
-            aio_pika.Message(raw, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            aio_pika.Message(
+                raw, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT, user_id=claimed, message_id=message_id
+            ),
             routing_key=routing_key,
             mandatory=False,
         )

@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 
 from shared.declarations import SERVICES
+from tests.support.broker_users import BrokerUsers, amqp_url_variable
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {**{s.name: s.package for s in SERVICES}, "gateway": "gateway"}
@@ -50,10 +51,14 @@ class Stack:
         port = {"auth": "AUTH_HTTP_PORT", "users": "USERS_HTTP_PORT", "posts": "POSTS_HTTP_PORT", "gateway": "GATEWAY_PORT"}[service]
         return f"http://127.0.0.1:{self.env[port]}"
 
+    def env_for(self, service: str) -> dict[str, str]:
+        """The environment `service` runs with: the stack's, with its own user's AMQP_URL."""
+        return {**self.env, "AMQP_URL": self.env[amqp_url_variable(service)]}
+
     def start(self, service: str) -> None:
         log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the process
         self.processes[service] = subprocess.Popen(
-            [sys.executable, "-m", PACKAGES[service]], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", PACKAGES[service]], cwd=ROOT, env=self.env_for(service), stdout=log, stderr=subprocess.STDOUT
         )
 
     def stop(self, service: str, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
@@ -104,14 +109,20 @@ class Stack:
         raise RuntimeError(f"{service} was not ready within {timeout} s\n{details}")
 
 
-def service_env(database_url: str, amqp_url: str, key_file: Path, base: Mapping[str, str]) -> dict[str, str]:
+def service_env(database_url: str, amqp_url: str, key_file: Path, base: Mapping[str, str], broker_users: BrokerUsers) -> dict[str, str]:
     """`base` with what the four services need to find their backends and each other: the run's
-    database and vhost, fresh ports, the signing key. Everything else keeps its default."""
+    database and vhost, fresh ports, the signing key. Everything else keeps its default.
+
+    Each process connects as its own broker user (`Stack.env_for`: `<NAME>_AMQP_URL` becomes its
+    AMQP_URL), in verify mode on the topology the admin declared; `AMQP_URL` itself stays the
+    vhost's admin, for operator commands (shared.dead_letters, shared.preflight)."""
     auth_port = free_port()
     env = dict(base)
+    env.update(broker_users.env())
     env.update(
         {
             "AMQP_URL": amqp_url,
+            "BROKER_TOPOLOGY": "verify",
             "DATABASE_URL": database_url,
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_PORT": str(free_port()),
@@ -126,9 +137,9 @@ def service_env(database_url: str, amqp_url: str, key_file: Path, base: Mapping[
     return env
 
 
-def stack_env(database_url: str, amqp_url: str, key_file: Path) -> dict[str, str]:
+def stack_env(database_url: str, amqp_url: str, key_file: Path, broker_users: BrokerUsers) -> dict[str, str]:
     """The test suite's environment: no tracing, and token and login settings the tests rely on."""
-    env = service_env(database_url, amqp_url, key_file, {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")})
+    env = service_env(database_url, amqp_url, key_file, {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, broker_users)
     env.update(
         {
             "JWT_ISSUER": "auth_service",
