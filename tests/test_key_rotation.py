@@ -361,10 +361,10 @@ async def test_concurrent_clients_across_a_rotation_see_no_failure(ring: RingSta
         token, signed_in_again = user.token, False
         while time.monotonic() - started < 5.0:
             if rotated.is_set() and not signed_in_again:
-                async with ring.http.post("/auth/login", json={"email": user.email, "password": user.password}) as response:
-                    answers[response.status] = answers.get(response.status, 0) + 1
-                    if response.status == 200:
-                        token = (await response.json())["access_token"]
+                # Eight logins at once can fill the hashing lane (a busy 503 with Retry-After, which
+                # login() waits out like any client): what counts here is that the token it gets works.
+                token = await login(ring.http, user.email, user.password)
+                answers[200] = answers.get(200, 0) + 1
                 signed_in_again = True
             headers = {"Authorization": f"Bearer {token}"}
             async with ring.http.post("/posts", json=POST, headers=headers) as response:

@@ -206,7 +206,7 @@ async def limited_http(limited: Stack) -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture(scope="module")
 async def limited_broker(limited: Stack) -> AsyncIterator[BrokerProbe]:
     connection = await aio_pika.connect_robust(limited.env["AMQP_URL"], reconnect_interval=1)
-    probe = BrokerProbe(connection, limited.env["AMQP_URL"])
+    probe = BrokerProbe(connection, limited.env["AMQP_URL"], {"gateway": limited.env_for("gateway")["AMQP_URL"]})
     await probe.start()
     yield probe
     await connection.close()
@@ -233,11 +233,14 @@ async def test_registrations_beyond_the_per_address_limit_are_429_with_retry_aft
 async def test_registrations_beyond_the_global_limit_are_429_for_everyone(
     limited_http: aiohttp.ClientSession, limited_broker: BrokerProbe
 ) -> None:
-    # Commands put straight onto the broker carry no client address: only the global limit applies.
+    # Registrations from as many addresses as the gateway reports (published as the gateway, the
+    # only publisher whose x-client-address is believed): no address reaches its own limit, so
+    # only the global one stops them.
     created, refusal = 0, None
-    for _ in range(GLOBAL + 1):
+    for number in range(GLOBAL + 1):
         payload = {"email": fresh_email("global"), "password": f"pw-{uuid4().hex}", "display_name": "Global"}
-        reply = await limited_broker.command("register", payload)
+        address = {"x-client-address": f"198.51.100.{number + 1}"}
+        reply = await limited_broker.command("register", payload, headers=address, as_process="gateway")
         assert reply is not None
         if not reply["ok"]:
             refusal = reply["error"]
