@@ -48,6 +48,7 @@ from shared.authorization import Party, Policy
 from shared.commands import COMMANDS, RESOURCES, commands_of
 from shared.database import create_pool
 from shared.declarations import Command
+from shared.events import EVENTS
 from shared.roles import Role
 from shared.routes import check_routes
 from shared.service import WireFn
@@ -224,10 +225,15 @@ async def logged_out_token(world: World, holder: User, schema: str) -> str:
 
 
 async def revoked_in(world: World, sid: str, schema: str) -> None:
-    async def revoked_there() -> bool:
-        return await world.db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {schema}.revoked_sessions WHERE session_id = $1)", sid)
+    """Wait until every service that hears `session.revoked` has applied it, not only `schema`'s:
+    a consumer applying it after the "before" fingerprint would look like the refused command's doing."""
+    schemas = {schema, *(service.name for service in EVENTS["session.revoked"].consumers)}
 
-    await world.wait_until(revoked_there, timeout=5.0)
+    async def revoked_everywhere() -> bool:
+        found = [await world.db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s}.revoked_sessions WHERE session_id = $1)", sid) for s in schemas]
+        return all(found)
+
+    await world.wait_until(revoked_everywhere, timeout=10.0)
 
 
 async def ban(world: World, user: User, schema: str) -> None:
@@ -235,10 +241,13 @@ async def ban(world: World, user: User, schema: str) -> None:
     async with world.http.post(f"/users/{user.id}/ban", json={"reason": "test"}, headers=world.admin.auth) as response:
         assert response.status == 200, await response.text()
 
-    async def banned_there() -> bool:
-        return await world.db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {schema}.banned_accounts WHERE user_id = $1)", user.id)
+    schemas = {schema, *(service.name for service in EVENTS["user.banned"].consumers)}
 
-    await world.wait_until(banned_there, timeout=5.0)
+    async def banned_everywhere() -> bool:
+        found = [await world.db.fetchval(f"SELECT EXISTS (SELECT 1 FROM {s}.banned_accounts WHERE user_id = $1)", user.id) for s in schemas]
+        return all(found)
+
+    await world.wait_until(banned_everywhere, timeout=10.0)
 
 
 async def demote(world: World, admin: User, schema: str) -> None:
