@@ -1,4 +1,4 @@
-"""auth_service's command and event handlers: register, login, logout, get-me, user.banned.
+"""auth_service's command and event handlers: register, login, refresh, logout, get-me, user.banned.
 
 Handlers are application code: a validated payload, the verified caller (or None for public
 commands) and a connection inside the command's transaction. The runner has already checked the
@@ -8,16 +8,20 @@ Every hash goes through the admission (auth_service/admission.py): logins first,
 bounded, a fast 503 when busy. Rate-limit rows (failed logins, registration attempts) are written
 on a small pool of their own: they must outlive the command's transaction (a refusal rolls it
 back), and taking a second connection from the command pool could wait forever once every
-connection of it is held by a command waiting for a second one.
+connection of it is held by a command waiting for a second one. The revocation of a session whose
+refresh token was reused is written there too, for the same reason: the answer is a 401, the
+command's transaction rolls back, and the revocation must commit all the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -26,8 +30,9 @@ from auth_service.admission import HashAdmission, Lane
 from auth_service.common_passwords import TOO_COMMON, is_common
 from auth_service.issuer import TokenIssuer
 from auth_service.passwords import hash_password, needs_rehash, verify_password
-from auth_service.sessions import close_all_sessions, close_session, open_session
-from shared.commands import GetMe, Login, Logout, Register
+from auth_service.refresh_tokens import Verdict, judge, token_hash
+from auth_service.sessions import close_all_sessions, close_session, open_refreshable_session, refresh_session
+from shared.commands import GetMe, Login, Logout, Refresh, Register
 from shared.envelope import current_message
 from shared.errors import Conflict, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized, Unprocessable
 from shared.events import UserBanned
@@ -37,9 +42,21 @@ from shared.routes import CommandHandler, EventHandler
 from shared.settings import Settings
 from shared.tokens import Caller
 
+log = logging.getLogger(__name__)
+
 WRONG_CREDENTIALS = "Wrong email or password"
 TOO_MANY_FROM_ADDRESS = "Too many accounts registered from your address; try again later"
 TOO_MANY_OVERALL = "Too many accounts are being registered right now; try again later"
+#: Why a refresh is refused (401); the token's holder learns no more than that it is not good.
+REFRESH_REFUSED = {
+    Verdict.UNKNOWN: "That refresh token is not valid; sign in again",
+    Verdict.EXPIRED: "That refresh token has expired; sign in again",
+    Verdict.CLOSED: "That session has ended; sign in again",
+    Verdict.REUSED: "That refresh token was already used; the session has been ended, sign in again",
+}
+#: The `account_key` a failed refresh is counted under in login_failures: no email looks like it,
+#: and only the per-address limit reads refresh failures (a guessed token names no account).
+REFRESH_FAILURE_KEY = "(refresh token)"
 
 
 def registration_address(address: str) -> str:
@@ -67,7 +84,7 @@ class AuthHandlers:
         self._hashing = hashing
 
     def commands(self) -> dict[str, CommandHandler]:
-        return {"register": self.register, "login": self.login, "logout": self.logout, "get-me": self.get_me}
+        return {"register": self.register, "login": self.login, "refresh": self.refresh, "logout": self.logout, "get-me": self.get_me}
 
     def events(self) -> dict[str, EventHandler]:
         return {"session.revoked": on_session_revoked, "user.banned": self.on_user_banned}
@@ -113,12 +130,38 @@ class AuthHandlers:
                 new_hash = await self._hashing.run(Lane.LOGIN, lambda: hash_password(cmd.password))
                 await repository.set_password_hash(conn, account["id"], new_hash)
         await repository.clear_login_failures(conn, cmd.email)
-        issued = await open_session(conn, self._issuer, account, self._settings.access_token_ttl_seconds)
-        return {
-            "access_token": issued.token,
-            "token_type": "Bearer",
-            "expires_in": issued.expires_at - issued.issued_at,
-        }
+        pair = await open_refreshable_session(conn, self._issuer, account, self._settings)
+        return pair.response()
+
+    async def refresh(self, cmd: Refresh, _caller: None, conn: asyncpg.Connection) -> dict[str, Any]:
+        """A new pair in the same session for a refresh token that is good, used once."""
+        ctx = current_message()
+        address = ctx.client_address if ctx else None
+        # The login limit per address covers refresh: failed refreshes count with failed logins.
+        await self._check_rate_limit(conn, None, address)
+        used = token_hash(cmd.refresh_token)
+        row = await repository.find_refresh_token(conn, used)
+        verdict = judge(
+            row, grace_seconds=self._settings.refresh_reuse_grace_seconds, session_max_age_seconds=self._settings.session_max_age_seconds
+        )
+        if verdict.refreshes:
+            assert row is not None
+            # The session stays open until this commits: a revocation that comes in meanwhile
+            # waits, then ends the pair issued here too.
+            if await repository.lock_open_session(conn, row["session_id"]):
+                account = await repository.get_account(conn, row["account_id"])
+                pair = await refresh_session(
+                    conn, self._issuer, account, row["session_id"], row["session_created_at"], used, self._settings
+                )
+                return pair.response()
+            verdict = Verdict.CLOSED
+        if verdict is Verdict.BANNED:
+            raise Forbidden("Your account is banned")
+        if verdict is Verdict.REUSED:
+            assert row is not None
+            await self._revoke_reused(row["session_id"], row["account_id"])
+        await self._record_failure(REFRESH_FAILURE_KEY, address)
+        raise Unauthorized(REFRESH_REFUSED[verdict])
 
     async def logout(self, _cmd: Logout, caller: Caller, conn: asyncpg.Connection) -> None:
         await close_session(conn, caller.session_id, caller.subject)
@@ -131,9 +174,26 @@ class AuthHandlers:
         await record_ban(conn, event.user_id)
         await close_all_sessions(conn, event.user_id)
 
-    async def _check_rate_limit(self, conn: asyncpg.Connection, email: str, address: str | None) -> None:
+    async def _revoke_reused(self, session_id: UUID, account_id: UUID) -> None:
+        """End the session of a reused refresh token, everywhere (through `session.revoked`).
+
+        On the limits pool, in a transaction of its own: the 401 that follows rolls the command's
+        transaction back, and the revocation must hold all the same. It touches the session row,
+        never the token's row this command holds locked, so it cannot wait on its own command."""
+        async with self._limits_pool.acquire() as limits, limits.transaction():
+            await close_session(limits, session_id, account_id)
+        # A warning, not an error: it is the system working, but an operator may want to know
+        # that a token leaked (or that a client refreshes from two places past the grace).
+        log.warning(
+            "a used refresh token was presented again; its session is revoked",
+            extra={"session_id": str(session_id), "user_id": str(account_id)},
+        )
+
+    async def _check_rate_limit(self, conn: asyncpg.Connection, email: str | None, address: str | None) -> None:
         window = timedelta(seconds=self._settings.login_window_seconds)
-        limits = [("account_key", email, self._settings.login_max_failures_per_account)]
+        limits = []
+        if email is not None:
+            limits.append(("account_key", email, self._settings.login_max_failures_per_account))
         if address:
             limits.append(("address", address, self._settings.login_max_failures_per_address))
         for column, value, limit in limits:

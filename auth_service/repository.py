@@ -1,4 +1,4 @@
-"""SQL of auth_service: accounts, sessions, login failures and registration attempts. `$n` parameters only."""
+"""SQL of auth_service: accounts, sessions, refresh tokens, login failures and registration attempts. `$n` parameters only."""
 
 from __future__ import annotations
 
@@ -88,22 +88,79 @@ async def mark_session_revoked(conn: asyncpg.Connection | PoolConnectionProxy, s
 
 async def active_sessions(conn: asyncpg.Connection | PoolConnectionProxy, account_id: UUID) -> list[UUID]:
     rows = await conn.fetch(
-        "SELECT id FROM sessions WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > now() FOR UPDATE",
+        # A session whose access token has expired is still active while it can be refreshed.
+        "SELECT id FROM sessions WHERE account_id = $1 AND revoked_at IS NULL AND (expires_at > now() OR refresh_until > now()) FOR UPDATE",
         account_id,
     )
     return [r["id"] for r in rows]
 
 
 async def find_session(conn: asyncpg.Connection | PoolConnectionProxy, session_or_token_id: str) -> asyncpg.Record | None:
-    """A session by its id (`sid`) or by the id of its token (`jti`)."""
+    """A session by its id (`sid`) or by the id (`jti`) of any access token it was given."""
     try:
         session_id: UUID | None = UUID(session_or_token_id)
     except ValueError:
         session_id = None
     return await conn.fetchrow(
-        "SELECT id, account_id, revoked_at FROM sessions WHERE id = $1 OR token_id = $2",
+        "SELECT id, account_id, revoked_at FROM sessions WHERE id = $1 OR token_id = $2"
+        " OR id = (SELECT session_id FROM refresh_tokens WHERE access_token_id = $2 LIMIT 1)",
         session_id,
         session_or_token_id,
+    )
+
+
+async def create_refresh_token(
+    conn: asyncpg.Connection | PoolConnectionProxy,
+    token_hash: bytes,
+    session_id: UUID,
+    account_id: UUID,
+    access_token_id: str,
+    expires_at: datetime,
+) -> None:
+    """Keep a new refresh token (its hash), and let its session be refreshed until it expires."""
+    await conn.execute(
+        "WITH session AS (UPDATE sessions SET refresh_until = greatest(refresh_until, $5) WHERE id = $2)"
+        " INSERT INTO refresh_tokens (token_hash, session_id, account_id, access_token_id, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        token_hash,
+        session_id,
+        account_id,
+        access_token_id,
+        expires_at,
+    )
+
+
+async def find_refresh_token(conn: asyncpg.Connection | PoolConnectionProxy, token_hash: bytes) -> asyncpg.Record | None:
+    """A refresh token with what decides whether it may be used: its session's state and age and
+    the account's ban, as of now. The token's row is locked, so two refreshes with the same token
+    are judged one after the other; the session's row is not (see `lock_open_session`)."""
+    return await conn.fetchrow(
+        "SELECT r.session_id, r.account_id, r.expires_at, r.used_at, now() AS now,"
+        " s.created_at AS session_created_at, s.revoked_at AS session_revoked_at,"
+        " EXISTS (SELECT 1 FROM banned_accounts WHERE user_id = r.account_id) AS banned"
+        " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1 FOR UPDATE OF r",
+        token_hash,
+    )
+
+
+async def lock_open_session(conn: asyncpg.Connection | PoolConnectionProxy, session_id: UUID) -> bool:
+    """Hold the session open until this transaction ends (a revocation waits for it, then also
+    ends what it issued); False if it is already closed. An update lock, not a share lock: the
+    refresh updates the row, and two refreshes holding share locks would deadlock upgrading them."""
+    revoked_at = await conn.fetchval("SELECT revoked_at FROM sessions WHERE id = $1 FOR NO KEY UPDATE", session_id)
+    return revoked_at is None
+
+
+async def mark_refresh_token_used(
+    conn: asyncpg.Connection | PoolConnectionProxy, token_hash: bytes, replaced_by: bytes, session_id: UUID, access_expires_at: datetime
+) -> None:
+    """The first use of a refresh token (a use within the grace keeps the first time and successor)."""
+    await conn.execute(
+        "WITH session AS (UPDATE sessions SET expires_at = greatest(expires_at, $4) WHERE id = $3)"
+        " UPDATE refresh_tokens SET used_at = coalesce(used_at, now()), replaced_by = coalesce(replaced_by, $2) WHERE token_hash = $1",
+        token_hash,
+        replaced_by,
+        session_id,
+        access_expires_at,
     )
 
 

@@ -150,7 +150,7 @@ def _headers(guarded: bool) -> dict[str, Any]:
         CLIENT_ADDRESS_HEADER: {
             "type": "string",
             "description": (
-                "The client's address as the gateway saw it; only rate-limits login, grants nothing. Only the gateway may send it "
+                "The client's address as the gateway saw it; only rate-limits login and refresh, grants nothing. Only the gateway may send it "
                 "(its user_id): from anyone else the command is 403 and parked"
             ),
         },
@@ -182,7 +182,7 @@ def _command(key: str, service: str, doc: dict[str, Any]) -> None:
         "bindings": _message_binding(
             key,
             "Required (without one the command is malformed: 400, parked). Unique; the idempotency key: a repeat from the same "
-            "caller with the same payload gets the first reply (login never does); with a different payload it is refused (422)",
+            "caller with the same payload gets the first reply (login and refresh never do); with a different payload it is refused (422)",
             command=True,
         ),
     }

@@ -71,6 +71,14 @@ def text(max_length: int, *, min_length: int = 0) -> Any:
 # Both are SECRET: never kept in clear in a parked message or a log line, writeOnly in the schemas.
 Password = Annotated[str, Field(min_length=8, max_length=256, json_schema_extra=_NO_NUL), AfterValidator(_no_nul), SECRET]
 OfferedPassword = Annotated[str, Field(min_length=1, max_length=256, json_schema_extra=_NO_NUL), AfterValidator(_no_nul), SECRET]
+# An opaque refresh token as login gave it out (43 characters; a longer limit leaves room to
+# change its format without changing the schema). SECRET like a password: redacted when parked.
+OfferedRefreshToken = Annotated[
+    str,
+    Field(min_length=1, max_length=512, json_schema_extra=_NO_NUL, description="The refresh token of the last login or refresh"),
+    AfterValidator(_no_nul),
+    SECRET,
+]
 DisplayName = Annotated[str, Field(max_length=64, json_schema_extra=_NOT_BLANK), AfterValidator(_not_blank)]
 Title = Annotated[str, Field(max_length=200, json_schema_extra=_NOT_BLANK, examples=["Hello"]), AfterValidator(_not_blank)]
 Body = Annotated[str, Field(max_length=20_000, json_schema_extra=_NOT_BLANK, examples=["My first post"]), AfterValidator(_not_blank)]
@@ -85,6 +93,10 @@ class Register(Payload):
 class Login(Payload):
     email: Email
     password: OfferedPassword
+
+
+class Refresh(Payload):
+    refresh_token: OfferedRefreshToken
 
 
 class Logout(Payload):
@@ -210,8 +222,11 @@ def audit_command_name(service: str) -> str:
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("register", AUTH, Register, results.Account, PUBLIC, "Create an account.",
             emits=("user.registered",), errors=(409, 429), http=Http("POST", "/auth/register", status=201, no_store=True)),
-    Command("login", AUTH, Login, results.TokenResponse, PUBLIC, "Open a session and get an access token.",
+    Command("login", AUTH, Login, results.TokenResponse, PUBLIC, "Open a session and get an access token and a refresh token.",
             replays=False, errors=(401, 403, 429), http=Http("POST", "/auth/login", no_store=True)),
+    Command("refresh", AUTH, Refresh, results.TokenResponse, PUBLIC,
+            "Trade a refresh token for a new pair in the same session; a reused one revokes the session.",
+            emits=("session.revoked",), replays=False, errors=(401, 403, 429), http=Http("POST", "/auth/refresh", no_store=True)),
     Command("logout", AUTH, Logout, None, USER, "Revoke the caller's session everywhere.",
             emits=("session.revoked",), http=Http("POST", "/auth/logout", status=204)),
     Command("get-me", AUTH, GetMe, results.Account, USER, "The caller's account.",

@@ -39,7 +39,12 @@ class Account(BaseModel):
 class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["Bearer"]
+    #: Seconds the access token is valid for.
     expires_in: int
+    #: Opaque, single use: `refresh` trades it for a new pair in the same session.
+    refresh_token: str
+    #: Seconds the refresh token stays valid unused (less near the session's absolute age).
+    refresh_expires_in: int
 
 
 class Post(BaseModel):

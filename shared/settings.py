@@ -83,6 +83,12 @@ class Settings:
     jwt_issuer: str
     jwt_audience: str
     access_token_ttl_seconds: int
+    #: How long an unused refresh token stays valid (the session's idle lifetime).
+    refresh_token_ttl_seconds: int
+    #: A session's absolute lifetime, however often it is refreshed.
+    session_max_age_seconds: int
+    #: How long after its first use a refresh token is still answered (two tabs refreshing at once); 0: never.
+    refresh_reuse_grace_seconds: int
     rpc_timeout_seconds: float
     prefetch_count: int
     max_message_bytes: int
@@ -141,6 +147,9 @@ class Settings:
             jwt_issuer=_text(env, "JWT_ISSUER", "auth_service"),
             jwt_audience=_text(env, "JWT_AUDIENCE", "posts-platform"),
             access_token_ttl_seconds=_int(env, "ACCESS_TOKEN_TTL_SECONDS", 900, low=1, high=86_400),
+            refresh_token_ttl_seconds=_int(env, "REFRESH_TOKEN_TTL_SECONDS", 1_209_600, low=1, high=31_536_000),
+            session_max_age_seconds=_int(env, "SESSION_MAX_AGE_SECONDS", 2_592_000, low=1, high=31_536_000),
+            refresh_reuse_grace_seconds=_int(env, "REFRESH_REUSE_GRACE_SECONDS", 5, low=0, high=300),
             rpc_timeout_seconds=_float(env, "RPC_TIMEOUT_SECONDS", 10.0, low=0.1, high=300.0),
             prefetch_count=_int(env, "PREFETCH_COUNT", 32, low=1, high=10_000),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1_048_576, low=1024, high=64 * 1_048_576),

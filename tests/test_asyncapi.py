@@ -46,7 +46,7 @@ CONTRACT_COMMANDS = (
     "get-user",
     "ban-user",
 )
-CONTRACT_PUBLIC = {"register", "login", "get-post", "list-posts", "get-user"}
+CONTRACT_PUBLIC = {"register", "login", "refresh", "get-post", "list-posts", "get-user"}
 #: The contract's events and the fields each body carries besides event_id and occurred_at.
 CONTRACT_EVENTS = {
     "user.registered": {"user_id", "display_name"},

@@ -47,6 +47,9 @@ CONTRACT_VARIABLES = frozenset(
         "JWT_ISSUER",
         "JWT_AUDIENCE",
         "ACCESS_TOKEN_TTL_SECONDS",
+        "REFRESH_TOKEN_TTL_SECONDS",
+        "SESSION_MAX_AGE_SECONDS",
+        "REFRESH_REUSE_GRACE_SECONDS",
         *(process.broker_user_variable for process in PROCESSES),
     }
 )

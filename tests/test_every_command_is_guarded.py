@@ -68,7 +68,7 @@ WIRES: dict[str, WireFn] = {
     posts_service.service.NAME: posts_service.service.wire,
 }
 #: The commands the contract lets anyone send without a token (docs/CONTRACT.md).
-CONTRACT_PUBLIC = frozenset({"register", "login", "get-post", "list-posts", "get-user"})
+CONTRACT_PUBLIC = frozenset({"register", "login", "refresh", "get-post", "list-posts", "get-user"})
 GUARDED: list[Command] = [c for c in COMMANDS.values() if c.guarded]
 
 # -- the credentials -----------------------------------------------------------------------------

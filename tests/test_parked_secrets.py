@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from shared import logs
 from shared.asyncapi import build_document
-from shared.commands import COMMANDS, Login, Register
+from shared.commands import COMMANDS, Login, Refresh, Register
 from shared.declarations import secret_fields
 from shared.redaction import REDACTED, SECRET_FIELDS, UNREADABLE_BODY, redact_body, redact_headers
 from tests.support.broker import BrokerProbe
@@ -109,6 +109,17 @@ async def test_a_parked_login_or_register_keeps_no_password(case, broker: Broker
     assert await db.fetchval("SELECT count(*) FROM auth.accounts WHERE email = $1", email) == 0
 
 
+async def test_a_parked_refresh_keeps_no_refresh_token(broker: BrokerProbe) -> None:
+    marker, secret = f"parked-{uuid4().hex}", f"rt-{uuid4().hex}{uuid4().hex}"
+    await broker.dead_letters("auth.commands")
+    reply = await broker.command("refresh", body=json.dumps({"refresh_token": secret, "note": marker}).encode())
+    assert_error_reply(reply, 422)
+    dead = await broker.parked("auth.commands", carrying(marker), timeout=3.0)
+    assert_no_secret(dead, secret)
+    assert REDACTED in dead.body.decode(), "the field is kept, its value replaced"
+    assert "refresh_token" in (header(dead, "x-redacted") or "").lower()
+
+
 async def test_a_login_that_is_not_json_is_parked_without_its_body(broker: BrokerProbe) -> None:
     """Fields cannot be found in a body that does not parse: for a command that has secret
     fields, the whole body is replaced by a note."""
@@ -142,12 +153,13 @@ async def test_a_parked_command_with_no_secret_keeps_its_body(broker: BrokerProb
 @pytest.mark.unit
 def test_passwords_are_declared_secret_and_documented_write_only() -> None:
     assert secret_fields(Login) == secret_fields(Register) == {"password"}
-    assert {name for name, command in COMMANDS.items() if command.secret_fields} == {"login", "register"}
-    assert "password" in SECRET_FIELDS
+    assert secret_fields(Refresh) == {"refresh_token"}
+    assert {name for name, command in COMMANDS.items() if command.secret_fields} == {"login", "register", "refresh"}
+    assert {"password", "refresh_token"} <= SECRET_FIELDS
     schemas = build_document()["components"]["schemas"]
-    for model in (Login, Register):
-        assert schemas[model.__name__]["properties"]["password"]["writeOnly"] is True
-        assert model.model_json_schema()["properties"]["password"]["writeOnly"] is True
+    for model, field in ((Login, "password"), (Register, "password"), (Refresh, "refresh_token")):
+        assert schemas[model.__name__]["properties"][field]["writeOnly"] is True
+        assert model.model_json_schema()["properties"][field]["writeOnly"] is True
     assert "writeOnly" not in schemas["Register"]["properties"]["email"]
 
 

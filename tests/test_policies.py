@@ -137,7 +137,7 @@ def test_the_contract_commands_have_the_contract_policies() -> None:
     policy = {name: c.policy for name, c in COMMANDS.items()}
     assert policy["ban-user"] is ADMIN and policy["create-post"] is USER and policy["logout"] is USER
     assert isinstance(policy["delete-post"], OwnerOrAdmin) and isinstance(policy["edit-post"], Owner)
-    assert {name for name, p in policy.items() if p is PUBLIC} == {"register", "login", "get-post", "list-posts", "get-user"}
+    assert {name for name, p in policy.items() if p is PUBLIC} == {"register", "login", "refresh", "get-post", "list-posts", "get-user"}
     assert all(policy[f"list-audit.{s}"] is ADMIN for s in SERVICE_NAMES)
 
 

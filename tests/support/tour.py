@@ -21,6 +21,10 @@ show "curl -s \$GW/auth/login -H 'Content-Type: application/json' \\
     -d '{\"email\": \"alice@example.com\", \"password\": \"correct horse battery\"}'"
 show "ALICE=\$(curl -s \$GW/auth/login -H 'Content-Type: application/json' \\
     -d '{\"email\": \"alice@example.com\", \"password\": \"correct horse battery\"}' | jq -r .access_token)"
+echo '# A login'"'"'s refresh_token ($REFRESH) buys a new pair in the same session, once:'
+REFRESH=$(curl -s $GW/auth/login -H 'Content-Type: application/json' \
+    -d '{"email": "alice@example.com", "password": "correct horse battery"}' | jq -r .refresh_token)
+show "curl -s \$GW/auth/refresh -H 'Content-Type: application/json' -d \"{\\\"refresh_token\\\": \\\"\$REFRESH\\\"}\""
 show "curl -s \$GW/posts -H \"Authorization: Bearer \$ALICE\" -H 'Content-Type: application/json' \\
     -d '{\"title\": \"Hello\", \"body\": \"My first post.\"}'"
 POST=$(curl -s "$GW/posts?limit=1" | jq -r '.items[0].id')
@@ -49,6 +53,7 @@ def shorten(text: str) -> str:
     """Ids, tokens and request ids cut to their first characters; the noisiest headers left out."""
     text = re.sub(r"\b([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", r"\1-…", text)
     text = re.sub(r"\b(eyJ[\w-]{16})[\w-]*\.[\w-]+\.[\w-]+", r"\1…", text)
+    text = re.sub(r'("refresh_token":")([\w-]{8})[\w-]*"', r'\1\2…"', text)  # opaque: no eyJ to find it by
     text = re.sub(r"\b([0-9a-f]{8})[0-9a-f]{24}\b", r"\1…", text)  # request ids
     text = LEFT_OUT.sub("", text.replace("\r\n", "\n"))
     return re.sub(r"\n\n(?=\$ |# )", "\n", text)  # no blank line after a command that printed nothing
@@ -58,6 +63,7 @@ def masked(text: str) -> str:
     """What stays the same from run to run: every shortened id, token and time replaced by a mark."""
     text = re.sub(r"\b[0-9a-f]{8}-…", "<id>", text)
     text = re.sub(r"\beyJ[\w-]{16}…", "<token>", text)
+    text = re.sub(r'"refresh_token":"[\w-]{8}…"', '"refresh_token":"<refresh token>"', text)
     text = re.sub(r"\b[0-9a-f]{8}…", "<request id>", text)
     return re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", "<time>", text)
 
