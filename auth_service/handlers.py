@@ -1,4 +1,5 @@
-"""auth_service's command and event handlers: register, login, refresh, logout, get-me, user.banned.
+"""auth_service's command and event handlers: register, login, refresh, logout, get-me, list-sessions,
+end-session, user.banned.
 
 Handlers are application code: a validated payload, the verified caller (or None for public
 commands) and a connection inside the command's transaction. The runner has already checked the
@@ -31,8 +32,8 @@ from auth_service.common_passwords import TOO_COMMON, is_common
 from auth_service.issuer import TokenIssuer
 from auth_service.passwords import hash_password, needs_rehash, verify_password
 from auth_service.refresh_tokens import Verdict, judge, token_hash
-from auth_service.sessions import close_all_sessions, close_session, open_refreshable_session, refresh_session
-from shared.commands import GetMe, Login, Logout, Refresh, Register
+from auth_service.sessions import close_all_sessions, close_session, open_refreshable_session, record_use, refresh_session, session_view
+from shared.commands import EndSession, GetMe, ListSessions, Login, Logout, Refresh, Register
 from shared.envelope import current_message
 from shared.errors import Conflict, Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized, Unprocessable
 from shared.events import UserBanned
@@ -84,7 +85,15 @@ class AuthHandlers:
         self._hashing = hashing
 
     def commands(self) -> dict[str, CommandHandler]:
-        return {"register": self.register, "login": self.login, "refresh": self.refresh, "logout": self.logout, "get-me": self.get_me}
+        return {
+            "register": self.register,
+            "login": self.login,
+            "refresh": self.refresh,
+            "logout": self.logout,
+            "get-me": self.get_me,
+            "list-sessions": self.list_sessions,
+            "end-session": self.end_session,
+        }
 
     def events(self) -> dict[str, EventHandler]:
         return {"session.revoked": on_session_revoked, "user.banned": self.on_user_banned}
@@ -131,6 +140,7 @@ class AuthHandlers:
                 await repository.set_password_hash(conn, account["id"], new_hash)
         await repository.clear_login_failures(conn, cmd.email)
         pair = await open_refreshable_session(conn, self._issuer, account, self._settings)
+        await record_use(conn, pair)
         return pair.response()
 
     async def refresh(self, cmd: Refresh, _caller: None, conn: asyncpg.Connection) -> dict[str, Any]:
@@ -153,6 +163,7 @@ class AuthHandlers:
                 pair = await refresh_session(
                     conn, self._issuer, account, row["session_id"], row["session_created_at"], used, self._settings
                 )
+                await record_use(conn, pair)
                 return pair.response()
             verdict = Verdict.CLOSED
         if verdict is Verdict.BANNED:
@@ -168,6 +179,15 @@ class AuthHandlers:
 
     async def get_me(self, _cmd: GetMe, caller: Caller, conn: asyncpg.Connection) -> dict[str, Any]:
         return repository.account_view(await repository.get_account(conn, caller.subject))
+
+    async def list_sessions(self, _cmd: ListSessions, caller: Caller, conn: asyncpg.Connection) -> dict[str, Any]:
+        rows = await repository.list_active_sessions(conn, caller.subject)
+        return {"items": [session_view(row, caller.session_id) for row in rows]}
+
+    async def end_session(self, cmd: EndSession, caller: Caller, conn: asyncpg.Connection) -> None:
+        """The policy has found the session and checked it is the caller's (the row is locked);
+        the caller's own current one may be ended too, like a logout."""
+        await close_session(conn, cmd.session_id, caller.subject)
 
     async def on_user_banned(self, event: UserBanned, conn: asyncpg.Connection) -> None:
         """A ban ends every session of the account and refuses its future logins."""

@@ -95,6 +95,31 @@ async def active_sessions(conn: asyncpg.Connection | PoolConnectionProxy, accoun
     return [r["id"] for r in rows]
 
 
+#: An open session that can still be used: its access token is unexpired, or it can be refreshed.
+_ACTIVE = "revoked_at IS NULL AND (expires_at > now() OR refresh_until > now())"
+
+
+async def record_session_use(
+    conn: asyncpg.Connection | PoolConnectionProxy, session_id: UUID, address: str | None, user_agent: str | None
+) -> None:
+    """Note that the session was just used to sign in or refresh, and from where."""
+    await conn.execute(
+        "UPDATE sessions SET last_used_at = now(), client_address = $2, user_agent = $3 WHERE id = $1",
+        session_id,
+        address,
+        user_agent,
+    )
+
+
+async def list_active_sessions(conn: asyncpg.Connection | PoolConnectionProxy, account_id: UUID) -> list[asyncpg.Record]:
+    """The account's usable sessions, the most recently used first."""
+    return await conn.fetch(
+        "SELECT id, created_at, coalesce(last_used_at, created_at) AS last_used_at, user_agent, client_address"
+        f" FROM sessions WHERE account_id = $1 AND {_ACTIVE} ORDER BY coalesce(last_used_at, created_at) DESC, id",
+        account_id,
+    )
+
+
 async def find_session(conn: asyncpg.Connection | PoolConnectionProxy, session_or_token_id: str) -> asyncpg.Record | None:
     """A session by its id (`sid`) or by the id (`jti`) of any access token it was given."""
     try:

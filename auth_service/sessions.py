@@ -3,13 +3,15 @@
 A person's session (login) carries an access token and a refresh token; `refresh_session` trades
 the refresh token for a new pair in the same session. A service account's session (issue-service-
 token) has an access token only. Closing a session ends its refresh tokens too: they are only good
-while their session row is open.
+while their session row is open. Login and refresh note when and from where a session was last
+used, which is what list-sessions shows its owner.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -18,6 +20,7 @@ from asyncpg.pool import PoolConnectionProxy
 from auth_service import repository
 from auth_service.issuer import IssuedToken, TokenIssuer
 from auth_service.refresh_tokens import new_refresh_token, refresh_expiry, token_hash
+from shared.envelope import current_message
 from shared.revocation import revoke_session
 from shared.settings import Settings
 
@@ -29,6 +32,7 @@ class TokenPair:
     access: IssuedToken
     refresh_token: str
     refresh_expires_at: datetime
+    session_id: UUID
 
     def response(self) -> dict[str, object]:
         """The `TokenResponse` of shared/results.py."""
@@ -115,7 +119,27 @@ async def _pair(
         settings.session_max_age_seconds,
     )
     await repository.create_refresh_token(conn, token_hash(refresh_token), session_id, account_id, access.token_id, expires_at)
-    return TokenPair(access, refresh_token, expires_at)
+    return TokenPair(access, refresh_token, expires_at, session_id)
+
+
+async def record_use(conn: asyncpg.Connection | PoolConnectionProxy, pair: TokenPair) -> None:
+    """Note in the session's row that it was used just now, from where the gateway saw the client
+    (list-sessions shows it). Login and refresh call this; other commands do not, so listing
+    sessions costs no write on every command in every service."""
+    ctx = current_message()
+    await repository.record_session_use(conn, pair.session_id, ctx.client_address if ctx else None, ctx.client_user_agent if ctx else None)
+
+
+def session_view(row: asyncpg.Record, current_session_id: UUID) -> dict[str, Any]:
+    """A `SessionInfo` of shared/results.py."""
+    return {
+        "id": row["id"],
+        "created_at": row["created_at"].isoformat(),
+        "last_used_at": row["last_used_at"].isoformat(),
+        "user_agent": row["user_agent"],
+        "address": row["client_address"],
+        "current": row["id"] == current_session_id,
+    }
 
 
 async def close_session(conn: asyncpg.Connection | PoolConnectionProxy, session_id: UUID, account_id: UUID) -> None:

@@ -23,6 +23,7 @@ from gateway.middlewares import REQUEST_ID, TOKEN_PRESENTED
 from shared import jsoncodec
 from shared.commands import RESOURCES, ListAudit, audit_command_name, parse_payload, payload_from_mapping
 from shared.declarations import SERVICE_NAMES, Command
+from shared.envelope import bounded_user_agent
 from shared.errors import AppError, BadRequest, NotFound, ServiceUnavailable, Unprocessable, UnsupportedMediaType
 from shared.idempotency import IDEMPOTENCY_KEY_PATTERN
 from shared.tokens import bearer_token
@@ -91,6 +92,7 @@ async def send(request: web.Request, command: str, payload: dict[str, Any], *, t
             message_id=idempotency_key(request) if mutating else None,
             request_id=request[REQUEST_ID],
             client_address=request.remote,
+            client_user_agent=bounded_user_agent(request.headers.get("User-Agent")),
         )
     except AppError as exc:
         request.app[METRICS].commands.labels(command, str(exc.status)).inc()

@@ -25,7 +25,15 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from shared.broker import COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, DELIVERY_LIMIT, EVENTS_EXCHANGE
 from shared.commands import COMMANDS
-from shared.envelope import AUTHORIZATION_HEADER, CLIENT_ADDRESS_HEADER, MESSAGE_ID, REQUEST_ID, REQUEST_ID_HEADER
+from shared.envelope import (
+    AUTHORIZATION_HEADER,
+    CLIENT_ADDRESS_HEADER,
+    CLIENT_USER_AGENT_HEADER,
+    MESSAGE_ID,
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    USER_AGENT_MAX_LENGTH,
+)
 from shared.events import EVENTS
 from shared.redaction import REDACTED, REDACTED_HEADER
 from shared.topology import EXCHANGES, ROUTES, command_keys, queues
@@ -126,8 +134,8 @@ def _message_binding(name: str, message_id: str, *, command: bool) -> dict[str, 
         props["reply_to"] = {"type": "string", "description": "Where the reply goes (amq.rabbitmq.reply-to); no reply without it"}
         props["correlation_id"] = {"type": "string", "description": "Copied into the reply's correlation_id property"}
         props["user_id"] = _user_id(
-            f"{CLIENT_ADDRESS_HEADER} is believed only when it is the gateway's (BROKER_USER_GATEWAY); a command carrying that "
-            "header from anyone else is 403 and parked. Grants no privilege: only the token does"
+            f"{CLIENT_ADDRESS_HEADER} and {CLIENT_USER_AGENT_HEADER} are believed only when it is the gateway's (BROKER_USER_GATEWAY); "
+            "a command carrying either header from anyone else is 403 and parked. Grants no privilege: only the token does"
         )
     else:
         owner = EVENTS[name].owner
@@ -152,6 +160,15 @@ def _headers(guarded: bool) -> dict[str, Any]:
             "description": (
                 "The client's address as the gateway saw it; only rate-limits login and refresh, grants nothing. Only the gateway may send it "
                 "(its user_id): from anyone else the command is 403 and parked"
+            ),
+        },
+        CLIENT_USER_AGENT_HEADER: {
+            "type": "string",
+            "maxLength": USER_AGENT_MAX_LENGTH,
+            "description": (
+                "The client's User-Agent as the gateway saw it, printable characters only, cut to "
+                f"{USER_AGENT_MAX_LENGTH}; only shown in the session list (list-sessions), grants nothing. Only the gateway may "
+                "send it (its user_id): from anyone else the command is 403 and parked"
             ),
         },
     }

@@ -177,6 +177,7 @@ class CommandClient:
         message_id: str | None = None,
         request_id: str | None = None,
         client_address: str | None = None,
+        client_user_agent: str | None = None,
         timeout: float | None = None,
     ) -> Any:
         """Send `command` and return its result, or raise the AppError the service replied with."""
@@ -196,6 +197,7 @@ class CommandClient:
             correlation_id=correlation_id,
             request_id=request_id,
             client_address=client_address,
+            client_user_agent=client_user_agent,
             user_id=self._user_id,
         )
         try:

@@ -107,6 +107,14 @@ class GetMe(Payload):
     pass
 
 
+class ListSessions(Payload):
+    pass
+
+
+class EndSession(Payload):
+    session_id: UUID
+
+
 class CreatePost(Payload):
     title: Title
     body: Body
@@ -209,7 +217,9 @@ def payload_from_mapping(model: type[Payload], data: dict[str, Any]) -> Payload:
 #: matrix makes one owned by its victim for every payload field that names one.
 POST = Resource("post", service=POSTS.name, table="posts", id_field="post_id", owner_column="author_id")
 PROFILE = Resource("user", service=USERS.name, table="profiles", id_field="user_id", owner_column="id")
-RESOURCES: tuple[Resource, ...] = (POST, PROFILE)
+#: A session (ended or not) is its account's: only that account may end it.
+SESSION = Resource("session", service=AUTH.name, table="sessions", id_field="session_id", owner_column="account_id")
+RESOURCES: tuple[Resource, ...] = (POST, PROFILE, SESSION)
 
 
 def audit_command_name(service: str) -> str:
@@ -231,6 +241,12 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             emits=("session.revoked",), http=Http("POST", "/auth/logout", status=204)),
     Command("get-me", AUTH, GetMe, results.Account, USER, "The caller's account.",
             replays=False, http=Http("GET", "/auth/me", no_store=True)),
+    Command("list-sessions", AUTH, ListSessions, results.SessionList, USER,
+            "The caller's open sessions: when each began and was last used, and from where.",
+            replays=False, http=Http("GET", "/auth/sessions", no_store=True)),
+    Command("end-session", AUTH, EndSession, None, Owner(SESSION, action="end this session"),
+            "End one of the caller's sessions everywhere, its refresh tokens too (a lost phone); ending an ended one changes nothing.",
+            emits=("session.revoked",), http=Http("DELETE", "/auth/sessions/{session_id}", status=204)),
     Command("create-post", POSTS, CreatePost, results.Post, USER, "Write a post.",
             emits=("post.created",), http=Http("POST", "/posts", status=201, location="/posts/{id}")),
     Command("get-post", POSTS, GetPost, results.Post, PUBLIC, "One post.",

@@ -16,7 +16,7 @@ RabbitMQ lets nobody claim but that user), so a parked event is replayed through
 back into the owning service's outbox (DATABASE_URL) with its event_id, and the owner's relay
 publishes it as the owner. Only an event the owner itself published is replayed; one somebody else
 published (parked as not its owner's) stays parked, so replay never turns a forged event into a
-real one. A command is published again as AMQP_URL's user, and keeps `x-client-address` only when
+real one. A command is published again as AMQP_URL's user, and keeps `x-client-address` and `x-client-user-agent` only when
 that user is the gateway's (BROKER_USER_GATEWAY): from anyone else it would be parked again.
 """
 
@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from shared.broker import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, dead_letter_queue_name, login_user
 from shared.declarations import GATEWAY
-from shared.envelope import CLIENT_ADDRESS_HEADER
+from shared.envelope import GATEWAY_ONLY_HEADERS
 from shared.events import EVENTS, Event
 from shared.outbox import notify_channel
 from shared.settings import ConfigurationError, Settings
@@ -197,7 +197,8 @@ async def _republish(
     headers = {k: v for k, v in (message.headers or {}).items() if k not in _BOOKKEEPING}
     if exchange_name == COMMANDS_EXCHANGE and user != broker_users[GATEWAY.name]:
         # Services believe it only from the gateway: from anyone else the command would be parked again.
-        headers.pop(CLIENT_ADDRESS_HEADER, None)
+        for header in GATEWAY_ONLY_HEADERS:
+            headers.pop(header, None)
     exchange = channel.default_exchange if exchange_name == "" else await channel.get_exchange(exchange_name, ensure=False)
     await exchange.publish(
         aio_pika.Message(

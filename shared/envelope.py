@@ -24,6 +24,12 @@ CONTENT_TYPE = "application/json"
 AUTHORIZATION_HEADER = "authorization"
 REQUEST_ID_HEADER = "x-request-id"
 CLIENT_ADDRESS_HEADER = "x-client-address"
+CLIENT_USER_AGENT_HEADER = "x-client-user-agent"
+#: What only the gateway knows about an HTTP client, so what services believe only from it.
+GATEWAY_ONLY_HEADERS = (CLIENT_ADDRESS_HEADER, CLIENT_USER_AGENT_HEADER)
+#: The longest user agent kept: enough to tell a browser and its platform, and a bound on what a
+#: client can make a service store.
+USER_AGENT_MAX_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,7 @@ class MessageContext:
     message_id: str | None
     request_id: str
     client_address: str | None = None
+    client_user_agent: str | None = None
 
 
 _current: contextvars.ContextVar[MessageContext | None] = contextvars.ContextVar("current_message", default=None)
@@ -73,12 +80,13 @@ def build_command(
     correlation_id: str | None = None,
     request_id: str | None = None,
     client_address: str | None = None,
+    client_user_agent: str | None = None,
     expiration: float | None = None,
     user_id: str | None = None,
 ) -> aio_pika.Message:
     """A command message as the contract defines it; persistent, so a broker restart keeps it.
     `user_id`: the publishing connection's user (RabbitMQ refuses any other), which is how a
-    service knows the gateway sent the `x-client-address`."""
+    service knows the gateway sent the `x-client-address` and `x-client-user-agent`."""
     headers: dict[str, Any] = {}
     if token is not None:
         headers[AUTHORIZATION_HEADER] = f"Bearer {token}"
@@ -86,6 +94,8 @@ def build_command(
         headers[REQUEST_ID_HEADER] = request_id
     if client_address is not None:
         headers[CLIENT_ADDRESS_HEADER] = client_address
+    if client_user_agent is not None:
+        headers[CLIENT_USER_AGENT_HEADER] = client_user_agent
     return aio_pika.Message(
         encode(payload),
         content_type=CONTENT_TYPE,
@@ -143,6 +153,15 @@ def header_text(headers: dict[str, Any] | None, name: str) -> str | None:
         except UnicodeDecodeError:
             raise HeaderNotText(name) from None
     raise HeaderNotText(name)  # a number, a table, a timestamp: no header the runner reads is one
+
+
+def bounded_user_agent(value: str | None) -> str | None:
+    """A user agent as it may be kept and shown: printable characters only (no control character
+    reaches a log line or the UI), at most USER_AGENT_MAX_LENGTH of them; None when nothing is left."""
+    if value is None:
+        return None
+    printable = "".join(ch for ch in value if ch.isprintable())[:USER_AGENT_MAX_LENGTH].strip()
+    return printable or None
 
 
 def header_hint(headers: dict[str, Any] | None, name: str) -> str | None:

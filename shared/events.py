@@ -68,7 +68,7 @@ EVENTS: dict[str, EventDeclaration] = {e.name: e for e in (
     EventDeclaration("user.registered", UserRegistered, owner=AUTH, consumers=(USERS,),
                      summary="An account was created: its public profile follows."),
     EventDeclaration("session.revoked", SessionRevoked, owner=AUTH, consumers=SERVICES,
-                     summary="A session ended (logout, ban, set-role, revoke-token): its tokens die everywhere."),
+                     summary="A session ended (logout, end-session, ban, set-role, revoke-token, reuse): its tokens die everywhere."),
     EventDeclaration("user.banned", UserBanned, owner=USERS, consumers=SERVICES,
                      summary="An account was banned: every service refuses it from now on."),
     EventDeclaration("post.created", PostCreated, owner=POSTS, summary="A post was written."),

@@ -47,6 +47,25 @@ class TokenResponse(BaseModel):
     refresh_expires_in: int
 
 
+class SessionInfo(BaseModel):
+    """One of the caller's open sessions, as list-sessions shows it."""
+
+    id: UUID
+    created_at: Timestamp
+    #: The last sign-in or refresh (not every command: that would be a write on each).
+    last_used_at: Timestamp
+    #: The client's User-Agent and address as the gateway saw them at that last use; `broker:<user>`
+    #: for an address when the command did not come through the gateway; null when unknown.
+    user_agent: str | None
+    address: str | None
+    #: Whether this is the session of the token that asked.
+    current: bool
+
+
+class SessionList(BaseModel):
+    items: list[SessionInfo]
+
+
 class Post(BaseModel):
     id: UUID
     author_id: UUID

@@ -10,7 +10,7 @@ For an event:    decode -> check its publisher -> validate -> (in one transactio
 
 Who published a message is its AMQP `user_id`, which RabbitMQ checks against the publishing
 connection's user. An event is applied only when it comes from the broker user of the service that
-owns it (shared/events.py), and `x-client-address` is believed only from the gateway's: anything
+owns it (shared/events.py), and `x-client-address` and `x-client-user-agent` are believed only from the gateway's: anything
 else is parked with the reason, counted in `wrong_publisher_total` and changes nothing. A command
 from anyone but the gateway counts against the per-address login limit under its publisher
 (`broker:<user>`), so publishing straight to the broker is no way around that limit.
@@ -54,9 +54,12 @@ from shared.declarations import GATEWAY
 from shared.envelope import (
     AUTHORIZATION_HEADER,
     CLIENT_ADDRESS_HEADER,
+    CLIENT_USER_AGENT_HEADER,
+    GATEWAY_ONLY_HEADERS,
     REQUEST_ID_HEADER,
     HeaderNotText,
     MessageContext,
+    bounded_user_agent,
     current_message,
     error_reply,
     header_hint,
@@ -203,6 +206,7 @@ class MessageProcessor:
             message_id=message_id,
             request_id=request_id_for(header_hint(headers, REQUEST_ID_HEADER), message_id),
             client_address=self._client_address(message, headers),
+            client_user_agent=self._client_user_agent(message, headers),
         )
         token = set_current_message(ctx)
         bound = logs.bind(request_id=ctx.request_id, command=name)
@@ -260,6 +264,13 @@ class MessageProcessor:
             return header_hint(headers, CLIENT_ADDRESS_HEADER)
         return publisher_address(message.user_id)
 
+    def _client_user_agent(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> str | None:
+        """The HTTP client's user agent as the gateway saw it (shown in the session list), bounded
+        again here: a service trusts nothing upstream to have done it. Nobody else has one."""
+        if message.user_id == self._gateway_user:
+            return bounded_user_agent(header_hint(headers, CLIENT_USER_AGENT_HEADER))
+        return None
+
     async def _admit(self, message: AbstractIncomingMessage, headers: dict[str, Any]) -> tuple[CommandRoute, Caller | None, Any]:
         """Decide what the message is and who sent it; nothing here touches the database."""
         if not valid_message_id(message.message_id):
@@ -269,13 +280,15 @@ class MessageProcessor:
             # Broker permissions cannot stop a service writing to the default exchange (it needs
             # that for replies), which reaches any queue by name: only `commands` is trusted.
             raise Malformed(Unprocessable("A command must be published to the commands exchange"))
-        if CLIENT_ADDRESS_HEADER in headers and message.user_id != self._gateway_user:
-            # Only the gateway knows where an HTTP client is. Ignoring a forged address would still
-            # run the command; parking it shows the attempt and lets nothing count against the
-            # address it names (another client's lockout) or spread failures over made-up ones.
+        forged = next((h for h in GATEWAY_ONLY_HEADERS if h in headers), None)
+        if forged is not None and message.user_id != self._gateway_user:
+            # Only the gateway knows where an HTTP client is and what it runs. Ignoring a forged
+            # address would still run the command; parking it shows the attempt and lets nothing
+            # count against the address it names (another client's lockout) or spread failures
+            # over made-up ones, and no session is listed as seen from somewhere it was not.
             raise self._wrong_publisher(
                 command_queue_name(self.service),
-                Forbidden(f"Only the gateway ({self._gateway_user}) may send {CLIENT_ADDRESS_HEADER}"),
+                Forbidden(f"Only the gateway ({self._gateway_user}) may send {forged}"),
                 message.user_id,
             )
         name = message.type or message.routing_key

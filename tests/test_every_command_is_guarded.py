@@ -6,7 +6,7 @@ Nothing here names a command. The matrix is derived from the declarations
 code, and each test id names the command and the credential (`edit-post-expired`).
 
 - The sample payload of a command comes from its model: each field that names a resource
-  (`post_id`, `user_id`: `shared.commands.RESOURCES`) gets one made for the occasion, owned by
+  (`post_id`, `user_id`, `session_id`: `shared.commands.RESOURCES`) gets one made for the occasion, owned by
   whoever the case needs; the other fields take their `examples` or their defaults.
 - The holder of a credential is the party the command's policy grants first (`Policy.grants`:
   the owner, or an admin), so every refusal is the credential's doing. Each credential kind —
@@ -163,9 +163,14 @@ class World:
         await self.wait_for_profile(owner)
         return owner.id
 
+    async def a_session(self, owner: User) -> str:
+        # A second session of the owner's, not the one the holder's token carries: ending that one
+        # in the positive control would sign the holder out of the cases that follow.
+        return str(token_claims(await login(self.http, owner.email, owner.password))["sid"])
+
     async def resource(self, name: str, owner: User) -> str:
         """A new resource of kind `name` owned by `owner`, by its id."""
-        makers: dict[str, Callable[[User], Awaitable[str]]] = {"post": self.a_post, "user": self.a_user}
+        makers: dict[str, Callable[[User], Awaitable[str]]] = {"post": self.a_post, "user": self.a_user, "session": self.a_session}
         assert name in makers, f"no maker for the resource {name!r}: add one to World.resource"
         return await makers[name](owner)
 
