@@ -336,6 +336,59 @@ async def test_a_revoked_session_shows_the_detail_and_signs_out(
     assert await page.evaluate("sessionStorage.getItem('access_token')") is None
 
 
+async def test_a_person_sees_their_sessions_and_ends_the_other_device(
+    open_page: OpenPage,
+    new_user: Callable[..., Awaitable[User]],
+    db: asyncpg.Pool,
+    wait_until: Callable[..., Awaitable[object]],
+) -> None:
+    """Signed in on two devices (two browser contexts): the laptop lists both, its own marked, and
+    ends the phone's; the phone's next action is refused and signs it out."""
+    user = await new_user("two-devices")
+    phone = await open_page("phone")
+    await log_in(phone, user)
+    phone_sid = token_claims(await phone.evaluate("sessionStorage.getItem('access_token')"))["sid"]
+    laptop = await open_page("laptop")
+    await log_in(laptop, user)
+    laptop_sid = token_claims(await laptop.evaluate("sessionStorage.getItem('access_token')"))["sid"]
+
+    await laptop.click("#reload-sessions")  # the phone signed in first, so the laptop already lists it; this is the button's test
+    sessions = laptop.locator('#sessions li[data-testid="session"]')
+    phone_item = laptop.locator(f'#sessions li[data-session-id="{phone_sid}"]')
+    laptop_item = laptop.locator(f'#sessions li[data-session-id="{laptop_sid}"]')
+    await expect(phone_item).to_be_visible()
+    await expect(laptop_item.get_by_test_id("session-current")).to_have_text("(this device)")
+    await expect(phone_item.get_by_test_id("session-current")).to_have_count(0)
+    await expect(phone_item.get_by_test_id("session-agent")).to_contain_text("Chrome")
+    await expect(phone_item.get_by_test_id("session-address")).to_have_text("127.0.0.1")
+    await expect(phone_item.get_by_test_id("session-last-used")).not_to_be_empty()
+    await laptop.screenshot(path=SCREENSHOTS / "sessions-listed.png", full_page=True)
+
+    await phone_item.get_by_test_id("end-session").click()
+    await expect(laptop.locator("#notice")).to_have_text("Session ended.")
+    await expect(phone_item).to_have_count(0)
+    await expect(laptop_item).to_be_visible()
+    # Left: this device and the session the test's sign-up opened over the API.
+    registered = sessions.filter(has_not=laptop.get_by_test_id("session-current"))
+    await expect(registered).to_have_count(1)
+
+    async def revoked_in_posts() -> bool:  # the contract allows one second
+        return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM posts.revoked_sessions WHERE session_id = $1::uuid)", phone_sid))
+
+    await wait_until(revoked_in_posts, timeout=2.0)
+    await phone.fill("#new-post-title", "From the lost phone")
+    await phone.fill("#new-post-body", "This must not be published.")
+    await phone.click("#new-post-submit")
+    await expect(phone.locator("#alert")).to_have_text("Your session has ended; sign in again")
+    await expect(phone.locator("#session-status")).to_have_text("Not signed in")
+    await expect(phone.locator("#sessions-section")).to_be_hidden()
+    assert not await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM posts.posts WHERE title = 'From the lost phone' AND author_id = $1::uuid)", user.id
+    )
+
+    await laptop.screenshot(path=SCREENSHOTS / "sessions-after-ending-the-phone.png", full_page=True)
+
+
 async def test_the_api_reference_renders_under_the_content_security_policy(browser: Browser, stack: Stack) -> None:
     context = await browser.new_context(base_url=stack.gateway_url)
     page = await context.new_page()

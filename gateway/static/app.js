@@ -1,5 +1,5 @@
-// Web UI for the posts gateway: sign up, log in/out, read, write, edit and delete posts, and
-// (for admins) ban authors. Plain browser JavaScript, no build step, same-origin JSON API.
+// Web UI for the posts gateway: sign up, log in/out, see and end your sessions, read, write, edit
+// and delete posts, and (for admins) ban authors. Plain browser JavaScript, no build step, same-origin JSON API.
 // The server decides every permission; this page only shows what it answers.
 // All user-supplied text is written with textContent, never innerHTML.
 "use strict";
@@ -8,7 +8,7 @@ const TOKEN_KEY = "access_token";
 const PAGE_SIZE = 20;
 const $ = (id) => document.getElementById(id);
 
-const state = { me: null, posts: [], nextCursor: null, loaded: false, generation: 0, editing: null }; // editing: {id, title, body} of the open edit form
+const state = { me: null, sessions: [], posts: [], nextCursor: null, loaded: false, generation: 0, editing: null }; // editing: {id, title, body} of the open edit form
 const authors = new Map(); // author_id -> Promise of {id, display_name, banned} or null
 
 class ApiError extends Error {
@@ -105,6 +105,7 @@ async function run(button, action) {
 function signOutLocally() {
   sessionStorage.removeItem(TOKEN_KEY);
   state.me = null;
+  state.sessions = [];
   state.editing = null;
   authors.clear(); // re-read the authors too (a ban may be why we are signed out)
   renderSession();
@@ -117,6 +118,8 @@ function renderSession() {
   $("logout-button").hidden = !me;
   $("auth-forms").hidden = Boolean(me);
   $("write-section").hidden = !me;
+  $("sessions-section").hidden = !me;
+  renderSessions();
 }
 
 async function loadMe() {
@@ -128,6 +131,48 @@ async function loadMe() {
   }
   renderSession();
   renderPosts();
+  await loadSessions();
+}
+
+// ---- the caller's sessions ----
+
+function renderSessions() {
+  $("sessions").replaceChildren(...(state.me ? state.sessions : []).map(renderSessionItem));
+}
+
+function renderSessionItem(session) {
+  const item = el("li", { class: "session-item", "data-testid": "session", "data-session-id": session.id });
+  const labelId = `session-${session.id}`;
+  const label = el("p", { id: labelId, class: "session-agent", "data-testid": "session-agent" }, session.user_agent || "Unknown device");
+  if (session.current) label.append(" ", el("strong", { class: "session-current", "data-testid": "session-current" }, "(this device)"));
+  const meta = el("p", { class: "session-meta" });
+  meta.append(
+    el("span", { "data-testid": "session-address" }, session.address || "unknown address"),
+    " · started ",
+    el("time", { datetime: session.created_at, "data-testid": "session-created" }, formatTime(session.created_at)),
+    " · last used ",
+    el("time", { datetime: session.last_used_at, "data-testid": "session-last-used" }, formatTime(session.last_used_at))
+  );
+  const end = el("button", { type: "button", class: "end-session", "data-testid": "end-session", "aria-describedby": labelId }, "End");
+  end.addEventListener("click", () => run(end, () => endSession(session)));
+  item.append(label, meta, end);
+  return item;
+}
+
+async function loadSessions() {
+  state.sessions = (await api("GET", "/auth/sessions", { auth: true })).items;
+  renderSessions();
+}
+
+async function endSession(session) {
+  await api("DELETE", `/auth/sessions/${encodeURIComponent(session.id)}`, { auth: true, idempotent: true });
+  if (session.current) {
+    signOutLocally(); // ending this device's session is a logout
+    setNotice("You ended this session and are signed out.");
+    return;
+  }
+  setNotice("Session ended.");
+  await loadSessions();
 }
 
 // ---- posts ----
@@ -346,6 +391,7 @@ $("logout-button").addEventListener("click", (event) =>
 );
 
 $("load-more").addEventListener("click", (event) => run(event.currentTarget, loadMore));
+$("reload-sessions").addEventListener("click", (event) => run(event.currentTarget, loadSessions));
 
 // ---- start ----
 
