@@ -133,7 +133,18 @@ header_scalars = st.one_of(
     st.binary(max_size=40).map(bytearray),
 )
 header_values = st.one_of(header_scalars, st.lists(header_scalars, max_size=3), st.dictionaries(safe_text, header_scalars, max_size=3))
-IDENTITY_HEADERS = ["x-user-id", "x-user", "x-role", "role", "x-admin", "sub", "x-request-id", "x-client-address", "x-caller"]
+IDENTITY_HEADERS = [
+    "x-user-id",
+    "x-user",
+    "x-role",
+    "role",
+    "x-admin",
+    "sub",
+    "x-request-id",
+    "x-client-address",
+    "x-client-user-agent",
+    "x-caller",
+]
 
 
 @dataclass(frozen=True)
