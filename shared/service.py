@@ -112,7 +112,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         stop,
     )
     async with contextlib.AsyncExitStack() as opened:
-        pool = await create_pool(settings.database_url, name)
+        pool = await create_pool(settings.database_url, name, max_size=settings.database_pool_size)
         opened.push_async_callback(pool.close)
         read_pool = await create_pool(settings.database_url, name, max_size=4, read_only=True)
         opened.push_async_callback(read_pool.close)

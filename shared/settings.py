@@ -91,6 +91,7 @@ class Settings:
     refresh_reuse_grace_seconds: int
     rpc_timeout_seconds: float
     prefetch_count: int
+    database_pool_size: int
     max_message_bytes: int
     login_max_failures_per_account: int
     login_max_failures_per_address: int
@@ -152,6 +153,7 @@ class Settings:
             refresh_reuse_grace_seconds=_int(env, "REFRESH_REUSE_GRACE_SECONDS", 5, low=0, high=300),
             rpc_timeout_seconds=_float(env, "RPC_TIMEOUT_SECONDS", 10.0, low=0.1, high=300.0),
             prefetch_count=_int(env, "PREFETCH_COUNT", 32, low=1, high=10_000),
+            database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10, low=2, high=1_000),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1_048_576, low=1024, high=64 * 1_048_576),
             login_max_failures_per_account=_int(env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 5, low=1, high=10_000),
             login_max_failures_per_address=_int(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, low=1, high=100_000),

@@ -38,7 +38,7 @@ from tests.support.accounts import User, login, register
 from tests.support.backends import provision
 from tests.support.broker import BrokerProbe
 from tests.support.forge import TokenForge
-from tests.support.stack import Stack, free_port, stack_env, start_stack
+from tests.support.stack import Stack, free_port, side_stack_env, start_stack
 
 TTL = 6
 ISS, AUD = "auth_service", "posts-platform"
@@ -285,7 +285,7 @@ REFUSED = {"gateway": 401, "auth": 401, "posts": 401, "users": 401}
 async def ring(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RingStack]:
     backends = await provision()
     run_dir = tmp_path_factory.mktemp("ring-stack")
-    env = stack_env(backends.database_url, backends.amqp_url, run_dir / "unused.pem", backends.broker_users)
+    env = side_stack_env(backends.database_url, backends.amqp_url, run_dir / "unused.pem", backends.broker_users)
     del env["AUTH_SIGNING_KEY_FILE"]  # keys in the database: rotate-key and retire-key apply
     env["ACCESS_TOKEN_TTL_SECONDS"] = str(TTL)
     stack = await start_stack(env, run_dir)

@@ -36,7 +36,7 @@ from shared.results import TokenResponse
 from tests.support.accounts import User, register, token_claims
 from tests.support.backends import Backends, provision
 from tests.support.broker import BrokerProbe
-from tests.support.stack import Stack, stack_env, start_stack
+from tests.support.stack import Stack, side_stack_env, start_stack
 from tests.test_revocation import refused_everywhere, status, statuses
 
 PROBLEM_JSON = "application/problem+json"
@@ -307,7 +307,7 @@ async def strict(
     run_dir: Path = tmp_path_factory.mktemp("strict")
     key_file = run_dir / "signing-key.pem"
     key_file.write_text(to_pem(signing_key))
-    env = stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users)
+    env = side_stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users)
     env.update(
         {
             "REFRESH_REUSE_GRACE_SECONDS": "0",

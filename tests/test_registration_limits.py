@@ -30,7 +30,7 @@ from auth_service.keys import to_pem
 from tests.support.accounts import User
 from tests.support.backends import provision
 from tests.support.broker import BrokerProbe
-from tests.support.stack import Stack, stack_env, start_stack
+from tests.support.stack import Stack, side_stack_env, start_stack
 
 FLOOD = 60
 #: Floods tried before the sub-second login must have been seen (see the test's docstring).
@@ -185,7 +185,7 @@ async def limited(signing_key: Ed25519PrivateKey, tmp_path_factory: pytest.TempP
     run_dir: Path = tmp_path_factory.mktemp("limited")
     key_file = run_dir / "signing-key.pem"
     key_file.write_text(to_pem(signing_key))
-    env = stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users)
+    env = side_stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users)
     env.update({"REGISTER_MAX_PER_ADDRESS": str(PER_ADDRESS), "REGISTER_MAX_GLOBAL": str(GLOBAL), "REGISTER_WINDOW_SECONDS": "3600"})
     running = await start_stack(env, run_dir)
     try:

@@ -157,6 +157,13 @@ def stack_env(database_url: str, amqp_url: str, key_file: Path, broker_users: Br
     return env
 
 
+def side_stack_env(database_url: str, amqp_url: str, key_file: Path, broker_users: BrokerUsers) -> dict[str, str]:
+    """`stack_env` for a module's own stack (settings of its own, beside the session's): small
+    command pools, so two stacks at once stay well under PostgreSQL's default max_connections of
+    100 (the session stack keeps the production size its saturation tests rely on)."""
+    return {**stack_env(database_url, amqp_url, key_file, broker_users), "DATABASE_POOL_SIZE": "4"}
+
+
 async def start_stack(env: dict[str, str], log_dir: Path, *, timeout: float = 60) -> Stack:
     """The four services, ready to serve; none left running if one of them fails to start."""
     stack = Stack(env, log_dir)
