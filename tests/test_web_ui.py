@@ -1,6 +1,6 @@
 """The web UI at `/`, end to end in a real headless Chromium (Debian's `chromium`, driven by Playwright).
 
-Each test uses its own browser context (its own sessionStorage, so its own signed-in person) and
+Each test uses its own browser context (its own localStorage, so its own signed-in person) and
 waits with Playwright's auto-retrying expectations, never with sleeps. A screenshot of the key
 moment of each test, and one of every page when the test ends, are kept under
 `artifacts/screenshots/`.
@@ -147,7 +147,7 @@ async def test_sign_up_log_in_write_a_post_and_log_out(open_page: OpenPage, db: 
     await expect(page.locator("#login-form")).to_be_visible()
     await expect(page.locator("#write-section")).to_be_hidden()
     await expect(page.get_by_test_id("delete-post")).to_have_count(0)
-    assert await page.evaluate("sessionStorage.getItem('access_token')") is None
+    assert await page.evaluate("localStorage.getItem('access_token')") is None
 
 
 async def test_deleting_someone_elses_post_shows_the_refusal_and_keeps_the_post(
@@ -307,12 +307,12 @@ async def test_a_revoked_session_shows_the_detail_and_signs_out(
     user = await new_user("twice")
     page = await open_page("first-tab")
     await log_in(page, user)
-    token = await page.evaluate("sessionStorage.getItem('access_token')")
+    token = await page.evaluate("localStorage.getItem('access_token')")
     assert token
 
     # A second browser context holding the same session logs out: the session is revoked everywhere.
     other = await open_page("second-tab")
-    await other.evaluate("token => sessionStorage.setItem('access_token', token)", token)
+    await other.evaluate("token => localStorage.setItem('access_token', token)", token)
     await other.reload()
     await expect(other.locator("#session-status")).to_have_text(f"Signed in as {user.display_name} (user)")
     await other.click("#logout-button")
@@ -333,7 +333,7 @@ async def test_a_revoked_session_shows_the_detail_and_signs_out(
     await expect(page.locator("#login-form")).to_be_visible()
     await expect(page.locator("#write-section")).to_be_hidden()
     await snapshot(page, "session-revoked")
-    assert await page.evaluate("sessionStorage.getItem('access_token')") is None
+    assert await page.evaluate("localStorage.getItem('access_token')") is None
 
 
 async def test_a_person_sees_their_sessions_and_ends_the_other_device(
@@ -347,10 +347,10 @@ async def test_a_person_sees_their_sessions_and_ends_the_other_device(
     user = await new_user("two-devices")
     phone = await open_page("phone")
     await log_in(phone, user)
-    phone_sid = token_claims(await phone.evaluate("sessionStorage.getItem('access_token')"))["sid"]
+    phone_sid = token_claims(await phone.evaluate("localStorage.getItem('access_token')"))["sid"]
     laptop = await open_page("laptop")
     await log_in(laptop, user)
-    laptop_sid = token_claims(await laptop.evaluate("sessionStorage.getItem('access_token')"))["sid"]
+    laptop_sid = token_claims(await laptop.evaluate("localStorage.getItem('access_token')"))["sid"]
 
     await laptop.click("#reload-sessions")  # the phone signed in first, so the laptop already lists it; this is the button's test
     sessions = laptop.locator('#sessions li[data-testid="session"]')

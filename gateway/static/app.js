@@ -4,7 +4,13 @@
 // All user-supplied text is written with textContent, never innerHTML.
 "use strict";
 
+// The session lives in localStorage, shared by every tab of this origin, so a new tab starts
+// signed in and all tabs go on with the one refresh token (see SECURITY.md for why not a cookie).
 const TOKEN_KEY = "access_token";
+const REFRESH_KEY = "refresh_token";
+const REFRESH_AT_KEY = "refresh_at"; // ms since the epoch: 80% into the access token's life
+const SIGN_OUT_REASON_KEY = "sign_out_reason"; // set when a refresh was refused, for the other tabs
+const store = localStorage;
 const PAGE_SIZE = 20;
 const $ = (id) => document.getElementById(id);
 
@@ -43,15 +49,33 @@ function problemMessage(res, data) {
 }
 
 // One JSON request. Resolves with the parsed body (null for 204); throws ApiError otherwise.
+// Every authorized call goes through here, so this is the one place that renews the session: an
+// access token refused as expired is refreshed (once) and the request sent again.
 async function api(method, path, { body, auth = false, idempotent = false } = {}) {
   const headers = { Accept: "application/json, application/problem+json" };
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (auth && token) headers.Authorization = `Bearer ${token}`;
-  if (idempotent) headers["Idempotency-Key"] = newIdempotencyKey();
+  if (idempotent) headers["Idempotency-Key"] = newIdempotencyKey(); // the same key on the retry
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  let res;
+  for (let attempt = 0; ; attempt++) {
+    const token = store.getItem(TOKEN_KEY);
+    if (auth && token) headers.Authorization = `Bearer ${token}`;
+    const res = await send(method, path, headers, body);
+    const data = res.status === 204 ? null : await res.json().catch(() => null);
+    if (res.ok) return data;
+    const error = new ApiError(problemMessage(res, data), res.status);
+    if (res.status === 401 && auth && token) {
+      const expired = /expired/.test(res.headers.get("WWW-Authenticate") || "");
+      if (expired && attempt === 0 && (await refreshTokens(token))) continue;
+      signOutLocally();
+      const reason = store.getItem(SIGN_OUT_REASON_KEY); // why the refresh was refused, if it was
+      if (reason) throw new ApiError(reason, 401);
+    }
+    throw error;
+  }
+}
+
+async function send(method, path, headers, body) {
   try {
-    res = await fetch(path, {
+    return await fetch(path, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -60,11 +84,88 @@ async function api(method, path, { body, auth = false, idempotent = false } = {}
   } catch {
     throw new ApiError("Cannot reach the server", 0);
   }
-  const data = res.status === 204 ? null : await res.json().catch(() => null);
-  if (res.ok) return data;
-  if (res.status === 401) signOutLocally();
-  throw new ApiError(problemMessage(res, data), res.status);
 }
+
+// ---- keeping the session alive ----
+
+function saveTokens(result) {
+  store.removeItem(SIGN_OUT_REASON_KEY);
+  store.setItem(REFRESH_KEY, result.refresh_token);
+  store.setItem(REFRESH_AT_KEY, String(Date.now() + result.expires_in * 800));
+  store.setItem(TOKEN_KEY, result.access_token); // last: the other tabs listen for this key
+  scheduleRefresh();
+}
+
+function clearTokens() {
+  for (const key of [REFRESH_KEY, REFRESH_AT_KEY, TOKEN_KEY]) store.removeItem(key);
+}
+
+let refreshTimer = null;
+
+// Renews the pair 80% into the access token's life, so a request rarely meets an expired token.
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  const at = Number(store.getItem(REFRESH_AT_KEY));
+  if (!at || !store.getItem(REFRESH_KEY)) return;
+  refreshTimer = setTimeout(() => refreshTokens(store.getItem(TOKEN_KEY)), Math.max(0, at - Date.now()));
+}
+
+// Trades the refresh token for a new pair; true when a newer access token than `stale` is stored.
+// The Web Lock lets one tab refresh at a time: a tab that waited finds the pair already renewed by
+// the tab before it and uses that (a second use of one refresh token would look like theft once
+// REFRESH_REUSE_GRACE_SECONDS are past). A refusal (reused, expired, ended, banned) ends the
+// session in every tab, with the reason.
+async function refreshTokens(stale) {
+  const work = async () => {
+    const current = store.getItem(TOKEN_KEY);
+    if (current !== stale) return current !== null;
+    const refreshToken = store.getItem(REFRESH_KEY);
+    if (!refreshToken) return false;
+    let res;
+    try {
+      res = await fetch("/auth/refresh", {
+        method: "POST",
+        headers: { Accept: "application/json, application/problem+json", "Content-Type": "application/json" },
+        body: JSON.stringify({ refresh_token: refreshToken }),
+        cache: "no-store",
+      });
+    } catch {
+      return false; // offline: the next request or timer tries again
+    }
+    const data = await res.json().catch(() => null);
+    if (res.ok) {
+      saveTokens(data);
+      // localStorage reaches the other tabs' processes a moment later: hold the lock until it has,
+      // so the next tab to take it reads the new pair instead of presenting the used refresh token.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      return true;
+    }
+    if (res.status === 401 || res.status === 403) {
+      store.setItem(SIGN_OUT_REASON_KEY, problemMessage(res, data));
+      signOutLocally();
+      showAlert(problemMessage(res, data));
+    } else {
+      // 429 or 503: keep the session, try again shortly.
+      clearTimeout(refreshTimer);
+      refreshTimer = setTimeout(() => refreshTokens(store.getItem(TOKEN_KEY)), 5000);
+    }
+    return false;
+  };
+  return navigator.locks ? navigator.locks.request("refresh-token", work) : work();
+}
+
+// Another tab renewed the pair, signed in, or signed out: follow it.
+window.addEventListener("storage", (event) => {
+  if (event.storageArea !== store || (event.key !== TOKEN_KEY && event.key !== null)) return;
+  if (store.getItem(TOKEN_KEY)) {
+    scheduleRefresh();
+    if (!state.me) loadMe().catch(() => {});
+  } else if (state.me) {
+    const reason = store.getItem(SIGN_OUT_REASON_KEY);
+    signOutLocally();
+    if (reason) showAlert(reason);
+  }
+});
 
 // ---- alert and notice regions ----
 
@@ -103,7 +204,8 @@ async function run(button, action) {
 // ---- session ----
 
 function signOutLocally() {
-  sessionStorage.removeItem(TOKEN_KEY);
+  clearTokens();
+  clearTimeout(refreshTimer);
   state.me = null;
   state.sessions = [];
   state.editing = null;
@@ -359,7 +461,7 @@ onSubmit("login-form", async (form) => {
   const result = await api("POST", "/auth/login", {
     body: { email: $("login-email").value.trim(), password: $("login-password").value },
   });
-  sessionStorage.setItem(TOKEN_KEY, result.access_token);
+  saveTokens(result);
   try {
     await loadMe();
   } catch (err) {
@@ -399,7 +501,8 @@ renderSession();
 renderPosts();
 run(null, async () => {
   let sessionError = null;
-  if (sessionStorage.getItem(TOKEN_KEY)) {
+  if (store.getItem(TOKEN_KEY)) {
+    scheduleRefresh();
     try {
       await loadMe();
     } catch (err) {
