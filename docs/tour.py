@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))  # the tests' support package provisions the stack
 
 from auth_service.keys import to_pem  # noqa: E402
 from tests.support import tour  # noqa: E402
-from tests.support.backends import provision  # noqa: E402
-from tests.support.stack import Stack, stack_env  # noqa: E402
+from tests.support.backends import provisioned  # noqa: E402
+from tests.support.stack import stack_env, start_stack  # noqa: E402
 
 SCREENSHOT = ROOT / "docs" / "ui.png"
 README = ROOT / "README.md"
@@ -57,30 +57,22 @@ async def screenshot(gateway_url: str) -> None:
 
 
 async def main() -> None:
-    backends = await provision()
     with tempfile.TemporaryDirectory() as run_dir:
         key_file = Path(run_dir) / "signing-key.pem"
         key_file.write_text(to_pem(Ed25519PrivateKey.generate()))
-        stack = Stack(stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users), Path(run_dir))
-        try:
-            stack.start("auth")
-            await stack.wait_ready("auth")
-            for service in ("users", "posts", "gateway"):
-                stack.start(service)
-            await stack.wait_ready("gateway")
-            output = await asyncio.to_thread(tour.run, stack.gateway_url, stack.env)
-            readme = README.read_text()
-            old = readme[readme.index(tour.BEGIN) : readme.index(tour.END) + len(tour.END)]
-            README.write_text(readme.replace(old, tour.block(output)))
-            print(output)
-            print(f"rewrote the tour in {README}")
-            await screenshot(stack.gateway_url)
-            print(f"saved {SCREENSHOT}")
-        finally:
-            stack.stop_all()
-            await backends.drop_database()  # type: ignore[attr-defined]
-            for cleanup in backends.cleanups:
-                cleanup()
+        async with provisioned() as backends:
+            stack = await start_stack(stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users), Path(run_dir))
+            try:
+                output = await asyncio.to_thread(tour.run, stack.gateway_url, stack.env)
+                readme = README.read_text()
+                old = readme[readme.index(tour.BEGIN) : readme.index(tour.END) + len(tour.END)]
+                README.write_text(readme.replace(old, tour.block(output)))
+                print(output)
+                print(f"rewrote the tour in {README}")
+                await screenshot(stack.gateway_url)
+                print(f"saved {SCREENSHOT}")
+            finally:
+                stack.stop_all()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_service.keys import to_pem
 from tests.support.accounts import User, make_admin, register
-from tests.support.backends import Backends, provision
+from tests.support.backends import Backends, provisioned
 from tests.support.broker import BrokerProbe
 from tests.support.faults import FaultWatch
 from tests.support.forge import TokenForge
@@ -32,11 +32,8 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="session")
 async def backends() -> AsyncIterator[Backends]:
-    provided = await provision()
-    yield provided
-    await provided.drop_database()  # type: ignore[attr-defined]
-    for cleanup in provided.cleanups:
-        cleanup()
+    async with provisioned() as provided:
+        yield provided
 
 
 @pytest.fixture(scope="session")

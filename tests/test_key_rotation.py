@@ -35,10 +35,10 @@ from shared.preflight import Problem, check_signing_key
 from shared.settings import Settings
 from shared.tokens import JwksKeySource, TokenVerifier, freshness_seconds
 from tests.support.accounts import User, login, register
-from tests.support.backends import provision
+from tests.support.backends import provisioned
 from tests.support.broker import BrokerProbe
 from tests.support.forge import TokenForge
-from tests.support.stack import Stack, free_port, side_stack_env, start_stack
+from tests.support.stack import Stack, free_port, side_stack
 
 TTL = 6
 ISS, AUD = "auth_service", "posts-platform"
@@ -283,24 +283,17 @@ REFUSED = {"gateway": 401, "auth": 401, "posts": 401, "users": 401}
 
 @pytest.fixture(scope="module")
 async def ring(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RingStack]:
-    backends = await provision()
-    run_dir = tmp_path_factory.mktemp("ring-stack")
-    env = side_stack_env(backends.database_url, backends.amqp_url, run_dir / "unused.pem", backends.broker_users)
-    del env["AUTH_SIGNING_KEY_FILE"]  # keys in the database: rotate-key and retire-key apply
-    env["ACCESS_TOKEN_TTL_SECONDS"] = str(TTL)
-    stack = await start_stack(env, run_dir)
-    connection = await aio_pika.connect_robust(backends.amqp_url, reconnect_interval=1)
-    try:
-        broker = BrokerProbe(connection, backends.amqp_url)
-        await broker.start()
-        async with aiohttp.ClientSession(base_url=stack.gateway_url) as http:
-            yield RingStack(stack, http, broker)
-    finally:
-        await connection.close()
-        stack.stop_all()
-        await backends.drop_database()  # type: ignore[attr-defined]
-        for cleanup in backends.cleanups:
-            cleanup()
+    # No signing key file: keys in the database, where rotate-key and retire-key apply.
+    settings = {"ACCESS_TOKEN_TTL_SECONDS": str(TTL)}
+    async with provisioned() as backends, side_stack(backends, tmp_path_factory.mktemp("ring-stack"), settings, None) as stack:
+        connection = await aio_pika.connect_robust(backends.amqp_url, reconnect_interval=1)
+        try:
+            broker = BrokerProbe(connection, backends.amqp_url)
+            await broker.start()
+            async with aiohttp.ClientSession(base_url=stack.gateway_url) as http:
+                yield RingStack(stack, http, broker)
+        finally:
+            await connection.close()
 
 
 async def test_rotate_key_makes_new_tokens_carry_the_new_kid_and_old_tokens_keep_working(ring: RingStack) -> None:

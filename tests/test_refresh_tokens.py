@@ -21,7 +21,6 @@ import hashlib
 import itertools
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -31,12 +30,11 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from auth_service.keys import to_pem
 from shared.results import TokenResponse
 from tests.support.accounts import User, register, token_claims
-from tests.support.backends import Backends, provision
+from tests.support.backends import Backends, provisioned
 from tests.support.broker import BrokerProbe
-from tests.support.stack import Stack, side_stack_env, start_stack
+from tests.support.stack import Stack, side_stack
 from tests.test_revocation import refused_everywhere, status, statuses
 
 PROBLEM_JSON = "application/problem+json"
@@ -290,11 +288,8 @@ PER_ADDRESS = 4
 
 @pytest.fixture(scope="module")
 async def strict_backends() -> AsyncIterator[Backends]:
-    backends = await provision()
-    yield backends
-    await backends.drop_database()  # type: ignore[attr-defined]
-    for cleanup in backends.cleanups:
-        cleanup()
+    async with provisioned() as backends:
+        yield backends
 
 
 @pytest.fixture(scope="module")
@@ -303,24 +298,14 @@ async def strict(
 ) -> AsyncIterator[Stack]:
     """A second stack, on its own database and vhost: strict reuse detection (grace 0), refresh
     tokens that die after 4 s unused, sessions that die at 8 s, and 4 failures per address."""
-    backends = strict_backends
-    run_dir: Path = tmp_path_factory.mktemp("strict")
-    key_file = run_dir / "signing-key.pem"
-    key_file.write_text(to_pem(signing_key))
-    env = side_stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users)
-    env.update(
-        {
-            "REFRESH_REUSE_GRACE_SECONDS": "0",
-            "REFRESH_TOKEN_TTL_SECONDS": str(IDLE_SECONDS),
-            "SESSION_MAX_AGE_SECONDS": str(MAX_AGE_SECONDS),
-            "LOGIN_MAX_FAILURES_PER_ADDRESS": str(PER_ADDRESS),
-        }
-    )
-    running = await start_stack(env, run_dir)
-    try:
+    settings = {
+        "REFRESH_REUSE_GRACE_SECONDS": "0",
+        "REFRESH_TOKEN_TTL_SECONDS": str(IDLE_SECONDS),
+        "SESSION_MAX_AGE_SECONDS": str(MAX_AGE_SECONDS),
+        "LOGIN_MAX_FAILURES_PER_ADDRESS": str(PER_ADDRESS),
+    }
+    async with side_stack(strict_backends, tmp_path_factory.mktemp("strict"), settings, signing_key) as running:
         yield running
-    finally:
-        running.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -26,11 +25,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_service.handlers import TOO_MANY_FROM_ADDRESS, TOO_MANY_OVERALL, registration_address
-from auth_service.keys import to_pem
 from tests.support.accounts import User
-from tests.support.backends import provision
+from tests.support.backends import provisioned
 from tests.support.broker import BrokerProbe
-from tests.support.stack import Stack, side_stack_env, start_stack
+from tests.support.stack import Stack, side_stack
 
 FLOOD = 60
 #: Floods tried before the sub-second login must have been seen (see the test's docstring).
@@ -181,20 +179,9 @@ GLOBAL = 8
 @pytest.fixture(scope="module")
 async def limited(signing_key: Ed25519PrivateKey, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """A second stack, on its own database and vhost, whose registration limits are low."""
-    backends = await provision()
-    run_dir: Path = tmp_path_factory.mktemp("limited")
-    key_file = run_dir / "signing-key.pem"
-    key_file.write_text(to_pem(signing_key))
-    env = side_stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users)
-    env.update({"REGISTER_MAX_PER_ADDRESS": str(PER_ADDRESS), "REGISTER_MAX_GLOBAL": str(GLOBAL), "REGISTER_WINDOW_SECONDS": "3600"})
-    running = await start_stack(env, run_dir)
-    try:
+    settings = {"REGISTER_MAX_PER_ADDRESS": str(PER_ADDRESS), "REGISTER_MAX_GLOBAL": str(GLOBAL), "REGISTER_WINDOW_SECONDS": "3600"}
+    async with provisioned() as backends, side_stack(backends, tmp_path_factory.mktemp("limited"), settings, signing_key) as running:
         yield running
-    finally:
-        running.stop_all()
-        await backends.drop_database()  # type: ignore[attr-defined]
-        for cleanup in backends.cleanups:
-            cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from auth_service.keys import to_pem
 from shared.tokens import LEEWAY_SECONDS
 from tests.support.accounts import User, register, token_claims
-from tests.support.backends import Backends, provision
-from tests.support.stack import Stack, side_stack_env, start_stack
+from tests.support.backends import Backends, provisioned
+from tests.support.stack import Stack, side_stack
 from tests.test_web_ui import SCREENSHOTS, browser, log_in  # noqa: F401 - browser is a fixture
 
 from playwright.async_api import Browser, BrowserContext, Page, expect  # isort: skip  (after test_web_ui's chromium check)
@@ -32,26 +30,15 @@ ERRORS: list[str] = []  # the current test's uncaught script errors and CSP refu
 
 @pytest.fixture(scope="module")
 async def short_backends() -> AsyncIterator[Backends]:
-    backends = await provision()
-    yield backends
-    await backends.drop_database()  # type: ignore[attr-defined]
-    for cleanup in backends.cleanups:
-        cleanup()
+    async with provisioned() as backends:
+        yield backends
 
 
 @pytest.fixture(scope="module")
 async def short(short_backends: Backends, signing_key: Ed25519PrivateKey, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    backends = short_backends
-    run_dir: Path = tmp_path_factory.mktemp("short-tokens")
-    key_file = run_dir / "signing-key.pem"
-    key_file.write_text(to_pem(signing_key))
-    env = side_stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users)
-    env.update({"ACCESS_TOKEN_TTL_SECONDS": str(ACCESS_TTL), "REFRESH_REUSE_GRACE_SECONDS": "0"})
-    running = await start_stack(env, run_dir)
-    try:
+    settings = {"ACCESS_TOKEN_TTL_SECONDS": str(ACCESS_TTL), "REFRESH_REUSE_GRACE_SECONDS": "0"}
+    async with side_stack(short_backends, tmp_path_factory.mktemp("short-tokens"), settings, signing_key) as running:
         yield running
-    finally:
-        running.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from uuid import uuid4
 
@@ -139,3 +140,16 @@ async def provision() -> Backends:
     backends = Backends(_with_path(database_url, "/" + database), run_amqp_url, database_url, broker_users, cleanups)
     backends.drop_database = drop_database  # type: ignore[attr-defined]
     return backends
+
+
+@asynccontextmanager
+async def provisioned() -> AsyncIterator[Backends]:
+    """`provision()` for the life of the block: the database dropped and the vhost, users and
+    containers gone afterwards."""
+    backends = await provision()
+    try:
+        yield backends
+    finally:
+        await backends.drop_database()  # type: ignore[attr-defined]
+        for cleanup in backends.cleanups:
+            cleanup()

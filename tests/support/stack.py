@@ -18,13 +18,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auth_service.keys import to_pem
 from shared.declarations import SERVICES
+from tests.support.backends import Backends
 from tests.support.broker_users import BrokerUsers, amqp_url_variable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,3 +182,24 @@ async def start_stack(env: dict[str, str], log_dir: Path, *, timeout: float = 60
         stack.stop_all()
         raise
     return stack
+
+
+@asynccontextmanager
+async def side_stack(
+    backends: Backends, run_dir: Path, settings: Mapping[str, str], signing_key: Ed25519PrivateKey | None
+) -> AsyncIterator[Stack]:
+    """A module's own stack on `backends` (`side_stack_env` with `settings` on top), stopped after
+    the block. `signing_key` is written to the key file; None runs auth_service on its key ring
+    in the database instead."""
+    key_file = run_dir / "signing-key.pem"
+    env = side_stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users)
+    if signing_key is None:
+        del env["AUTH_SIGNING_KEY_FILE"]
+    else:
+        key_file.write_text(to_pem(signing_key))
+    env.update(settings)
+    running = await start_stack(env, run_dir)
+    try:
+        yield running
+    finally:
+        running.stop_all()
