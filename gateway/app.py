@@ -8,7 +8,8 @@ import aiohttp
 from aiohttp import web
 
 from gateway.broker_link import BrokerLink
-from gateway.keys import BROKER, HTTP, JWKS, METRICS, SETTINGS, VERIFIER
+from gateway.event_feed import EventFeed
+from gateway.keys import BROKER, FEED, HTTP, JWKS, METRICS, SETTINGS, VERIFIER
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import error_middleware, hide_server_version, metrics_middleware, request_id_middleware, set_security_headers
 from gateway.routes import setup_routes
@@ -37,6 +38,16 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     await link.close()
 
 
+async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The public events, for the read side; started before the routes serve a request."""
+    settings = app[SETTINGS]
+    feed = EventFeed(settings.amqp_url, owners=settings.broker_users, on_outcome=app[METRICS].count_event)
+    app[FEED] = feed
+    feed.start()
+    yield
+    await feed.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_message_bytes,
@@ -46,6 +57,6 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = GatewayMetrics()
     app.on_response_prepare.append(set_security_headers)
     hide_server_version()
-    app.cleanup_ctx.extend([http_ctx, broker_ctx])
+    app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx])
     setup_routes(app)
     return app

@@ -6,6 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.broker_link import BrokerLink
+from gateway.event_feed import EventFeed
 from gateway.metrics import GatewayMetrics
 from shared.settings import Settings
 from shared.tokens import JwksKeySource, TokenVerifier
@@ -16,3 +17,4 @@ VERIFIER = web.AppKey("verifier", TokenVerifier)
 JWKS = web.AppKey("jwks", JwksKeySource)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+FEED = web.AppKey("feed", EventFeed)

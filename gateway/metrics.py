@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from shared.events import public_events
+
 
 @dataclass
 class GatewayMetrics:
@@ -28,6 +30,16 @@ class GatewayMetrics:
         self.commands = Counter(
             "gateway_commands_total", "Commands sent, by name and outcome", ["command", "outcome"], registry=self.registry
         )
+
+        self.events = Counter(
+            "gateway_events_total",
+            "Public events the read side received, by routing key (`unknown` if not public) and outcome",
+            ["event", "outcome"],
+            registry=self.registry,
+        )
+
+    def count_event(self, key: str, outcome: str) -> None:
+        self.events.labels(key if key in public_events() else "unknown", outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -49,3 +49,14 @@ def event_queue_name(service: str) -> str:
 
 def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.dead"
+
+
+#: Each gateway replica's own queue of public events is `gateway.live.<instance>`: exclusive, so
+#: it goes with the replica's connection and replicas come and go without leaving queues behind.
+LIVE_QUEUE_PREFIX = "gateway.live."
+#: The routing key of an event a gateway refused, parked in `gateway.events.dead`.
+GATEWAY_EVENTS = "gateway.events"
+#: The gateways' own dead-letter exchange, bound to `gateway.events.dead` alone. Declaring a queue
+#: that dead-letters needs write on the exchange it names: on `dead-letters` that would let the
+#: gateway put messages into every service's dead-letter queue, which operators read and replay.
+GATEWAY_DEAD_LETTER_EXCHANGE = "gateway.dead-letters"

@@ -201,3 +201,6 @@ class EventDeclaration:
     owner: Service
     consumers: tuple[Service, ...] = ()
     summary: str = ""
+    #: The fields anyone may see: a public event's are relayed on `GET /live` and drive the
+    #: gateway's read cache. Deny by default: an event that names none never leaves the services.
+    public: tuple[str, ...] = ()

@@ -70,10 +70,14 @@ EVENTS: dict[str, EventDeclaration] = {e.name: e for e in (
     EventDeclaration("session.revoked", SessionRevoked, owner=AUTH, consumers=SERVICES,
                      summary="A session ended (logout, end-session, ban, set-role, revoke-token, reuse): its tokens die everywhere."),
     EventDeclaration("user.banned", UserBanned, owner=USERS, consumers=SERVICES,
-                     summary="An account was banned: every service refuses it from now on."),
-    EventDeclaration("post.created", PostCreated, owner=POSTS, summary="A post was written."),
-    EventDeclaration("post.edited", PostEdited, owner=POSTS, summary="A post's title or body changed."),
-    EventDeclaration("post.deleted", PostDeleted, owner=POSTS, summary="A post was deleted."),
+                     summary="An account was banned: every service refuses it from now on.",
+                     public=("user_id", "by", "occurred_at")),  # never the reason
+    EventDeclaration("post.created", PostCreated, owner=POSTS, summary="A post was written.",
+                     public=("post_id", "author_id", "occurred_at")),
+    EventDeclaration("post.edited", PostEdited, owner=POSTS, summary="A post's title or body changed.",
+                     public=("post_id", "by", "occurred_at")),
+    EventDeclaration("post.deleted", PostDeleted, owner=POSTS, summary="A post was deleted.",
+                     public=("post_id", "by", "occurred_at")),
 )}
 # fmt: on
 
@@ -81,6 +85,11 @@ EVENTS: dict[str, EventDeclaration] = {e.name: e for e in (
 def events_heard_by(service: str) -> tuple[str, ...]:
     """The routing keys a service's event queue is bound to, in declaration order."""
     return tuple(e.name for e in EVENTS.values() if any(s.name == service for s in e.consumers))
+
+
+def public_events() -> tuple[str, ...]:
+    """The routing keys the gateway relays on `GET /live` and reads its cache by."""
+    return tuple(e.name for e in EVENTS.values() if e.public)
 
 
 def events_published_by(service: str) -> tuple[str, ...]:

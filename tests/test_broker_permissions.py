@@ -35,12 +35,14 @@ from shared.broker import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
     EVENTS_EXCHANGE,
+    LIVE_QUEUE_PREFIX,
     command_queue_name,
     dead_letter_queue_name,
     event_queue_name,
 )
 from shared.client import CommandClient
-from shared.topology import EXCHANGES, as_definitions, declare, open_exchange, open_service_queues
+from shared.events import public_events
+from shared.topology import EXCHANGES, LIVE_QUEUE_ARGUMENTS, as_definitions, declare, open_exchange, open_service_queues
 
 pytestmark = pytest.mark.skipif(
     shutil.which("rabbitmqctl") is None,
@@ -447,6 +449,22 @@ async def test_the_gateway_publishes_commands_and_nothing_else(broker_users: Pro
         await assert_refused(publish(connection, DEAD_LETTER_EXCHANGE, command_queue_name("posts")))
         # No write on amq.default: the gateway cannot drop a message straight into a queue.
         await assert_refused(publish(connection, "", event_queue_name("auth")))
+
+
+async def test_the_gateway_keeps_its_own_queue_of_the_public_events_only(broker_users: Provisioned) -> None:
+    """The read side's queue: the gateway may declare `gateway.live.*` (dead-lettering into its own
+    exchange) and bind it to the public events, but not to a private one such as session.revoked."""
+    async with connected(broker_users, "gateway") as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{LIVE_QUEUE_PREFIX}{uuid4().hex}", exclusive=True, arguments=LIVE_QUEUE_ARGUMENTS)
+        for key in public_events():
+            await queue.bind(EVENTS_EXCHANGE, routing_key=key)
+        for key in ("session.revoked", "#"):  # each refusal closes the channel: a new one each time
+            other = await (await connection.channel()).declare_queue(f"{LIVE_QUEUE_PREFIX}{uuid4().hex}", exclusive=True)
+            await assert_refused(other.bind(EVENTS_EXCHANGE, routing_key=key))
+        await assert_refused((await connection.channel()).declare_queue(f"not-{LIVE_QUEUE_PREFIX}{uuid4().hex}", exclusive=True))
+        # Its dead-letter exchange reaches gateway.events.dead alone, never a service's.
+        await assert_refused(publish(connection, DEAD_LETTER_EXCHANGE, event_queue_name("posts")))
 
 
 @pytest.mark.parametrize("queue", SERVICES.values())

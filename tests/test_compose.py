@@ -209,11 +209,17 @@ def test_app_service_only_verifies_the_broker_topology(name: str) -> None:
 
 
 def test_no_process_user_may_configure_or_read_an_exchange() -> None:
-    """Verify mode's grants: nothing to declare, bind or delete, and no read on `commands` to bind from."""
+    """Verify mode's grants: nothing shared to declare, bind or delete, and no read on `commands`
+    to bind from. The one exception is the gateway's own exclusive queue of the public events."""
     for permission in load_definitions().get("permissions", []):
-        assert permission["configure"] == "^$", f"{permission['user']} may configure {permission['configure']!r}"
-        for exchange in ("commands", "events", "dead-letters", "amq.default"):
+        live = permission["user"] == "gateway"
+        assert permission["configure"] == (r"^gateway\.live\." if live else "^$"), (
+            f"{permission['user']} may configure {permission['configure']!r}"
+        )
+        for exchange in ("commands", "dead-letters", "amq.default", *(() if live else ("events",))):
             assert not re.search(permission["read"], exchange), f"{permission['user']} may read (bind from) {exchange!r}"
+        for shared in ("commands", "events", "dead-letters", "posts.commands", "gateway.events.dead"):
+            assert not re.search(permission["configure"], shared), f"{permission['user']} may configure {shared!r}"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)

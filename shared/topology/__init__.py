@@ -35,19 +35,23 @@ from shared.broker import (
     DEAD_LETTER_OVERFLOW,
     DELIVERY_LIMIT,
     EVENTS_EXCHANGE,
+    GATEWAY_DEAD_LETTER_EXCHANGE,
+    GATEWAY_EVENTS,
+    LIVE_QUEUE_PREFIX,
     command_queue_name,
     dead_letter_queue_name,
     event_queue_name,
 )
 from shared.commands import commands_of
 from shared.declarations import GATEWAY, SERVICE_NAMES, SERVICES
-from shared.events import events_heard_by, events_published_by
+from shared.events import events_heard_by, events_published_by, public_events
 from shared.settings import BrokerTopology
 
 EXCHANGES = {
     COMMANDS_EXCHANGE: aio_pika.ExchangeType.DIRECT,
     EVENTS_EXCHANGE: aio_pika.ExchangeType.TOPIC,
     DEAD_LETTER_EXCHANGE: aio_pika.ExchangeType.DIRECT,
+    GATEWAY_DEAD_LETTER_EXCHANGE: aio_pika.ExchangeType.DIRECT,
 }
 
 
@@ -114,6 +118,15 @@ def queues(service: str) -> list[Queue]:
     return found
 
 
+#: Where the gateways park the events they refuse (a publisher that does not own the key, a
+#: malformed body): their own queues are exclusive and come and go, this one stays.
+GATEWAY_DEAD_LETTERS = Queue(dead_letter_queue_name(GATEWAY_EVENTS), DEAD_LETTER_QUEUE_ARGUMENTS)
+GATEWAY_DEAD_LETTER_BINDING = Binding(GATEWAY_DEAD_LETTER_EXCHANGE, GATEWAY_DEAD_LETTERS.name, GATEWAY_EVENTS)
+
+#: The arguments of a gateway's exclusive event queue: refused events go to `gateway.events.dead`.
+LIVE_QUEUE_ARGUMENTS: dict[str, Any] = {"x-dead-letter-exchange": GATEWAY_DEAD_LETTER_EXCHANGE, "x-dead-letter-routing-key": GATEWAY_EVENTS}
+
+
 def bindings(service: str) -> list[Binding]:
     commands, events = command_queue_name(service), event_queue_name(service)
     return [
@@ -139,6 +152,8 @@ async def declare(channel: AbstractChannel, services: Iterable[str]) -> dict[str
     for name, kind in EXCHANGES.items():
         await channel.declare_exchange(name, kind, durable=True)
     declared: dict[str, AbstractQueue] = {}
+    dead = await channel.declare_queue(GATEWAY_DEAD_LETTERS.name, durable=True, arguments=GATEWAY_DEAD_LETTERS.arguments)
+    await dead.bind(GATEWAY_DEAD_LETTER_BINDING.exchange, routing_key=GATEWAY_DEAD_LETTER_BINDING.routing_key)
     for service in services:
         for queue in queues(service):
             declared[queue.name] = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
@@ -184,8 +199,7 @@ def as_definitions(vhost: str) -> dict[str, list[dict[str, Any]]]:
         ],
         "queues": [
             {"name": queue.name, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": queue.arguments}
-            for service in ROUTES
-            for queue in queues(service)
+            for queue in (GATEWAY_DEAD_LETTERS, *(q for service in ROUTES for q in queues(service)))
         ],
         "bindings": [
             {
@@ -196,8 +210,7 @@ def as_definitions(vhost: str) -> dict[str, list[dict[str, Any]]]:
                 "routing_key": binding.routing_key,
                 "arguments": {},
             }
-            for service in ROUTES
-            for binding in bindings(service)
+            for binding in (GATEWAY_DEAD_LETTER_BINDING, *(b for service in ROUTES for b in bindings(service)))
         ],
     }
 
@@ -232,7 +245,21 @@ def _literal(name: str) -> str:
 
 def grants() -> list[Grant]:
     """Every process's grant, derived from the declarations: the gateway's, then each service's."""
-    found = [Grant(GATEWAY_USER, "^$", f"^{COMMANDS_EXCHANGE}$", "^$", "^$", "^$")]
+    # The gateway publishes commands, and keeps one exclusive queue of the public events per
+    # replica: it declares it (configure), binds it to `events` (write on the queue, read on the
+    # exchange, topic read on each public key) and parks what it refuses through its own dead-letter exchange.
+    live = f"^{re.escape(LIVE_QUEUE_PREFIX)}"
+    public = "|".join(_literal(key) for key in public_events())
+    found = [
+        Grant(
+            GATEWAY_USER,
+            live,
+            f"^({COMMANDS_EXCHANGE}|{_literal(GATEWAY_DEAD_LETTER_EXCHANGE)})$|{live}",
+            f"^{_literal(EVENTS_EXCHANGE)}$|{live}",
+            "^$",
+            f"^({public})$",
+        )
+    ]
     for service in SERVICES:
         published = "|".join(_literal(key) for key in events_published_by(service.name))
         found.append(
