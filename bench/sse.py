@@ -67,13 +67,11 @@ class SseParser:
             self._event = value
         elif name == "data":
             self._data.append(value)
-        elif name == "id":
-            if "\0" not in value:
-                self.last_event_id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self.retry_ms = int(value)
-        # Any other field is ignored, as a browser does.
+        elif name == "id" and "\0" not in value:
+            self.last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry_ms = int(value)
+        # Any other field, and an `id` with a NUL or a `retry` not all digits, is ignored, as a browser does.
         return None
 
     def _dispatch(self) -> SseMessage | None:
