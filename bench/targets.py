@@ -105,8 +105,10 @@ def _cached_read_targets(by: Mapping[tuple[str, int], CaseResult]) -> list[Targe
     if read is None or echo is None or echo.load.rps == 0:
         ratio_target = Target(name, "SKIP", f"{label} or the echo baseline was not measured at that concurrency")
     else:
-        ratio = read.load.rps / echo.load.rps
-        ratio_target = Target(name, _verdict(ratio >= CACHED_READ_RATIO), f"{read.load.rps:.0f} / {echo.load.rps:.0f} req/s = {ratio:.2f}x")
+        # Errors answered fast would flatter the ratio, so any error fails it.
+        ratio, errors = read.load.rps / echo.load.rps, read.load.error_count
+        detail = f"{read.load.rps:.0f} / {echo.load.rps:.0f} req/s = {ratio:.2f}x" + (f", {errors} errors" if errors else "")
+        ratio_target = Target(name, _verdict(ratio >= CACHED_READ_RATIO and errors == 0), detail)
     name = f"{label} p99 <= {CACHED_READ_P99_MS:g} ms at c={HIGH_CONCURRENCY}"
     if read is None:
         p99_target = Target(name, "SKIP", "not measured at that concurrency")

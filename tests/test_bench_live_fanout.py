@@ -272,6 +272,8 @@ def test_cached_read_verdicts() -> None:
     assert passing == {ratio: ("PASS", "3000 / 1000 req/s = 3.00x"), p99: ("PASS", "p99 50.0 ms")}
     failing = _cached([_load("echo", 64, 1000, 40), _load("get_post", 64, 2999, 50.1)])
     assert (failing[ratio][0], failing[p99][0]) == ("FAIL", "FAIL")
+    errors = CaseResult("get_post", "get_post", 64, LoadResult(50000, 10.0, 1.0, 5.0, 10.0, {"non2xx": 7}), {}, {})
+    assert _cached([_load("echo", 64, 1000, 40), errors])[ratio] == ("FAIL", "5000 / 1000 req/s = 5.00x, 7 errors")
     # The same run's echo is the yardstick: without it, or at another concurrency, nothing is judged.
     assert {status for status, _ in _cached([_load("get_post", 64, 5000, 10)]).values()} == {"SKIP", "PASS"}
     assert _cached([_load("get_post", 64, 5000, 10)])[ratio][0] == "SKIP"
