@@ -86,10 +86,18 @@ class Resource:
     def id_of(self, payload: Any) -> UUID:
         return getattr(payload, self.id_field)  # type: ignore[no-any-return]
 
+    def owner_sql(self, id_param: str, *, provided: str | None = None) -> str:
+        """The statement that locks the row named at `id_param` and yields its `owner`: run alone
+        by `owner`, or as a CTE of the command's opening statement (shared/bookkeeping.py), where
+        `provided` makes it wait for the message's claim."""
+        condition = f"id = {id_param}" + (f" AND {provided}" if provided else "")
+        return f"SELECT {self.owner_column} AS owner FROM {self.table} WHERE {condition} FOR UPDATE"
+
     async def owner(self, conn: Connection, payload: Any) -> UUID:
-        owner: UUID | None = await conn.fetchval(
-            f"SELECT {self.owner_column} FROM {self.table} WHERE id = $1 FOR UPDATE", self.id_of(payload)
-        )
+        return self.found(await conn.fetchval(self.owner_sql("$1"), self.id_of(payload)))
+
+    def found(self, owner: UUID | None) -> UUID:
+        """The owner a lookup found; a missing row (no owner) is NotFound."""
         if owner is None:
             raise NotFound(f"No {self.name} with that id")
         return owner
@@ -129,6 +137,10 @@ class Policy(ABC):
     @abstractmethod
     async def authorize(self, caller: Caller | None, payload: Any, conn: Connection | None) -> None:
         """Raise Unauthorized, Forbidden or NotFound unless the caller may go ahead."""
+
+    def authorize_owner(self, caller: Caller | None, owner: UUID | None) -> None:
+        """`authorize`, given the owner of `resource` (None: no such row); owner policies only."""
+        raise TypeError(f"the {self.name} policy has no resource to own")
 
     def describe(self) -> str:
         """Who may, in a sentence for the documents."""
@@ -184,6 +196,13 @@ class _OwnerPolicy(Policy):
         caller = require_user(caller)
         assert self.resource is not None and conn is not None
         self.check(caller, await self.resource.owner(conn, payload))
+
+    def authorize_owner(self, caller: Caller | None, owner: UUID | None) -> None:
+        """`authorize` with the owner already looked up (and the row locked) by the command's
+        opening statement: the same checks in the same order, one round trip fewer."""
+        caller = require_user(caller)
+        assert self.resource is not None
+        self.check(caller, self.resource.found(owner))
 
     @abstractmethod
     def check(self, caller: Caller, owner: UUID) -> None: ...

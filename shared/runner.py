@@ -142,6 +142,8 @@ class _Command:
     payload: Any
     key: bookkeeping.Key | None
     decision: audit.Decision | None = None
+    #: What the opening statement found; its owner spares an owner policy a lookup of its own.
+    opened: bookkeeping.Opened = bookkeeping.Opened(idempotency.UNSET)
 
     @property
     def audited(self) -> bool:
@@ -344,9 +346,9 @@ class MessageProcessor:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 with outbox.buffered(conn, route.emits) as events:
-                    stored = await self._open(conn, command)
-                    if not idempotency.is_new(stored):
-                        return stored
+                    command.opened = await self._open(conn, command)
+                    if not idempotency.is_new(command.opened.stored):
+                        return command.opened.stored
                     await self._authorize(conn, command)
                     result = await route.handler(payload, caller, conn)
                     await self._close(conn, command, result, events.take())
@@ -362,26 +364,32 @@ class MessageProcessor:
         async with self._read_pool.acquire() as conn:
             return await route.handler(payload, caller, conn)
 
-    async def _open(self, conn: Connection, command: _Command) -> Any:
-        """Check the caller's session and ban and claim the message id (one statement). Returns
-        the stored reply of an earlier run, its replay recorded in this transaction, or
-        `idempotency.UNSET` when the command is new."""
+    async def _open(self, conn: Connection, command: _Command) -> bookkeeping.Opened:
+        """Check the caller's session and ban, claim the message id and, for an owner policy,
+        lock the resource and read its owner (one statement). Its `stored` is the reply of an
+        earlier run, its replay recorded in this transaction, or `idempotency.UNSET` when the
+        command is new."""
+        resource = command.route.policy.resource
+        owned = bookkeeping.Owned(resource, resource.id_of(command.payload)) if resource is not None else None
         try:
-            stored = await bookkeeping.open_command(conn, command.caller, command.key, command.route.name)
+            opened = await bookkeeping.open_command(conn, command.caller, command.key, command.route.name, owned)
         except DENIALS as exc:
             self._deny(command, exc)
             raise
-        if not idempotency.is_new(stored):
+        if not idempotency.is_new(opened.stored):
             command.decision = self._decide("replayed", command.route, command.caller, command.payload, "repeat of an executed message_id")
             if command.audited:
                 await audit.record(conn, command.decision)
-        return stored
+        return opened
 
     async def _authorize(self, conn: Connection, command: _Command) -> None:
         """Ask the route's policy; a refusal raises, an allowance waits for the closing statement."""
         route = command.route
         try:
-            await route.policy.authorize(command.caller, command.payload, conn)
+            if command.opened.owner_known:
+                route.policy.authorize_owner(command.caller, command.opened.owner)
+            else:
+                await route.policy.authorize(command.caller, command.payload, conn)
         except DENIALS as exc:
             self._deny(command, exc)
             raise

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from shared import audit, bookkeeping, idempotency, outbox
+from shared.authorization import Resource
 from shared.broker import login_user
 from shared.database import create_pool
 from shared.errors import Conflict, Forbidden, Unauthorized, Unprocessable
@@ -62,7 +63,7 @@ async def test_the_closing_statement_writes_reply_audit_row_and_events_in_order(
     key = key_of(caller)
     async with schema_pool.acquire() as conn, conn.transaction():
         with outbox.buffered(conn) as events:
-            assert idempotency.is_new(await bookkeeping.open_command(conn, caller, key, "create-post"))
+            assert idempotency.is_new((await bookkeeping.open_command(conn, caller, key, "create-post")).stored)
             first = await outbox.add_event(conn, "post.created", {"post_id": POST_ID, "author_id": str(caller.subject)})
             second = await outbox.add_event(conn, "post.deleted", {"post_id": POST_ID, "by": str(caller.subject)})
             # Buffered, not written: nothing is in the outbox until the closing statement.
@@ -94,7 +95,7 @@ async def test_a_repeated_message_gets_the_stored_reply_another_command_409_anot
             await bookkeeping.open_command(conn, caller, key, "create-post")
             await bookkeeping.close_command(conn, key, {"id": "p-1"}, None, [], notify=False)
         async with conn.transaction():
-            assert await bookkeeping.open_command(conn, caller, key, "create-post") == {"id": "p-1"}
+            assert (await bookkeeping.open_command(conn, caller, key, "create-post")).stored == {"id": "p-1"}
         with pytest.raises(Conflict):
             async with conn.transaction():
                 await bookkeeping.open_command(conn, caller, key, "delete-post")
@@ -103,7 +104,7 @@ async def test_a_repeated_message_gets_the_stored_reply_another_command_409_anot
                 await bookkeeping.open_command(conn, caller, key_of(caller, payload=b"another"), "create-post")
         # Neither refusal touched the record: the first reply is still what a true repeat gets.
         async with conn.transaction():
-            assert await bookkeeping.open_command(conn, caller, key, "create-post") == {"id": "p-1"}
+            assert (await bookkeeping.open_command(conn, caller, key, "create-post")).stored == {"id": "p-1"}
 
 
 async def test_a_concurrent_repeat_waits_for_the_first_and_reads_its_reply(schema_pool: asyncpg.Pool) -> None:
@@ -118,7 +119,7 @@ async def test_a_concurrent_repeat_waits_for_the_first_and_reads_its_reply(schem
 
         async def repeat() -> object:
             async with second.transaction():
-                return await bookkeeping.open_command(second, caller, key, "create-post")
+                return (await bookkeeping.open_command(second, caller, key, "create-post")).stored
 
         waiting = asyncio.create_task(repeat())
         await asyncio.sleep(0.2)
@@ -126,6 +127,40 @@ async def test_a_concurrent_repeat_waits_for_the_first_and_reads_its_reply(schem
         await bookkeeping.close_command(first, key, {"id": "p-9"}, None, [], notify=False)
         await tx.commit()
         assert await asyncio.wait_for(waiting, 5) == {"id": "p-9"}
+
+
+async def test_the_opening_statement_locks_the_resource_and_reads_its_owner(schema_pool: asyncpg.Pool) -> None:
+    """For an owner policy the opening statement also locks the resource's row and reads its owner
+    (one round trip fewer), with a key or without; a repeat locks nothing; a missing row is None."""
+    caller, owner, post = a_caller(), uuid4(), uuid4()
+    resource = Resource("post", "bk", "posts", "post_id", "author_id")
+    await schema_pool.execute("CREATE TABLE posts (id uuid PRIMARY KEY, author_id uuid NOT NULL)")
+    await schema_pool.execute("INSERT INTO posts VALUES ($1, $2)", post, owner)
+    owned = bookkeeping.Owned(resource, post)
+
+    async def locked() -> bool:
+        try:
+            async with schema_pool.acquire() as other, other.transaction():
+                await other.execute("SELECT 1 FROM posts WHERE id = $1 FOR UPDATE NOWAIT", post)
+            return False
+        except asyncpg.LockNotAvailableError:
+            return True
+
+    async with schema_pool.acquire() as conn:
+        for key in (key_of(caller, "m-own"), None):
+            async with conn.transaction():
+                opened = await bookkeeping.open_command(conn, caller, key, "delete-post", owned)
+                assert idempotency.is_new(opened.stored) and opened.owner_known and opened.owner == owner
+                assert await locked()
+                if key is not None:
+                    await bookkeeping.close_command(conn, key, None, None, [], notify=False)
+            assert not await locked()
+        async with conn.transaction():
+            repeat = await bookkeeping.open_command(conn, caller, key_of(caller, "m-own"), "delete-post", owned)
+            assert repeat.stored is None and not repeat.owner_known and not await locked()
+        async with conn.transaction():
+            missing = await bookkeeping.open_command(conn, caller, None, "delete-post", bookkeeping.Owned(resource, uuid4()))
+            assert missing.owner_known and missing.owner is None
 
 
 @pytest.mark.parametrize(("revoked", "banned", "error"), [(True, False, Unauthorized), (False, True, Forbidden), (True, True, Forbidden)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -185,7 +186,28 @@ def test_owner_policies_look_the_resource_up_first_and_lock_it(policy: Policy) -
     conn = OwnerRow(None)
     with pytest.raises(NotFound, match="No post with that id"):
         authorize(policy, caller(Role.ADMIN), conn)
-    assert conn.statements == ["SELECT author_id FROM posts WHERE id = $1 FOR UPDATE"]
+    assert conn.statements == ["SELECT author_id AS owner FROM posts WHERE id = $1 FOR UPDATE"]
+
+
+@pytest.mark.parametrize("policy", [p for p in POLICIES if p.resource is not None], ids=lambda p: p.name)
+@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.value)
+@pytest.mark.parametrize("owns", [True, False, None], ids=["owner", "not-owner", "missing"])
+def test_an_owner_read_by_the_opening_statement_gets_the_same_verdict(policy: Policy, role: Role, owns: bool | None) -> None:
+    """The runner hands an owner policy the owner its opening statement read (shared/bookkeeping.py):
+    every caller gets the same verdict as from the policy's own lookup."""
+    who = caller(role)
+    owner = None if owns is None else (who.subject if owns else uuid4())
+
+    def verdict(run: Callable[[], object]) -> str:
+        try:
+            run()
+        except (Unauthorized, Forbidden, NotFound) as exc:
+            return type(exc).__name__
+        return "allowed"
+
+    looked_up = verdict(lambda: authorize(policy, who, OwnerRow(owner)))
+    assert verdict(lambda: policy.authorize_owner(who, owner)) == looked_up
+    assert verdict(lambda: policy.authorize_owner(None, owner)) == "Unauthorized"
 
 
 def test_a_resource_takes_only_identifiers_into_its_sql() -> None:
