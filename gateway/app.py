@@ -9,9 +9,10 @@ from aiohttp import web
 
 from gateway.broker_link import BrokerLink
 from gateway.event_feed import EventFeed
-from gateway.keys import BROKER, FEED, HTTP, JWKS, METRICS, SETTINGS, VERIFIER
+from gateway.keys import BROKER, FEED, HTTP, JWKS, METRICS, READ_CACHE, SETTINGS, VERIFIER
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import error_middleware, hide_server_version, metrics_middleware, request_id_middleware, set_security_headers
+from gateway.read_cache import ReadCache
 from gateway.routes import setup_routes
 from shared.settings import Settings
 from shared.tokens import JwksKeySource, TokenVerifier
@@ -48,6 +49,17 @@ async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
     await feed.close()
 
 
+async def read_cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The cache of public reads, a listener of the feed: it keeps nothing until the feed is live."""
+    settings = app[SETTINGS]
+    cache = ReadCache(max_entries=settings.read_cache_max_entries, max_bytes=settings.read_cache_max_bytes, metrics=app[METRICS])
+    app[READ_CACHE] = cache
+    app[FEED].listen(cache)
+    if app[FEED].live:
+        cache.up()
+    yield
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_message_bytes,
@@ -57,6 +69,6 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = GatewayMetrics()
     app.on_response_prepare.append(set_security_headers)
     hide_server_version()
-    app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx])
+    app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx, read_cache_ctx])
     setup_routes(app)
     return app

@@ -18,8 +18,10 @@ from uuid import UUID
 import aiohttp
 from aiohttp import web
 
-from gateway.keys import BROKER, HTTP, METRICS, SETTINGS, VERIFIER
+from gateway.conditional import Representation
+from gateway.keys import BROKER, HTTP, METRICS, READ_CACHE, SETTINGS, VERIFIER
 from gateway.middlewares import REQUEST_ID, TOKEN_PRESENTED
+from gateway.read_cache import CACHED_READS, read_key
 from shared import jsoncodec
 from shared.commands import RESOURCES, ListAudit, audit_command_name, parse_payload, payload_from_mapping
 from shared.declarations import SERVICE_NAMES, Command
@@ -108,18 +110,49 @@ def command_view(command: Command) -> Handler:
     """The view of a command with an HTTP binding: everything it does follows from the declaration."""
     http = command.http
     assert http is not None, f"{command.name} has no HTTP binding"
+    if command.name in CACHED_READS:
+        return public_read_view(command)
     optional_body = command.accepts_empty_body()
 
     async def view(request: web.Request) -> web.StreamResponse:
         token = await authenticate(request) if command.guarded else None
         payload = await read_command(request, command, optional_body=optional_body)
         result = await send(request, command.name, payload, token=token, mutating=command.takes_idempotency_key)
+        # Before the answer leaves: whoever made the change reads it next, from this gateway's cache too.
+        request.app[READ_CACHE].after_write(command, payload)
         if command.result is None:
             return web.Response(status=http.status)
         headers = {"Location": http.location.format(**result)} if http.location else {}
         if http.no_store:
             headers["Cache-Control"] = "no-store"
         return json_response(result, status=http.status, headers=headers)
+
+    view.__name__ = view.__qualname__ = command.name.replace("-", "_")
+    return view
+
+
+def public_read_view(command: Command) -> Handler:
+    """A public read: from the read cache when it holds the answer, else through the bus (and
+    then kept, see gateway/read_cache.py). Either way with its ETag, and 304 to a client that
+    already holds this version. It needs no token, so a token sent along changes nothing."""
+    assert command.public_read and not command.guarded, f"{command.name} is not a public read"
+
+    async def view(request: web.Request) -> web.StreamResponse:
+        payload = await read_command(request, command, optional_body=False)
+        cache = request.app[READ_CACHE]
+        key = read_key(command.name, payload)
+        kept = cache.get(key) if key is not None else None
+        if kept is not None:
+            return kept.answer(request)
+        if key is None:  # a later page: not kept, but still tagged
+            return Representation.of(jsoncodec.dumps(await send(request, command.name, payload))).answer(request)
+        fill = cache.begin(key)
+        try:
+            result = await send(request, command.name, payload)
+        except BaseException:  # an error is never kept
+            cache.abandon(fill)
+            raise
+        return cache.fill(fill, jsoncodec.dumps(result)).answer(request)
 
     view.__name__ = view.__qualname__ = command.name.replace("-", "_")
     return view
