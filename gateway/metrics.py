@@ -59,6 +59,9 @@ class GatewayMetrics:
             "Answers of misses not kept because a change made them stale while they were read",
             registry=self.registry,
         )
+        self.read_cache_live = Gauge(
+            "gateway_read_cache_live", "1 while the event feed is up and the read cache serves and keeps answers", registry=self.registry
+        )
         self.read_cache_entries = Gauge("gateway_read_cache_entries", "Answers the read cache holds", registry=self.registry)
         self.read_cache_bytes = Gauge("gateway_read_cache_bytes", "Bytes of body the read cache holds", registry=self.registry)
 

@@ -112,6 +112,7 @@ class ReadCache:
         outcomes = ("hit", "miss", "bypass")
         self._lookups = {(c, o): metrics.read_cache_lookups.labels(c, o) for c in CACHED_READS for o in outcomes}
         self._invalidations = {r: metrics.read_cache_invalidations.labels(r) for r in ("event", "own_write", "feed_down", "gap")}
+        metrics.read_cache_live.set_function(lambda: int(self.live))
         metrics.read_cache_entries.set_function(lambda: len(self._entries))
         metrics.read_cache_bytes.set_function(lambda: self._bytes)
 
