@@ -59,6 +59,13 @@ def test_only_first_pages_are_kept_and_the_default_limit_is_one_page() -> None:
     assert read_key("get-post", {"post_id": post_id}) == ("get-post", post_id)
 
 
+def test_every_public_read_over_http_is_cached_and_nothing_else() -> None:
+    """Only PUBLIC commands' answers may be kept: they do not depend on who asks."""
+    public_reads = {c.name for c in COMMANDS.values() if c.public_read and c.http is not None}
+    assert set(CACHED_READS) == public_reads
+    assert not any(COMMANDS[name].guarded for name in CACHED_READS)
+
+
 def test_the_least_recently_used_entry_goes_first() -> None:
     cache = live_cache(max_entries=3)
     first, second, third, fourth = post(), post(), post(), post()
