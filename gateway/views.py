@@ -136,12 +136,22 @@ def public_read_view(command: Command) -> Handler:
     then kept, see gateway/read_cache.py). Either way with its ETag, and 304 to a client that
     already holds this version. It needs no token, so a token sent along changes nothing."""
     assert command.public_read and not command.guarded, f"{command.name} is not a public read"
+    http = command.http
+    assert http is not None
+    # A read named by its path alone (get-post, get-user) finds its entry from the path's id,
+    # in the form its validated payload has, and a hit skips the payload's validation.
+    by_path = http.path_fields == tuple(command.payload.model_fields)
 
     async def view(request: web.Request) -> web.StreamResponse:
-        payload = await read_command(request, command, optional_body=False)
         cache = request.app[READ_CACHE]
+        if by_path:
+            (field,) = http.path_fields
+            kept = cache.get((command.name, path_id(request, field)))
+            if kept is not None:
+                return kept.answer(request)
+        payload = await read_command(request, command, optional_body=False)
         key = read_key(command.name, payload)
-        kept = cache.get(key) if key is not None else None
+        kept = None if key is None or by_path else cache.get(key)
         if kept is not None:
             return kept.answer(request)
         if key is None:  # a later page: not kept, but still tagged
