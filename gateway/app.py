@@ -44,20 +44,12 @@ async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     feed = EventFeed(settings.amqp_url, owners=settings.broker_users, on_outcome=app[METRICS].count_event)
     app[FEED] = feed
+    # The read cache listens first: it drops what an event makes stale before any other listener
+    # (the live stream) can tell a browser to read it again.
+    feed.listen(app[READ_CACHE])
     feed.start()
     yield
     await feed.close()
-
-
-async def read_cache_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The cache of public reads, a listener of the feed: it keeps nothing until the feed is live."""
-    settings = app[SETTINGS]
-    cache = ReadCache(max_entries=settings.read_cache_max_entries, max_bytes=settings.read_cache_max_bytes, metrics=app[METRICS])
-    app[READ_CACHE] = cache
-    app[FEED].listen(cache)
-    if app[FEED].live:
-        cache.up()
-    yield
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -67,8 +59,10 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
+    # Holds nothing until the feed is up (feed_ctx): no resource to open or close.
+    app[READ_CACHE] = ReadCache(max_entries=settings.read_cache_max_entries, max_bytes=settings.read_cache_max_bytes, metrics=app[METRICS])
     app.on_response_prepare.append(set_security_headers)
     hide_server_version()
-    app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx, read_cache_ctx])
+    app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx])
     setup_routes(app)
     return app
