@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from gateway import refresh_cookie
 from gateway.broker_link import BrokerLink
 from gateway.event_feed import EventFeed
 from gateway.keys import BROKER, FEED, HTTP, JWKS, METRICS, READ_CACHE, SETTINGS, VERIFIER
@@ -61,7 +62,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = GatewayMetrics()
     # Holds nothing until the feed is up (feed_ctx): no resource to open or close.
     app[READ_CACHE] = ReadCache(max_entries=settings.read_cache_max_entries, max_bytes=settings.read_cache_max_bytes, metrics=app[METRICS])
-    app.on_response_prepare.append(set_security_headers)
+    app.on_response_prepare.extend([set_security_headers, refresh_cookie.clear_if_asked])
     hide_server_version()
     app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx])
     setup_routes(app)
