@@ -375,6 +375,7 @@ async def test_a_gateway_cut_off_the_broker_drops_its_cache_and_serves_no_stale_
                 await metric(cut, "gateway_read_cache_invalidations_total", reason="feed_down") == dropped + 1
                 and await metric(cut, "gateway_read_cache_live") == 0
                 and await metric(cut, "gateway_read_cache_entries") == 0
+                and (await read(client, cut + "/readyz"))[0] == 503  # its command link is down too
             )
 
         await wait_until(dropped_everything, timeout=5)
