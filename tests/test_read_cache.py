@@ -7,10 +7,13 @@ import asyncio
 from uuid import uuid4
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from gateway import views
 from gateway.conditional import Representation, etag_of, none_match
 from gateway.event_feed import FeedEvent
+from gateway.keys import READ_CACHE
 from gateway.metrics import GatewayMetrics
 from gateway.read_cache import CACHED_READS, STALE_AFTER, Key, ReadCache, read_key
 from shared.commands import COMMANDS
@@ -284,3 +287,37 @@ def test_a_304_has_the_validators_and_no_body() -> None:
     same = answer.answer(make_mocked_request("GET", "/posts", headers={"If-None-Match": answer.etag}))
     assert same.status == 304 and not same.body
     assert same.headers["ETag"] == answer.etag and same.headers["Cache-Control"] == "no-cache"
+
+
+@pytest.mark.parametrize(
+    ("command", "path", "field", "key"),
+    [
+        ("get-post", "/posts/{id}", "post_id", ("get-post", "{id}")),
+        ("get-user", "/users/{id}", "user_id", ("get-user", "{id}")),
+        ("list-posts", "/posts?limit=5", None, ("list-posts", "5")),
+        ("list-posts", "/posts", None, ("list-posts", "20")),
+    ],
+)
+async def test_a_hit_is_answered_from_the_bytes_kept_with_no_json_work(
+    monkeypatch: pytest.MonkeyPatch, command: str, path: str, field: str | None, key: tuple[str, str]
+) -> None:
+    """The view finds the entry its fill kept (the same key from the request as from the
+    payload) and sends the kept bytes: nothing is serialized and nothing is sent on the bus."""
+    resource_id = str(uuid4())
+    app = web.Application()
+    app[READ_CACHE] = cache = live_cache()
+    keep(cache, (key[0], key[1].format(id=resource_id)), b'{"kept":true}')
+
+    def no_json(*_: object) -> bytes:
+        raise AssertionError("a hit serialized JSON")
+
+    async def no_bus(*_: object, **__: object) -> object:
+        raise AssertionError("a hit went to the bus")
+
+    monkeypatch.setattr(views.jsoncodec, "dumps", no_json)
+    monkeypatch.setattr(views, "send", no_bus)
+    match_info = {field: resource_id} if field else {}
+    request = make_mocked_request("GET", path.format(id=resource_id), app=app, match_info=match_info)
+    response = await views.public_read_view(COMMANDS[command])(request)
+    assert isinstance(response, web.Response)
+    assert response.status == 200 and response.body == b'{"kept":true}'
