@@ -156,18 +156,18 @@ def public_read_view(command: Command) -> Handler:
     assert http is not None
     # A read named by its path alone (get-post, get-user) finds its entry from the path's id,
     # in the form its validated payload has, and a hit skips the payload's validation.
-    by_path = http.path_fields == tuple(command.payload.model_fields)
+    fields = tuple(command.payload.model_fields)
+    id_field = fields[0] if len(fields) == 1 and http.path_fields == fields else None
 
     async def view(request: web.Request) -> web.StreamResponse:
         cache = request.app[READ_CACHE]
-        if by_path:
-            (field,) = http.path_fields
-            kept = cache.get((command.name, path_id(request, field)))
+        if id_field is not None:
+            kept = cache.get((command.name, path_id(request, id_field)))
             if kept is not None:
                 return kept.answer(request)
         payload = await read_command(request, command, optional_body=False)
         key = read_key(command.name, payload)
-        kept = None if key is None or by_path else cache.get(key)
+        kept = None if key is None or id_field is not None else cache.get(key)
         if kept is not None:
             return kept.answer(request)
         if key is None:  # a later page: not kept, but still tagged
