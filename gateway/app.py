@@ -10,9 +10,10 @@ from aiohttp import web
 from gateway import refresh_cookie
 from gateway.broker_link import BrokerLink
 from gateway.event_feed import EventFeed
-from gateway.keys import BROKER, FEED, HTTP, JWKS, METRICS, SETTINGS, VERIFIER
+from gateway.keys import BROKER, FEED, HTTP, JWKS, METRICS, READ_CACHE, SETTINGS, VERIFIER
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import error_middleware, hide_server_version, metrics_middleware, request_id_middleware, set_security_headers
+from gateway.read_cache import ReadCache
 from gateway.routes import setup_routes
 from shared.settings import Settings
 from shared.tokens import JwksKeySource, TokenVerifier
@@ -44,6 +45,9 @@ async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     feed = EventFeed(settings.amqp_url, owners=settings.broker_users, on_outcome=app[METRICS].count_event)
     app[FEED] = feed
+    # The read cache listens first: it drops what an event makes stale before any other listener
+    # (the live stream) can tell a browser to read it again.
+    feed.listen(app[READ_CACHE])
     feed.start()
     yield
     await feed.close()
@@ -56,6 +60,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
+    # Holds nothing until the feed is up (feed_ctx): no resource to open or close.
+    app[READ_CACHE] = ReadCache(max_entries=settings.read_cache_max_entries, max_bytes=settings.read_cache_max_bytes, metrics=app[METRICS])
     app.on_response_prepare.extend([set_security_headers, refresh_cookie.clear_if_asked])
     hide_server_version()
     app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx])

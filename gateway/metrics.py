@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from shared.events import public_events
 
@@ -37,6 +37,33 @@ class GatewayMetrics:
             ["event", "outcome"],
             registry=self.registry,
         )
+
+        # The read cache (gateway/read_cache.py). Each label takes only the values declared there.
+        self.read_cache_lookups = Counter(
+            "gateway_read_cache_lookups_total",
+            "Public reads the cache was asked for, by command and outcome (hit, miss, bypass: the feed is down)",
+            ["command", "outcome"],
+            registry=self.registry,
+        )
+        self.read_cache_invalidations = Counter(
+            "gateway_read_cache_invalidations_total",
+            "Times the read cache dropped what a change made stale, by reason (event, own_write, feed_down, gap)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.read_cache_evictions = Counter(
+            "gateway_read_cache_evictions_total", "Entries the read cache let go to stay within its bounds", registry=self.registry
+        )
+        self.read_cache_stale_fills = Counter(
+            "gateway_read_cache_stale_fills_total",
+            "Answers of misses not kept because a change made them stale while they were read",
+            registry=self.registry,
+        )
+        self.read_cache_live = Gauge(
+            "gateway_read_cache_live", "1 while the event feed is up and the read cache serves and keeps answers", registry=self.registry
+        )
+        self.read_cache_entries = Gauge("gateway_read_cache_entries", "Answers the read cache holds", registry=self.registry)
+        self.read_cache_bytes = Gauge("gateway_read_cache_bytes", "Bytes of body the read cache holds", registry=self.registry)
 
     def count_event(self, key: str, outcome: str) -> None:
         self.events.labels(key if key in public_events() else "unknown", outcome).inc()

@@ -3,7 +3,8 @@
 Each command with an HTTP binding (shared/commands.py) is an operation: its path and method, its
 request body (the payload model the services enforce, without the path's fields), its query
 parameters, its result model, whether it needs a token, the error statuses that its policy,
-payload and binding imply, and the headers its answers carry (`Location`, `Cache-Control`).
+payload and binding imply, and the headers its answers carry (`Location`, `Cache-Control`; a public
+read's `ETag`, and the 304 of its `If-None-Match`).
 The document cannot drift from what the code accepts. The gateway's own routes (audit, keys,
 health, metrics, the UI) are described by hand below.
 
@@ -25,6 +26,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from gateway import refresh_cookie, schemas
+from gateway.conditional import CACHE_CONTROL
+from gateway.read_cache import CACHED_READS
 from shared.commands import COMMANDS, RESOURCES
 from shared.declarations import SERVICE_NAMES, Command
 from shared.envelope import REQUEST_ID
@@ -76,6 +79,26 @@ HEADERS: dict[str, dict[str, Any]] = {
         "required": False,
         "schema": {"type": "string"},
     },
+    "ETag": {
+        "description": "A strong entity tag of this version (a digest of the body, the same on every gateway): "
+        "send it back in If-None-Match to be answered 304 while it is current",
+        "required": True,
+        "schema": {"type": "string", "pattern": '^"[^"]*"$'},
+    },
+}
+#: The Cache-Control of the public reads (gateway/conditional.py): keep it, but ask again each time.
+REVALIDATE = {
+    "description": "Public data: a browser or proxy may keep it but must revalidate it (If-None-Match) before each use",
+    "required": True,
+    "schema": {"type": "string", "const": CACHE_CONTROL},
+}
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "ETags of versions the client holds (RFC 9110 §13.1.2, weak comparison; `*` for any): "
+    "when the current one is among them the answer is 304 with no body",
 }
 
 
@@ -252,10 +275,14 @@ def _command_operation(command: Command, components: dict[str, Any]) -> dict[str
         if refresh_cookie.reads_cookie(command):
             params.append(REFRESH_COOKIE)
         content = _cookie_answer(command.result, components)
+    ok = {str(http.status): _ok(command.summary, content, headers=headers)}
+    if command.name in CACHED_READS:  # tagged, revalidated, maybe from the gateway's read cache
+        params.append(IF_NONE_MATCH)
+        ok = _conditional(ok[str(http.status)])
     operation = _operation(
         command.name,
         f"{command.summary} {command.policy.describe()}",
-        ok={str(http.status): _ok(command.summary, content, headers=headers)},
+        ok=ok,
         errors=_errors(command, body=body is not None, query=bool(query), takes_key=takes_key),
         secured=command.guarded,
         params=params,
@@ -267,6 +294,17 @@ def _command_operation(command: Command, components: dict[str, Any]) -> dict[str
             "content": {"application/json": {"schema": {"$ref": REF.format(model=body[0])}}},
         }
     return operation
+
+
+def _conditional(answer: dict[str, Any]) -> dict[str, Any]:
+    """A public read's 200, with its ETag and Cache-Control, and the 304 of a current If-None-Match."""
+    validators = {"ETag": {"$ref": "#/components/headers/ETag"}, "Cache-Control": REVALIDATE}
+    answer["headers"].update(validators)
+    not_modified = {
+        "description": "Not Modified: the version named in If-None-Match is current; no body",
+        "headers": {**_headers("X-Request-ID"), **validators},
+    }
+    return {"200": answer, "304": not_modified}
 
 
 def _cookie_answer(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:

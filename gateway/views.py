@@ -19,8 +19,10 @@ import aiohttp
 from aiohttp import web
 
 from gateway import refresh_cookie
-from gateway.keys import BROKER, HTTP, METRICS, SETTINGS, VERIFIER
+from gateway.conditional import Representation
+from gateway.keys import BROKER, HTTP, METRICS, READ_CACHE, SETTINGS, VERIFIER
 from gateway.middlewares import REQUEST_ID, TOKEN_PRESENTED
+from gateway.read_cache import CACHED_READS, read_key
 from shared import jsoncodec
 from shared.commands import RESOURCES, ListAudit, audit_command_name, parse_payload, payload_from_mapping
 from shared.declarations import SERVICE_NAMES, Command
@@ -109,6 +111,8 @@ def command_view(command: Command) -> Handler:
     """The view of a command with an HTTP binding: everything it does follows from the declaration."""
     http = command.http
     assert http is not None, f"{command.name} has no HTTP binding"
+    if command.name in CACHED_READS:
+        return public_read_view(command)
     optional_body = command.accepts_empty_body() or refresh_cookie.reads_cookie(command)
 
     async def view(request: web.Request) -> web.StreamResponse:
@@ -125,6 +129,8 @@ def command_view(command: Command) -> Handler:
             if cookie and exc.status in (401, 403):
                 request[refresh_cookie.CLEAR] = True  # the session is over: so is its cookie
             raise
+        # Before the answer leaves: whoever made the change reads it next, from this gateway's cache too.
+        request.app[READ_CACHE].after_write(command, payload)
         if command.result is None:
             return web.Response(status=http.status)
         headers = {"Location": http.location.format(**result)} if http.location else {}
@@ -136,6 +142,43 @@ def command_view(command: Command) -> Handler:
         response = json_response(answer, status=http.status, headers=headers)
         refresh_cookie.issue(response, refresh_token, int(answer["refresh_expires_in"]))
         return response
+
+    view.__name__ = view.__qualname__ = command.name.replace("-", "_")
+    return view
+
+
+def public_read_view(command: Command) -> Handler:
+    """A public read: from the read cache when it holds the answer, else through the bus (and
+    then kept, see gateway/read_cache.py). Either way with its ETag, and 304 to a client that
+    already holds this version. It needs no token, so a token sent along changes nothing."""
+    assert command.public_read and not command.guarded, f"{command.name} is not a public read"
+    http = command.http
+    assert http is not None
+    # A read named by its path alone (get-post, get-user) finds its entry from the path's id,
+    # in the form its validated payload has, and a hit skips the payload's validation.
+    fields = tuple(command.payload.model_fields)
+    id_field = fields[0] if len(fields) == 1 and http.path_fields == fields else None
+
+    async def view(request: web.Request) -> web.StreamResponse:
+        cache = request.app[READ_CACHE]
+        if id_field is not None:
+            kept = cache.get((command.name, path_id(request, id_field)))
+            if kept is not None:
+                return kept.answer(request)
+        payload = await read_command(request, command, optional_body=False)
+        key = read_key(command.name, payload)
+        kept = None if key is None or id_field is not None else cache.get(key)
+        if kept is not None:
+            return kept.answer(request)
+        if key is None:  # a later page: not kept, but still tagged
+            return Representation.of(jsoncodec.dumps(await send(request, command.name, payload))).answer(request)
+        fill = cache.begin(key)
+        try:
+            result = await send(request, command.name, payload)
+        except BaseException:  # an error is never kept
+            cache.abandon(fill)
+            raise
+        return cache.fill(fill, jsoncodec.dumps(result)).answer(request)
 
     view.__name__ = view.__qualname__ = command.name.replace("-", "_")
     return view

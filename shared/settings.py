@@ -99,6 +99,9 @@ class Settings:
     register_max_per_address: int
     register_max_global: int
     register_window_seconds: int
+    #: The gateway's cache of public reads (gateway/read_cache.py): entries (0 turns it off) and body bytes.
+    read_cache_max_entries: int
+    read_cache_max_bytes: int
     log_level: str
     broker_topology: BrokerTopology
     #: By process name (`gateway`, `auth`, ...), the RabbitMQ user it connects as (BROKER_USER_*).
@@ -161,6 +164,8 @@ class Settings:
             register_max_per_address=_int(env, "REGISTER_MAX_PER_ADDRESS", 10, low=1, high=1_000_000),
             register_max_global=_int(env, "REGISTER_MAX_GLOBAL", 1000, low=1, high=1_000_000),
             register_window_seconds=_int(env, "REGISTER_WINDOW_SECONDS", 3600, low=1, high=86_400),
+            read_cache_max_entries=_int(env, "READ_CACHE_MAX_ENTRIES", 10_000, low=0, high=10_000_000),
+            read_cache_max_bytes=_int(env, "READ_CACHE_MAX_BYTES", 64 * 1_048_576, low=0, high=16 * 1024 * 1_048_576),
             log_level=log_level,
             broker_topology=topology,
             broker_users=_broker_users(env),

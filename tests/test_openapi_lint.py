@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from gateway.openapi import build_document
+from gateway.read_cache import CACHED_READS
 from gateway.routes import setup_routes
 from shared.commands import COMMANDS
 from tests.support.node import NODE_DIR, require_node
@@ -117,8 +118,24 @@ def test_created_resources_have_a_location_and_token_answers_no_store() -> None:
         response = document["paths"][command.http.path][command.http.method.lower()]["responses"][str(command.http.status)]
         headers = response_headers(response)
         assert ("location" in headers) == (command.http.location is not None), command.name
-        assert ("cache-control" in headers) == command.http.no_store, command.name
+        cache_control = headers.get("cache-control", {}).get("schema", {}).get("const")
+        # Token answers are never kept; public reads are kept only to be revalidated by their ETag.
+        expected = "no-store" if command.http.no_store else "no-cache" if command.name in CACHED_READS else None
+        assert cache_control == expected, command.name
+        assert ("etag" in headers) == (command.name in CACHED_READS), command.name
     assert any(c.http and c.http.location for c in COMMANDS.values())
+
+
+@pytest.mark.unit
+def test_public_reads_document_their_conditional_get() -> None:
+    document = build_document()
+    for name in CACHED_READS:
+        http = COMMANDS[name].http
+        assert http is not None
+        operation = document["paths"][http.path]["get"]
+        assert any(p["name"] == "If-None-Match" and p["in"] == "header" for p in operation["parameters"]), name
+        assert "etag" in response_headers(operation["responses"]["304"]), name
+        assert "content" not in operation["responses"]["304"], name
 
 
 @pytest.mark.unit

@@ -76,6 +76,22 @@ class Stack:
             process.kill()
             return process.wait()
 
+    def start_replica(self, service: str, name: str, settings: Mapping[str, str]) -> None:
+        """One more process of `service` (`name` keys it and its log), `settings` on top of its environment."""
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        env = {**self.env_for(service), **settings}
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", PACKAGES[service]], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+    async def start_gateway(self, name: str, settings: Mapping[str, str] | None = None, timeout: float = 60) -> str:
+        """Another gateway replica on this stack's broker and database, ready; returns its URL."""
+        port = free_port()
+        self.start_replica("gateway", name, {**(settings or {}), "GATEWAY_PORT": str(port)})
+        url = f"http://127.0.0.1:{port}"
+        await self.wait_ready_at(url + "/readyz", timeout)
+        return url
+
     @property
     def pids(self) -> dict[str, int]:
         return {service: process.pid for service, process in self.processes.items()}
@@ -95,8 +111,10 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-tail:]) if path.exists() else ""
 
     async def wait_ready(self, service: str = "gateway", timeout: float = 60) -> None:
+        await self.wait_ready_at(self.http_url(service) + "/readyz", timeout, service)
+
+    async def wait_ready_at(self, url: str, timeout: float = 60, service: str = "gateway") -> None:
         deadline = time.monotonic() + timeout
-        url = self.http_url(service) + "/readyz"
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 for name, process in self.processes.items():
