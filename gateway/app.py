@@ -9,7 +9,8 @@ from aiohttp import web
 
 from gateway.broker_link import BrokerLink
 from gateway.event_feed import EventFeed
-from gateway.keys import BROKER, FEED, HTTP, JWKS, METRICS, SETTINGS, VERIFIER
+from gateway.keys import BROKER, FEED, HTTP, JWKS, LIVE, METRICS, SETTINGS, VERIFIER
+from gateway.live import LiveHub
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import error_middleware, hide_server_version, metrics_middleware, request_id_middleware, set_security_headers
 from gateway.routes import setup_routes
@@ -48,6 +49,21 @@ async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
     await feed.close()
 
 
+async def live_ctx(app: web.Application) -> AsyncIterator[None]:
+    """`GET /live`'s hub, one more listener of the feed; its streams end in `on_shutdown` (below)."""
+    settings = app[SETTINGS]
+    hub = LiveHub(app[METRICS], heartbeat_seconds=settings.live_heartbeat_seconds, max_streams=settings.live_max_streams)
+    app[LIVE] = hub
+    app[FEED].listen(hub)
+    yield
+
+
+async def end_live_streams(app: web.Application) -> None:
+    """Open streams never finish by themselves: end them first, or graceful shutdown waits its full timeout."""
+    if LIVE in app:
+        await app[LIVE].close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_message_bytes,
@@ -57,6 +73,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = GatewayMetrics()
     app.on_response_prepare.append(set_security_headers)
     hide_server_version()
-    app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx])
+    app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx, live_ctx])
+    app.on_shutdown.append(end_live_streams)
     setup_routes(app)
     return app

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from gateway.broker_link import BrokerLink
 from gateway.event_feed import EventFeed
+from gateway.live import LiveHub
 from gateway.metrics import GatewayMetrics
 from shared.settings import Settings
 from shared.tokens import JwksKeySource, TokenVerifier
@@ -18,3 +19,4 @@ JWKS = web.AppKey("jwks", JwksKeySource)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 FEED = web.AppKey("feed", EventFeed)
+LIVE = web.AppKey("live", LiveHub)

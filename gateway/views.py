@@ -18,7 +18,7 @@ from uuid import UUID
 import aiohttp
 from aiohttp import web
 
-from gateway.keys import BROKER, HTTP, METRICS, SETTINGS, VERIFIER
+from gateway.keys import BROKER, HTTP, LIVE, METRICS, SETTINGS, VERIFIER
 from gateway.middlewares import REQUEST_ID, TOKEN_PRESENTED
 from shared import jsoncodec
 from shared.commands import RESOURCES, ListAudit, audit_command_name, parse_payload, payload_from_mapping
@@ -191,6 +191,11 @@ async def jwks(request: web.Request) -> web.Response:
     except (aiohttp.ClientError, TimeoutError, ValueError):
         raise ServiceUnavailable("The key set is unavailable right now", retry_after=5) from None
     return json_response(document, headers={"Cache-Control": cache_control})
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    """The public events as Server-Sent Events (gateway/live.py); anyone may listen."""
+    return await request.app[LIVE].serve(request, request_id=request.get(REQUEST_ID, ""))
 
 
 async def index(_: web.Request) -> web.FileResponse:
