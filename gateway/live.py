@@ -23,6 +23,7 @@ import contextlib
 import socket
 from collections import deque
 from collections.abc import Iterable
+from typing import cast
 
 from aiohttp import web
 
@@ -88,8 +89,8 @@ class Stream:
         """Close the connection at once, unsent data and all: the writer's wait fails."""
         self._ended = True
         self._wake.set()
-        if isinstance(self._transport, asyncio.WriteTransport):
-            self._transport.abort()
+        if self._transport is not None:
+            cast(asyncio.Transport, self._transport).abort()
 
     async def take(self, timeout: float) -> list[bytes]:
         """What is queued (all of it, one write), or [] when `timeout` passed with nothing."""
@@ -220,8 +221,8 @@ def _bound_buffers(transport: asyncio.BaseTransport | None) -> None:
     """Fix what a stream may hold in user space and in the kernel (see the module's docstring)."""
     if transport is None:
         return
-    if isinstance(transport, asyncio.WriteTransport):
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
+    # Cast, not isinstance: uvloop's transports do not subclass asyncio's, yet have these methods.
+    cast(asyncio.Transport, transport).set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
