@@ -224,3 +224,20 @@ async def test_a_reader_that_never_reads_is_dropped_and_the_others_go_on(
             assert len(reader.find("post.created")) >= sent  # the live reader missed nothing
     finally:
         stuck.close()
+
+
+async def test_shutdown_ends_open_streams_at_once(http: aiohttp.ClientSession, gateway: LiveGateway, wait_until: WaitUntil) -> None:
+    """Last in the module: it stops the module's gateway. An open stream never ends by itself, so
+    without the hub's on_shutdown hook the graceful shutdown would wait its whole timeout."""
+    async with live_streams(http, "/live", 5) as streams:
+        started = time.monotonic()
+        gateway.process.terminate()
+        code = await asyncio.to_thread(gateway.process.wait, 20)
+        stopped_in = time.monotonic() - started
+        assert code == 0
+        assert stopped_in < 5, f"the gateway took {stopped_in:.1f} s to stop with streams open"
+
+        async def all_ended() -> bool:
+            return all(s.ended for s in streams)
+
+        await wait_until(all_ended, timeout=2)
