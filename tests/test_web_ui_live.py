@@ -33,7 +33,11 @@ async def broker_ok(reply: dict | None) -> dict:
 
 
 async def test_changes_made_elsewhere_show_within_a_second_without_a_reload(
-    open_page: OpenPage, new_user, admin: User, http: aiohttp.ClientSession, broker: BrokerProbe
+    open_page: OpenPage,  # noqa: F811 - the fixture
+    new_user,
+    admin: User,
+    http: aiohttp.ClientSession,
+    broker: BrokerProbe,
 ) -> None:
     author: User = await new_user("author")
     watcher = await open_page("watcher")
@@ -72,7 +76,9 @@ async def test_changes_made_elsewhere_show_within_a_second_without_a_reload(
 
 
 async def test_a_post_deleted_on_one_page_leaves_both_and_never_comes_back(
-    open_page: OpenPage, new_user, http: aiohttp.ClientSession
+    open_page: OpenPage,  # noqa: F811 - the fixture
+    new_user,
+    http: aiohttp.ClientSession,
 ) -> None:
     author: User = await new_user("author")
     doomed, kept = await write_post_via_api(http, author), await write_post_via_api(http, author)
@@ -103,7 +109,11 @@ async def test_a_post_deleted_on_one_page_leaves_both_and_never_comes_back(
     await expect(watcher.get_by_test_id("post-title").filter(has_text=title)).to_have_count(1, timeout=WITHIN_A_SECOND)
 
 
-async def test_a_reload_event_reads_everything_again(open_page: OpenPage, new_user, http: aiohttp.ClientSession) -> None:
+async def test_a_reload_event_reads_everything_again(
+    open_page: OpenPage,  # noqa: F811 - the fixture
+    new_user,
+    http: aiohttp.ClientSession,
+) -> None:
     """What the page does when the server says events were missed (`event: reload`)."""
     author: User = await new_user("author")
     watcher = await open_page("watcher")
