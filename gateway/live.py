@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from collections.abc import Iterable
 from typing import cast
 
 from aiohttp import web
@@ -65,12 +64,15 @@ class StreamEnded(Exception):
 class Stream:
     """One open `GET /live`: its bounded queue of messages, and its connection to drop it by."""
 
-    def __init__(self, transport: asyncio.BaseTransport | None, backlog: Iterable[bytes]) -> None:
+    def __init__(self, transport: asyncio.BaseTransport | None, backlog: list[bytes]) -> None:
         self._transport = transport
-        self._pending: deque[bytes] = deque(backlog)
+        #: What the client missed (the window's own messages, shared, not copied): sent first, and
+        #: outside the queue's bound, or a long replay would get its reader dropped at once.
+        self._backlog = backlog
+        self._pending: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._ended = False
-        if self._pending:
+        if backlog:
             self._wake.set()
 
     def offer(self, message: bytes) -> bool:
@@ -94,13 +96,13 @@ class Stream:
 
     async def take(self, timeout: float) -> list[bytes]:
         """What is queued (all of it, one write), or [] when `timeout` passed with nothing."""
-        if not self._pending and not self._ended:
+        if not self._pending and not self._backlog and not self._ended:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
         if self._ended:
             raise StreamEnded
         self._wake.clear()
-        taken = list(self._pending)
+        taken, self._backlog = [*self._backlog, *self._pending], []
         self._pending.clear()
         return taken
 
@@ -165,7 +167,6 @@ class LiveHub:
                 newest = self._recent[-1][0] if self._recent else ""
                 backlog = [reload_message("Last-Event-ID is not in the recent window", event_id=newest)]
                 self._metrics.live_messages.labels("reload").inc()
-        # A replay longer than the queue is sent whole: it was already in memory (the window).
         stream = Stream(transport, backlog)
         self._streams.add(stream)
         self._metrics.live_streams.set(len(self._streams))

@@ -16,6 +16,7 @@ from uuid import uuid4
 
 import aiohttp
 
+from gateway.live import QUEUE_SIZE
 from shared.events import EVENTS
 from tests.support.accounts import User
 from tests.support.broker import BrokerProbe, WaitUntil
@@ -135,7 +136,8 @@ async def event_count(http: aiohttp.ClientSession, event: str, outcome: str) -> 
 async def test_a_reconnect_with_last_event_id_gets_what_it_missed_and_an_unknown_id_reloads(
     http: aiohttp.ClientSession, broker: BrokerProbe, wait_until: WaitUntil
 ) -> None:
-    events = [post_created() for _ in range(4)]
+    # More than a stream's queue holds: a replay is sent whole, never taken for a slow reader.
+    events = [post_created() for _ in range(QUEUE_SIZE + 6)]
     async with live_streams(http, "/live", 1) as (watcher,):
         for body in events:
             await broker.event("post.created", body, as_process="posts")
@@ -145,7 +147,7 @@ async def test_a_reconnect_with_last_event_id_gets_what_it_missed_and_an_unknown
 
         await wait_until(all_seen, timeout=2)
 
-    # Back with the id of the first: the other three, in order, as they were sent.
+    # Back with the id of the first: all the others, in order, as they were sent.
     resumed = await open_stream(http, "/live", last_event_id=events[0]["event_id"])
     try:
 
