@@ -6,6 +6,7 @@ rest. Shown here: heartbeats; a broker cut while streams are open ends in `event
 once the feed is back, and later events still arrive; hundreds of streams at once all get an event
 within a second, with the gateway's memory per stream measured and the 301st refused with 503;
 a reader that never reads is dropped once its queue is full, counted, and the others go on.
+Each test fails on any ERROR line in any process's log that its fault does not explain.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import aiohttp
 import pytest
 
 from tests.support.broker import BrokerProbe, WaitUntil
+from tests.support.faults import BROKER_CUT, FaultWatch
 from tests.support.proxy import CuttableProxy
 from tests.support.sse import live_streams
 from tests.support.stack import ROOT, Stack, free_port
@@ -106,7 +108,7 @@ def post_created() -> dict[str, str]:
     return {"event_id": str(uuid4()), "occurred_at": datetime.now(UTC).isoformat(), "post_id": str(uuid4()), "author_id": str(uuid4())}
 
 
-async def test_an_idle_stream_gets_heartbeats(http: aiohttp.ClientSession, wait_until: WaitUntil) -> None:
+async def test_an_idle_stream_gets_heartbeats(faults: FaultWatch, http: aiohttp.ClientSession, wait_until: WaitUntil) -> None:
     async with live_streams(http, "/live", 1) as (stream,):
 
         async def beating() -> bool:
@@ -117,8 +119,9 @@ async def test_an_idle_stream_gets_heartbeats(http: aiohttp.ClientSession, wait_
 
 
 async def test_a_broker_cut_ends_in_reload_on_every_stream_and_events_go_on(
-    http: aiohttp.ClientSession, gateway: LiveGateway, broker: BrokerProbe, wait_until: WaitUntil
+    faults: FaultWatch, http: aiohttp.ClientSession, gateway: LiveGateway, broker: BrokerProbe, wait_until: WaitUntil
 ) -> None:
+    faults.expect(*BROKER_CUT)
     async with live_streams(http, "/live", 3) as streams:
         await gateway.proxy.cut()
 
@@ -148,7 +151,7 @@ async def test_a_broker_cut_ends_in_reload_on_every_stream_and_events_go_on(
 
 
 async def test_hundreds_of_streams_all_get_an_event_within_a_second_and_the_limit_answers_503(
-    http: aiohttp.ClientSession, gateway: LiveGateway, broker: BrokerProbe, wait_until: WaitUntil
+    faults: FaultWatch, http: aiohttp.ClientSession, gateway: LiveGateway, broker: BrokerProbe, wait_until: WaitUntil
 ) -> None:
     async def none_open() -> bool:
         return await gateway.metric(http, "gateway_live_streams") == 0
@@ -184,7 +187,7 @@ async def test_hundreds_of_streams_all_get_an_event_within_a_second_and_the_limi
 
 
 async def test_a_reader_that_never_reads_is_dropped_and_the_others_go_on(
-    http: aiohttp.ClientSession, gateway: LiveGateway, broker: BrokerProbe, wait_until: WaitUntil
+    faults: FaultWatch, http: aiohttp.ClientSession, gateway: LiveGateway, broker: BrokerProbe, wait_until: WaitUntil
 ) -> None:
     async def none_open() -> bool:
         return await gateway.metric(http, "gateway_live_streams") == 0
@@ -226,7 +229,9 @@ async def test_a_reader_that_never_reads_is_dropped_and_the_others_go_on(
         stuck.close()
 
 
-async def test_shutdown_ends_open_streams_at_once(http: aiohttp.ClientSession, gateway: LiveGateway, wait_until: WaitUntil) -> None:
+async def test_shutdown_ends_open_streams_at_once(
+    faults: FaultWatch, http: aiohttp.ClientSession, gateway: LiveGateway, wait_until: WaitUntil
+) -> None:
     """Last in the module: it stops the module's gateway. An open stream never ends by itself, so
     without the hub's on_shutdown hook the graceful shutdown would wait its whole timeout."""
     async with live_streams(http, "/live", 5) as streams:
