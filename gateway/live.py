@@ -148,7 +148,7 @@ class LiveHub:
 
     # -- the streams' side --------------------------------------------------------------------
 
-    def _open(self, transport: asyncio.BaseTransport | None, last_event_id: str | None) -> Stream:
+    def open_stream(self, transport: asyncio.BaseTransport | None, last_event_id: str | None) -> Stream:
         """Register a stream with what it missed queued first; raises when the hub is full.
 
         Synchronous from the window's read to the registration, so no event falls in between."""
@@ -194,7 +194,7 @@ class LiveHub:
             self._drop(stream, "shutdown")  # a reader too slow to take the end of its stream
 
     async def serve(self, request: web.Request, *, request_id: str) -> web.StreamResponse:
-        stream = self._open(request.transport, request.headers.get("Last-Event-ID"))
+        stream = self.open_stream(request.transport, request.headers.get("Last-Event-ID"))
         try:
             # X-Request-ID here: the middleware's is set after the handler, too late for a stream.
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Request-ID": request_id}
