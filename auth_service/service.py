@@ -3,11 +3,13 @@ ring (reloaded in the background) and the JWKS route that publishes it."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import asyncpg
 from aiohttp import web
 
+from auth_service import retention
 from auth_service.admission import password_admission
 from auth_service.handlers import AuthHandlers
 from auth_service.issuer import TokenIssuer
@@ -42,6 +44,6 @@ async def wire(settings: Settings, pool: asyncpg.Pool) -> Wiring:
         http_port=settings.auth_http_port,
         key_source=keys,
         http_routes=[web.get("/.well-known/jwks.json", jwks_view)],
-        background=[keys.run],
+        background=[keys.run, partial(retention.purge_forever, pool)],
         closers=[limits_pool.close],
     )

@@ -15,7 +15,8 @@ import aiohttp
 
 from bench import wrk
 from bench.broker_load import drive_delete_posts
-from bench.dataset import BenchUser, PostPool, create_posts, refresh_tokens
+from bench.cases import LIST_LIMIT
+from bench.dataset import BenchUser, PostPool, create_posts, read_each, refresh_tokens
 from bench.measurement import LoadResult
 
 Drive = Callable[[], Awaitable[tuple[LoadResult, float]]]
@@ -72,7 +73,15 @@ async def prepare(ctx: Context, case: str, concurrency: int) -> Drive:
     elif case == "echo":
         run = wrk.WrkRun(ctx.echo_url + "/", concurrency, ctx.duration_s, "json_post.lua")
     elif case == "get_post":
+        assert ctx.http is not None and ctx.read_ids_file is not None
+        # Every id read once first, so even with --warmup 0 the run measures hits, not misses.
+        await read_each(ctx.http, [f"/posts/{post_id}" for post_id in ctx.read_ids_file.read_text().split()])
         run = wrk.WrkRun(ctx.gateway_url + "/posts", concurrency, ctx.duration_s, "get_post.lua", (str(ctx.read_ids_file),))
+    elif case == "list_posts":
+        assert ctx.http is not None
+        path = f"/posts?limit={LIST_LIMIT}"
+        await read_each(ctx.http, [path])
+        run = wrk.WrkRun(ctx.gateway_url + path, concurrency, ctx.duration_s)  # a plain GET of the URL, query and all
     elif case == "create_post":
         assert ctx.http is not None
         await refresh_tokens(ctx.http, ctx.writers)

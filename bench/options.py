@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.cases import CASES
+from bench.live_fanout import EVENTS, STREAMS
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -16,6 +17,8 @@ EXAMPLES = """
 examples:
   python -m bench                                  # its own stack, every case at 1, 16 and 64
   python -m bench --duration 5 --concurrency 1,64 --cases echo,create_post
+  python -m bench --duration 2 --concurrency 1 --cases get_post,list_posts,live_fanout --live-streams 20 --live-events 2
+                                                   # a smoke run of the read side only
   python -m bench --gateway-url http://127.0.0.1:8080 --amqp-url amqp://guest:guest@127.0.0.1:5672/ \\
       --pid gateway=1234 --pid posts=1240          # a stack already running
 """
@@ -34,6 +37,8 @@ class Options:
     pids: dict[str, int]
     output_dir: Path
     strict: bool
+    live_streams: int = STREAMS
+    live_events: int = EVENTS
 
     @property
     def external(self) -> bool:
@@ -93,11 +98,17 @@ def parse_options(argv: list[str] | None = None) -> Options:
         metavar="NAME=PID",
         help="with --gateway-url: a process to measure (gateway, auth, users, posts); repeatable",
     )
+    parser.add_argument("--live-streams", type=int, default=STREAMS, help=f"GET /live streams the fan-out opens (default {STREAMS})")
+    parser.add_argument(
+        "--live-events", type=int, default=EVENTS, help=f"events the fan-out sends to them, one at a time (default {EVENTS})"
+    )
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where the JSON and PNG go (default bench/results)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.users < 1:
         parser.error("--duration must be positive, --warmup not negative, --users at least 1")
+    if args.live_streams < 1 or args.live_events < 1:
+        parser.error("--live-streams and --live-events must be at least 1")
     return Options(
         concurrency=tuple(sorted(set(args.concurrency))),
         duration_s=args.duration,
@@ -110,4 +121,6 @@ def parse_options(argv: list[str] | None = None) -> Options:
         pids=dict(args.pid),
         output_dir=args.output_dir,
         strict=args.strict,
+        live_streams=args.live_streams,
+        live_events=args.live_events,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cases import CASES
+from bench.live_fanout import FanoutResult
 from bench.measurement import CaseResult, Memory
 from bench.targets import Target
 
@@ -53,6 +54,31 @@ def format_memory(memory: Mapping[str, Memory]) -> str:
     )
 
 
+def format_fanout(fanout: FanoutResult) -> str:
+    """The fan-out's lines: streams opened, the gateway's memory with them, each event, the worst."""
+    if fanout.skipped is not None:
+        return f"/live fan-out: SKIPPED: {fanout.skipped}"
+    lines = [f"/live fan-out: {fanout.opened} of {fanout.streams} streams open in {fanout.open_s:.1f} s"]
+    if fanout.failures:
+        lines[0] += " (" + ", ".join(f"{count} {why}" for why, count in sorted(fanout.failures.items())) + ")"
+    rss = fanout.gateway_rss_kb
+    if "before" in rss and "open" in rss and fanout.opened:
+        per_stream = (rss["open"] - rss["before"]) / fanout.opened
+        lines.append(
+            f"  gateway RSS {rss['before'] / 1024:.1f} MB -> {rss['open'] / 1024:.1f} MB with them open ({per_stream:.1f} kB per stream)"
+        )
+    for number, event in enumerate(fanout.events, 1):
+        if event.error is not None:
+            lines.append(f"  event {number}: {event.error}")
+        else:
+            lines.append(
+                f"  event {number}: {event.delivered}/{event.streams} streams, p50 {event.p50_ms:.1f} ms, "
+                f"p99 {event.p99_ms:.1f} ms, max {event.max_ms:.1f} ms (POST answered in {event.answer_ms:.1f} ms)"
+            )
+    lines.append("  latency from the POST's send to the stream's `event: post.created` for that post")
+    return "\n".join(lines)
+
+
 def format_targets(targets: Iterable[Target]) -> str:
     return "\n".join(f"  {t.status:<4}  {t.name}: {t.detail}" for t in targets)
 
@@ -66,12 +92,14 @@ def write_json(
     final_memory: Mapping[str, Memory],
     targets: Iterable[Target],
     background: Mapping[str, Mapping[str, float]],
+    fanout: FanoutResult | None = None,
 ) -> None:
     document = {
         "machine": dict(machine),
         "options": dict(options),
         "background_cpu_percent": {when: dict(cpu) for when, cpu in background.items()},
         "cases": [r.to_json() for r in results],
+        "live_fanout": fanout.to_json() if fanout is not None else None,
         "final_memory_kb": {name: asdict(m) for name, m in final_memory.items()},
         "targets": [asdict(t) for t in targets],
     }

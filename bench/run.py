@@ -20,6 +20,7 @@ from bench.baselines import BASELINE_PROCESSES, start_baselines
 from bench.cases import CASES
 from bench.dataset import PostPool, create_posts, create_users, harvest_posts
 from bench.drivers import Context, prepare
+from bench.live_fanout import FanoutResult, measure_fanout
 from bench.machine import describe_machine
 from bench.measurement import CaseResult, Memory
 from bench.options import Options
@@ -72,7 +73,7 @@ async def measure_background(groups: dict[str, procstat.PidFinder]) -> dict[str,
 async def measure_all(
     ctx: Context, options: Options, groups: dict[str, procstat.PidFinder], pids: dict[str, int], processes: ProcessSet
 ) -> list[CaseResult]:
-    runs = [(case, c) for case in options.cases for c in options.concurrency]
+    runs = [(case, c) for case in options.cases if not CASES[case].fanout for c in options.concurrency]
     results: list[CaseResult] = []
     since, harvested = datetime.now(UTC), False
     for number, (case, concurrency) in enumerate(runs, 1):
@@ -97,6 +98,31 @@ async def measure_all(
         if CASES[case].baseline and not any(CASES[c].baseline for c, _ in runs[number:]):
             processes.stop(*BASELINE_PROCESSES)  # done with them: only the stack runs from here
     return results
+
+
+async def measure_live(ctx: Context, options: Options, pids: dict[str, int]) -> FanoutResult:
+    """The `/live` fan-out, with an author of its own (its posts are nobody's to delete)."""
+    assert ctx.http is not None
+    say(f"{CASES['live_fanout'].label}: {options.live_streams} streams, {options.live_events} events")
+    [author] = await create_users(ctx.http, 1, "live")
+    gateway = pids.get("gateway")
+
+    def gateway_rss_kb() -> int | None:
+        memory = procstat.read_memory(gateway) if gateway is not None else None
+        return memory.rss_kb if memory is not None else None
+
+    fanout = await measure_fanout(
+        ctx.http,
+        ctx.gateway_url,
+        author.token,
+        streams=options.live_streams,
+        events=options.live_events,
+        say=say,
+        gateway_rss_kb=gateway_rss_kb,
+    )
+    if fanout.skipped is not None:
+        say(f"    skipped: {fanout.skipped}")
+    return fanout
 
 
 async def start_processes(
@@ -127,10 +153,13 @@ def publish(
     results: list[CaseResult],
     final_memory: dict[str, Memory],
     background: dict[str, dict[str, float]],
+    fanout: FanoutResult | None = None,
 ) -> list[Target]:
     """The table and targets on the terminal, the JSON file and the plot; the targets."""
-    targets = check_targets(results, final_memory)
+    targets = check_targets(results, final_memory, fanout)
     print(report.format_table(results))
+    if fanout is not None:
+        print(report.format_fanout(fanout))
     if final_memory:
         print(report.format_memory(final_memory))
     print("targets:\n" + report.format_targets(targets))
@@ -145,6 +174,7 @@ def publish(
         final_memory=final_memory,
         targets=targets,
         background=background,
+        fanout=fanout,
     )
     plot_results(results, png_path, f"{machine['cores']} cores, {machine['date']}, {options.duration_s} s per point")
     print(f"wrote {json_path} and {png_path}")
@@ -173,9 +203,10 @@ async def run(options: Options) -> int:
             background = {"before": await measure_background(groups)}
             say("CPU % with no load from us: " + _percentages(background["before"]))
             results = await measure_all(ctx, options, groups, pids, processes)
+            fanout = await measure_live(ctx, options, pids) if "live_fanout" in options.cases else None
             background["after"] = await measure_background(groups)
             say("CPU % with no load from us, after: " + _percentages(background["after"]))
-        targets = publish(options, machine, results, procstat.read_all_memory(stack.pids if stack else {}), background)
+        targets = publish(options, machine, results, procstat.read_all_memory(stack.pids if stack else {}), background, fanout)
         failed = False
         return 1 if options.strict and any(t.status == "FAIL" for t in targets) else 0
     finally:
@@ -201,5 +232,7 @@ def _options_json(options: Options) -> dict[str, object]:
         "warmup_s": options.warmup_s,
         "cases": list(options.cases),
         "users": options.users,
+        "live_streams": options.live_streams,
+        "live_events": options.live_events,
         "external_stack": options.external,
     }

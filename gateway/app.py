@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from gateway import refresh_cookie
 from gateway.broker_link import BrokerLink
 from gateway.event_feed import EventFeed
 from gateway.keys import BROKER, FEED, HTTP, JWKS, LIVE, METRICS, SETTINGS, VERIFIER
@@ -71,7 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = GatewayMetrics()
-    app.on_response_prepare.append(set_security_headers)
+    app.on_response_prepare.extend([set_security_headers, refresh_cookie.clear_if_asked])
     hide_server_version()
     app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx, live_ctx])
     app.on_shutdown.append(end_live_streams)

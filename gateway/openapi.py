@@ -24,7 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from gateway import schemas
+from gateway import refresh_cookie, schemas
 from shared.commands import COMMANDS, RESOURCES
 from shared.declarations import SERVICE_NAMES, Command
 from shared.envelope import REQUEST_ID
@@ -70,6 +70,12 @@ HEADERS: dict[str, dict[str, Any]] = {
         "required": True,
         "schema": {"type": "string", "const": "no-store"},
     },
+    "Set-Cookie": {
+        "description": f"With `{refresh_cookie.TRANSPORT_HEADER}: cookie`: the refresh token as `{refresh_cookie.COOKIE}`, "
+        f"`Path={refresh_cookie.COOKIE_PATH}; HttpOnly; Secure; SameSite=Strict` (a logout or a refused refresh clears it)",
+        "required": False,
+        "schema": {"type": "string"},
+    },
 }
 
 
@@ -90,6 +96,23 @@ IDEMPOTENCY_KEY = {
         "A retry with the same key, caller and body returns the first result and has no second effect; "
         "the same key and caller with a different body is 422."
     ),
+}
+REFRESH_TRANSPORT = {
+    "name": refresh_cookie.TRANSPORT_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "enum": [refresh_cookie.COOKIE_TRANSPORT]},
+    "description": (
+        "For web pages: the refresh token goes into an HttpOnly cookie scoped to /auth/refresh instead of the JSON "
+        "answer, and a `POST /auth/refresh` with this header and no body takes it from that cookie (SECURITY.md)"
+    ),
+}
+REFRESH_COOKIE = {
+    "name": refresh_cookie.COOKIE,
+    "in": "cookie",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": f"The refresh token, when this request has `{refresh_cookie.TRANSPORT_HEADER}: cookie` and no body",
 }
 PUBLIC: list[dict[str, list[str]]] = []  # explicitly no security requirement
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -222,6 +245,13 @@ def _command_operation(command: Command, components: dict[str, Any]) -> dict[str
         params.append(IDEMPOTENCY_KEY)
     headers = (("Location",) if http.location else ()) + (("Cache-Control",) if http.no_store else ())
     content = _json(command.result) if command.result is not None else None
+    if http.refresh_cookie is not None:
+        headers += ("Set-Cookie",)
+    if http.refresh_cookie == "issue" and command.result is not None:
+        params.append(REFRESH_TRANSPORT)
+        if refresh_cookie.reads_cookie(command):
+            params.append(REFRESH_COOKIE)
+        content = _cookie_answer(command.result, components)
     operation = _operation(
         command.name,
         f"{command.summary} {command.policy.describe()}",
@@ -231,11 +261,27 @@ def _command_operation(command: Command, components: dict[str, Any]) -> dict[str
         params=params,
     )
     if body is not None:
+        # A page's refresh sends no body: its token is in the cookie.
         operation["requestBody"] = {
-            "required": not command.accepts_empty_body(),
+            "required": not (command.accepts_empty_body() or refresh_cookie.reads_cookie(command)),
             "content": {"application/json": {"schema": {"$ref": REF.format(model=body[0])}}},
         }
     return operation
+
+
+def _cookie_answer(model: type[BaseModel], components: dict[str, Any]) -> dict[str, Any]:
+    """A token answer as JSON (the refresh token in it) or, for a page that asked for the cookie,
+    the same without `refresh_token`."""
+    full = components[model.__name__]
+    web = {
+        **full,
+        "title": f"{model.__name__}WithCookie",
+        "description": "The answer when the refresh token went into the cookie",
+        "properties": {k: v for k, v in full["properties"].items() if k != "refresh_token"},
+        "required": [k for k in full.get("required", []) if k != "refresh_token"],
+    }
+    components[web["title"]] = web
+    return {"application/json": {"schema": {"anyOf": [{"$ref": REF.format(model=name)} for name in (model.__name__, web["title"])]}}}
 
 
 def _add_model(model: type[BaseModel], components: dict[str, Any], mode: JsonSchemaMode) -> None:

@@ -18,6 +18,7 @@ from uuid import UUID
 import aiohttp
 from aiohttp import web
 
+from gateway import refresh_cookie
 from gateway.keys import BROKER, HTTP, LIVE, METRICS, SETTINGS, VERIFIER
 from gateway.middlewares import REQUEST_ID, TOKEN_PRESENTED
 from shared import jsoncodec
@@ -108,18 +109,33 @@ def command_view(command: Command) -> Handler:
     """The view of a command with an HTTP binding: everything it does follows from the declaration."""
     http = command.http
     assert http is not None, f"{command.name} has no HTTP binding"
-    optional_body = command.accepts_empty_body()
+    optional_body = command.accepts_empty_body() or refresh_cookie.reads_cookie(command)
 
     async def view(request: web.Request) -> web.StreamResponse:
+        if http.refresh_cookie == "clear":
+            request[refresh_cookie.CLEAR] = True  # whatever the answer: the page is signing out
+        cookie = http.refresh_cookie == "issue" and refresh_cookie.requested(request)
         token = await authenticate(request) if command.guarded else None
-        payload = await read_command(request, command, optional_body=optional_body)
-        result = await send(request, command.name, payload, token=token, mutating=command.takes_idempotency_key)
+        try:
+            payload = await read_cookie_command(request, command) if cookie else None
+            if payload is None:
+                payload = await read_command(request, command, optional_body=optional_body)
+            result = await send(request, command.name, payload, token=token, mutating=command.takes_idempotency_key)
+        except AppError as exc:
+            if cookie and exc.status in (401, 403):
+                request[refresh_cookie.CLEAR] = True  # the session is over: so is its cookie
+            raise
         if command.result is None:
             return web.Response(status=http.status)
         headers = {"Location": http.location.format(**result)} if http.location else {}
         if http.no_store:
             headers["Cache-Control"] = "no-store"
-        return json_response(result, status=http.status, headers=headers)
+        if not cookie:
+            return json_response(result, status=http.status, headers=headers)
+        answer, refresh_token = refresh_cookie.split(result)
+        response = json_response(answer, status=http.status, headers=headers)
+        refresh_cookie.issue(response, refresh_token, int(answer["refresh_expires_in"]))
+        return response
 
     view.__name__ = view.__qualname__ = command.name.replace("-", "_")
     return view
@@ -146,6 +162,15 @@ async def read_command(request: web.Request, command: Command, *, optional_body:
         if name in body:
             raise Unprocessable(f"{name}: is not a field of this request (it is in the path)")
     return parse_payload(model, jsoncodec.dumps({**body, **path})).model_dump(mode="json", exclude_unset=True)
+
+
+async def read_cookie_command(request: web.Request, command: Command) -> dict[str, Any] | None:
+    """A page's bodiless `refresh` stands for the token in its cookie; anything else (a login, a
+    refresh that sends its token in the body after all) is read like any request."""
+    if not refresh_cookie.reads_cookie(command) or await read_json_body(request, optional=True) is not None:
+        return None
+    cookie = {"refresh_token": refresh_cookie.token_from_cookie(request)}
+    return parse_payload(command.payload, jsoncodec.dumps(cookie)).model_dump(mode="json", exclude_unset=True)
 
 
 def path_id(request: web.Request, name: str) -> str:

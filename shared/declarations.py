@@ -123,6 +123,10 @@ class Http:
     #: The answer carries a token or an account: `Cache-Control: no-store`, so no browser or
     #: proxy keeps a copy (RFC 9111 §5.2.2.5; RFC 6749 §5.1 asks it of token answers).
     no_store: bool = False
+    #: The web UI's refresh-token cookie (gateway/refresh_cookie.py): `issue` moves the refresh
+    #: token of the answer into it when the request asks (and, for `refresh`, reads it back);
+    #: `clear` deletes it (logout).
+    refresh_cookie: Literal["issue", "clear"] | None = None
 
     @property
     def path_fields(self) -> tuple[str, ...]:

@@ -90,9 +90,3 @@ async def stored_reply(conn: Connection, subject: UUID, message_id: str, command
 
 def is_new(claimed: Any) -> bool:
     return claimed is UNSET
-
-
-async def purge_expired(conn: Connection) -> int:
-    """Drop records whose token has expired; returns how many went."""
-    status = await conn.execute("DELETE FROM processed_commands WHERE expires_at < now()")
-    return int(status.split()[-1])

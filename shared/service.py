@@ -25,7 +25,7 @@ import asyncpg
 import uvloop
 from aiohttp import web
 
-from shared import idempotency
+from shared import retention
 from shared.audit import audit_route
 from shared.broker import RECONNECT_SECONDS, dead_letter_queue_name
 from shared.commands import audit_command_name
@@ -190,7 +190,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
 
         background = [
             asyncio.create_task(relay.run(), name="outbox-relay"),
-            asyncio.create_task(_purge_idempotency_records(pool, stop), name="idempotency-purge"),
+            asyncio.create_task(_purge_past_retention(pool, settings, stop), name="retention-purge"),
             asyncio.create_task(
                 _watch_dead_letters(connection, [command_queue.name, event_queue.name], metrics, stop),
                 name="dead-letter-gauge",
@@ -256,13 +256,13 @@ async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: 
             await asyncio.sleep(delay)
 
 
-async def _purge_idempotency_records(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+async def _purge_past_retention(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
     async for _ in every(PURGE_SECONDS, stop):
         try:
             async with pool.acquire() as conn:
-                await idempotency.purge_expired(conn)
+                await retention.purge_platform_tables(conn, settings)
         except TRANSIENT_DATABASE_ERRORS:
-            pass
+            pass  # the next pass catches up
 
 
 async def _watch_dead_letters(

@@ -125,3 +125,25 @@ async def test_a_reload_event_reads_everything_again(
     await expect(post_item(watcher, post_id)).to_have_count(0)
     await watcher.evaluate("LIVE_HANDLERS.reload({})")
     await expect(post_item(watcher, post_id)).to_have_count(1, timeout=WITHIN_A_SECOND)
+
+
+async def test_a_live_update_keeps_an_open_edit_form_its_draft_and_its_focus(
+    open_page: OpenPage,  # noqa: F811 - the fixture
+    new_user,
+    http: aiohttp.ClientSession,
+) -> None:
+    author: User = await new_user("author")
+    post_id = await write_post_via_api(http, author)
+    page = await open_page("author")
+    await log_in(page, author)
+    await is_live(page)
+    await post_item(page, post_id).get_by_test_id("edit-post").click()
+    title = page.locator(f"#edit-title-{post_id}")
+    await title.fill("Half-typed")
+
+    other = await write_post_via_api(http, author)  # the list is drawn again around the form
+    await expect(post_item(page, other)).to_have_count(1, timeout=WITHIN_A_SECOND)
+    await expect(title).to_have_value("Half-typed")
+    await expect(title).to_be_focused()
+    await page.keyboard.type(", then more")
+    await expect(title).to_have_value("Half-typed, then more")

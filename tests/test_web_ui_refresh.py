@@ -1,5 +1,6 @@
 """The web UI stays signed in (issue 12, part 2), in Chromium, on a stack of its own whose access
 tokens live 3 s and whose reuse detection has no grace: the UI renews the pair before each expiry,
+with the refresh token in an HttpOnly cookie that no script in the page can read,
 two tabs of one browser share the session without ever presenting a refresh token twice (with no
 grace, a race would be taken for theft and sign both out), a request that meets an expired token
 is refreshed and sent again, and a refresh token replayed from elsewhere signs every tab out with
@@ -11,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.refresh_cookie import COOKIE, COOKIE_PATH
 from shared.tokens import LEEWAY_SECONDS
 from tests.support.accounts import User, register, token_claims
 from tests.support.backends import Backends, provisioned
@@ -114,17 +117,44 @@ async def test_a_request_that_meets_an_expired_token_refreshes_and_is_sent_again
     await expect(page.locator("#session-status")).to_have_text(signed_in(user))
 
 
+async def refresh_cookie(context: BrowserContext) -> dict[str, Any]:
+    found = [c for c in await context.cookies() if c["name"] == COOKIE]
+    assert len(found) == 1, found
+    return dict(found[0])
+
+
+async def test_no_script_in_the_page_can_read_the_refresh_token(context: BrowserContext, short_http: aiohttp.ClientSession) -> None:
+    user = await register(short_http, "guarded")
+    page = await open_tab(context)
+    await log_in(page, user)
+    cookie = await refresh_cookie(context)
+    assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"], cookie["path"]) == (True, True, "Strict", COOKIE_PATH)
+    # What an injected script could reach: the page's cookies, its storage, the answers it fetches.
+    seen = await page.evaluate(
+        """async () => {
+            const refreshed = await fetch("/auth/refresh", {method: "POST", headers: {"Refresh-Token-Transport": "cookie"}});
+            return {cookie: document.cookie, storage: JSON.stringify({...localStorage}), answer: await refreshed.text()};
+        }"""
+    )
+    renewed = await refresh_cookie(context)
+    assert renewed["value"] != cookie["value"]  # the script did refresh (it can use the session)...
+    for token in (cookie["value"], renewed["value"]):  # ...but never saw a refresh token
+        assert token not in seen["cookie"] and token not in seen["storage"] and token not in seen["answer"]
+    assert "refresh_token" not in seen["answer"] and "access_token" in seen["answer"]
+
+
 async def test_a_replayed_refresh_token_signs_every_tab_out(context: BrowserContext, short_http: aiohttp.ClientSession) -> None:
     user = await register(short_http, "robbed")
     first = await open_tab(context)
     await log_in(first, user)
     second = await open_tab(context)
     await expect(second.locator("#session-status")).to_have_text(signed_in(user))
-    stolen = await first.evaluate("localStorage.getItem('refresh_token')")
+    # Stolen from the browser's cookie store (no script in the page could read it).
+    stolen = (await refresh_cookie(context))["value"]
 
     # Once the UI has used it, a thief's copy presented again is reuse: the session ends.
     for _ in range(100):
-        if await first.evaluate("localStorage.getItem('refresh_token')") != stolen:
+        if (await refresh_cookie(context))["value"] != stolen:
             break
         await asyncio.sleep(0.1)
     else:
@@ -136,5 +166,5 @@ async def test_a_replayed_refresh_token_signs_every_tab_out(context: BrowserCont
         await expect(page.locator("#session-status")).to_have_text("Not signed in", timeout=15_000)
         await expect(page.locator("#alert")).to_have_text(re.compile("sign in again"))
         await expect(page.locator("#login-form")).to_be_visible()
-        assert await page.evaluate("localStorage.getItem('refresh_token')") is None
+    assert not [c for c in await context.cookies() if c["name"] == COOKIE]  # the refused refresh cleared it
     await second.screenshot(path=SCREENSHOTS / "refresh-reuse-signed-out.png", full_page=True)

@@ -5,10 +5,11 @@
 // All user-supplied text is written with textContent, never innerHTML.
 "use strict";
 
-// The session lives in localStorage, shared by every tab of this origin, so a new tab starts
-// signed in and all tabs go on with the one refresh token (see SECURITY.md for why not a cookie).
+// The access token lives in localStorage, shared by every tab of this origin, so a new tab starts
+// signed in. The refresh token never reaches this script: the gateway keeps it in an HttpOnly
+// cookie that only POST /auth/refresh receives (asked for with REFRESH_TRANSPORT; SECURITY.md).
 const TOKEN_KEY = "access_token";
-const REFRESH_KEY = "refresh_token";
+const REFRESH_TRANSPORT = { "Refresh-Token-Transport": "cookie" };
 const REFRESH_AT_KEY = "refresh_at"; // ms since the epoch: 80% into the access token's life
 const SIGN_OUT_REASON_KEY = "sign_out_reason"; // set when a refresh was refused, for the other tabs
 const store = localStorage;
@@ -56,8 +57,8 @@ function problemMessage(res, data) {
 // One JSON request. Resolves with the parsed body (null for 204); throws ApiError otherwise.
 // Every authorized call goes through here, so this is the one place that renews the session: an
 // access token refused as expired is refreshed (once) and the request sent again.
-async function api(method, path, { body, auth = false, idempotent = false } = {}) {
-  const headers = { Accept: "application/json, application/problem+json" };
+async function api(method, path, { body, auth = false, idempotent = false, extraHeaders = {} } = {}) {
+  const headers = { Accept: "application/json, application/problem+json", ...extraHeaders };
   if (idempotent) headers["Idempotency-Key"] = newIdempotencyKey(); // the same key on the retry
   if (body !== undefined) headers["Content-Type"] = "application/json";
   for (let attempt = 0; ; attempt++) {
@@ -95,43 +96,43 @@ async function send(method, path, headers, body) {
 
 function saveTokens(result) {
   store.removeItem(SIGN_OUT_REASON_KEY);
-  store.setItem(REFRESH_KEY, result.refresh_token);
   store.setItem(REFRESH_AT_KEY, String(Date.now() + result.expires_in * 800));
   store.setItem(TOKEN_KEY, result.access_token); // last: the other tabs listen for this key
   scheduleRefresh();
 }
 
 function clearTokens() {
-  for (const key of [REFRESH_KEY, REFRESH_AT_KEY, TOKEN_KEY]) store.removeItem(key);
+  for (const key of [REFRESH_AT_KEY, TOKEN_KEY]) store.removeItem(key);
 }
 
 let refreshTimer = null;
+store.removeItem("refresh_token"); // an older version of this page kept it here; it no longer may
 
 // Renews the pair 80% into the access token's life, so a request rarely meets an expired token.
 function scheduleRefresh() {
   clearTimeout(refreshTimer);
   const at = Number(store.getItem(REFRESH_AT_KEY));
-  if (!at || !store.getItem(REFRESH_KEY)) return;
+  if (!at || !store.getItem(TOKEN_KEY)) return;
   refreshTimer = setTimeout(() => refreshTokens(store.getItem(TOKEN_KEY)), Math.max(0, at - Date.now()));
 }
 
-// Trades the refresh token for a new pair; true when a newer access token than `stale` is stored.
-// The Web Lock lets one tab refresh at a time: a tab that waited finds the pair already renewed by
-// the tab before it and uses that (a second use of one refresh token would look like theft once
-// REFRESH_REUSE_GRACE_SECONDS are past). A refusal (reused, expired, ended, banned) ends the
-// session in every tab, with the reason.
+// Trades the refresh cookie for a new pair; true when a newer access token than `stale` is stored.
+// The Web Lock lets one tab refresh at a time, and the browser sends each request the cookie as
+// the request before it left it, so two tabs never present one refresh token twice (which would
+// look like theft once REFRESH_REUSE_GRACE_SECONDS are past). A tab that waited and already sees
+// a newer access token uses it. A refusal (reused, expired, ended, banned) ends the session in
+// every tab, with the reason.
 async function refreshTokens(stale) {
   const work = async () => {
     const current = store.getItem(TOKEN_KEY);
     if (current !== stale) return current !== null;
-    const refreshToken = store.getItem(REFRESH_KEY);
-    if (!refreshToken) return false;
+    if (!current) return false; // signed out
     let res;
     try {
       res = await fetch("/auth/refresh", {
         method: "POST",
-        headers: { Accept: "application/json, application/problem+json", "Content-Type": "application/json" },
-        body: JSON.stringify({ refresh_token: refreshToken }),
+        headers: { Accept: "application/json, application/problem+json", ...REFRESH_TRANSPORT },
+        credentials: "same-origin",
         cache: "no-store",
       });
     } catch {
@@ -140,9 +141,6 @@ async function refreshTokens(stale) {
     const data = await res.json().catch(() => null);
     if (res.ok) {
       saveTokens(data);
-      // localStorage reaches the other tabs' processes a moment later: hold the lock until it has,
-      // so the next tab to take it reads the new pair instead of presenting the used refresh token.
-      await new Promise((resolve) => setTimeout(resolve, 500));
       return true;
     }
     if (res.status === 401 || res.status === 403) {
@@ -381,9 +379,17 @@ function renderEditForm(post, titleId) {
 }
 
 function renderPosts() {
+  // Live events re-render the list while someone may be typing in an edit form: keep their place.
+  const active = document.activeElement;
+  const focused = active && active.id && $("posts").contains(active) ? { id: active.id, start: active.selectionStart, end: active.selectionEnd } : null;
   $("posts").replaceChildren(...state.posts.map(renderPost));
   $("posts-empty").hidden = !state.loaded || state.posts.length > 0;
   $("load-more").hidden = !state.nextCursor;
+  const again = focused && $(focused.id);
+  if (again) {
+    again.focus();
+    if (typeof focused.start === "number") again.setSelectionRange(focused.start, focused.end);
+  }
 }
 
 async function refreshPosts() {
@@ -478,11 +484,11 @@ async function rereadPost(id, { created = false } = {}) {
   renderPosts();
 }
 
-// An author was banned: their name is read again (it shows "(banned)"), and if it is us, the session too.
+// An author was banned: their name is read again, and shows "(banned)". A viewer who is that
+// author learns it from their next action's 403, with the reason (as before the page was live).
 function authorBanned(userId) {
   authors.delete(userId);
   renderPosts();
-  if (state.me && state.me.id === userId) loadMe().catch(() => {});
 }
 
 // Events may have been missed (the server lost its feed, or we were away too long): read it all again.
@@ -546,6 +552,7 @@ onSubmit("signup-form", async (form) => {
 onSubmit("login-form", async (form) => {
   const result = await api("POST", "/auth/login", {
     body: { email: $("login-email").value.trim(), password: $("login-password").value },
+    extraHeaders: REFRESH_TRANSPORT,
   });
   saveTokens(result);
   try {
