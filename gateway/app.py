@@ -10,7 +10,8 @@ from aiohttp import web
 from gateway import refresh_cookie
 from gateway.broker_link import BrokerLink
 from gateway.event_feed import EventFeed
-from gateway.keys import BROKER, FEED, HTTP, JWKS, METRICS, READ_CACHE, SETTINGS, VERIFIER
+from gateway.keys import BROKER, FEED, HTTP, JWKS, LIVE, METRICS, READ_CACHE, SETTINGS, VERIFIER
+from gateway.live import LiveHub
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import error_middleware, hide_server_version, metrics_middleware, request_id_middleware, set_security_headers
 from gateway.read_cache import ReadCache
@@ -53,6 +54,21 @@ async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
     await feed.close()
 
 
+async def live_ctx(app: web.Application) -> AsyncIterator[None]:
+    """`GET /live`'s hub, one more listener of the feed; its streams end in `on_shutdown` (below)."""
+    settings = app[SETTINGS]
+    hub = LiveHub(app[METRICS], heartbeat_seconds=settings.live_heartbeat_seconds, max_streams=settings.live_max_streams)
+    app[LIVE] = hub
+    app[FEED].listen(hub)
+    yield
+
+
+async def end_live_streams(app: web.Application) -> None:
+    """Open streams never finish by themselves: end them first, or graceful shutdown waits its full timeout."""
+    if LIVE in app:
+        await app[LIVE].close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_message_bytes,
@@ -64,6 +80,7 @@ def create_app(settings: Settings) -> web.Application:
     app[READ_CACHE] = ReadCache(max_entries=settings.read_cache_max_entries, max_bytes=settings.read_cache_max_bytes, metrics=app[METRICS])
     app.on_response_prepare.extend([set_security_headers, refresh_cookie.clear_if_asked])
     hide_server_version()
-    app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx])
+    app.cleanup_ctx.extend([http_ctx, broker_ctx, feed_ctx, live_ctx])
+    app.on_shutdown.append(end_live_streams)
     setup_routes(app)
     return app

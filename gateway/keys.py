@@ -7,6 +7,7 @@ from aiohttp import web
 
 from gateway.broker_link import BrokerLink
 from gateway.event_feed import EventFeed
+from gateway.live import LiveHub
 from gateway.metrics import GatewayMetrics
 from gateway.read_cache import ReadCache
 from shared.settings import Settings
@@ -20,3 +21,4 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 FEED = web.AppKey("feed", EventFeed)
 READ_CACHE = web.AppKey("read_cache", ReadCache)
+LIVE = web.AppKey("live", LiveHub)

@@ -8,6 +8,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from shared.events import public_events
 
+#: The label values of the `/live` metrics (gateway/live.py), declared so none comes from outside.
+LIVE_MESSAGE_KINDS = ("event", "replay", "reload", "heartbeat")
+LIVE_DROP_REASONS = ("slow_reader", "shutdown")
+
 
 @dataclass
 class GatewayMetrics:
@@ -64,6 +68,26 @@ class GatewayMetrics:
         )
         self.read_cache_entries = Gauge("gateway_read_cache_entries", "Answers the read cache holds", registry=self.registry)
         self.read_cache_bytes = Gauge("gateway_read_cache_bytes", "Bytes of body the read cache holds", registry=self.registry)
+        self.live_streams = Gauge("gateway_live_streams", "Open GET /live streams", registry=self.registry)
+        self.live_refused = Counter(
+            "gateway_live_refused_total", "GET /live streams refused with 503: the limit was reached", registry=self.registry
+        )
+        self.live_dropped = Counter(
+            "gateway_live_dropped_total",
+            "GET /live streams the gateway closed: a reader whose queue was full, or still open at shutdown",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.live_messages = Counter(
+            "gateway_live_messages_total",
+            "SSE messages queued on GET /live streams, by kind (event, replay, reload; heartbeats as sent)",
+            ["kind"],
+            registry=self.registry,
+        )
+        for kind in LIVE_MESSAGE_KINDS:
+            self.live_messages.labels(kind)
+        for reason in LIVE_DROP_REASONS:
+            self.live_dropped.labels(reason)
 
     def count_event(self, key: str, outcome: str) -> None:
         self.events.labels(key if key in public_events() else "unknown", outcome).inc()

@@ -102,7 +102,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         metrics = request.app[METRICS]
         metrics.requests.labels(route, method, str(status)).inc()
-        metrics.latency.labels(route, method).observe(time.perf_counter() - started)
+        # A `GET /live` stream lasts as long as its reader stays: not a latency (gateway_live_* count it).
+        if route != "/live" or status != 200:
+            metrics.latency.labels(route, method).observe(time.perf_counter() - started)
 
 
 #: What RFC 6750 §3 lets a quoted error_description hold: printable ASCII without `"` and `\\`.

@@ -344,6 +344,32 @@ def _jwks_answer(schema: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
+def _live_operation() -> dict[str, Any]:
+    """`GET /live` (gateway/live.py): an endless stream, so it is described here and not fuzzed."""
+    last_event_id = {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "The id of the last message received: what came after it is replayed, or `event: reload` is sent when it is gone",
+    }
+    answer = _ok(
+        "An endless `text/event-stream`",
+        {"text/event-stream": {"schema": {"type": "string"}}},
+    )
+    answer["headers"]["Cache-Control"] = {"description": "Never kept", "required": True, "schema": {"type": "string", "const": "no-cache"}}
+    operation = _operation(
+        "get-live", "The public events as Server-Sent Events", ok={"200": answer}, errors={503}, secured=False, params=[last_event_id]
+    )
+    operation["description"] = (
+        "Each public event (`post.created`, `post.edited`, `post.deleted`, `user.banned`) as one message: `event:` its routing key, "
+        "`id:` its `event_id`, `data:` its public fields as JSON. A comment line every 15 s keeps the connection open. "
+        '`event: reload` (data `{"reason": ...}`) means events may have been missed: read everything again. '
+        "A 503 with Retry-After when too many streams are open."
+    )
+    return operation
+
+
 def _platform_paths() -> dict[str, dict[str, Any]]:
     """The gateway's own routes (gateway/routes.py) besides the commands'."""
     audit_params = [
@@ -425,6 +451,7 @@ def _platform_paths() -> dict[str, dict[str, Any]]:
                 secured=False,
             )
         },
+        "/live": {"get": _live_operation()},
         "/": {"get": _operation("get-ui", "The web UI", ok={"200": _ok("HTML", html)}, errors=(), secured=False)},
     }
 

@@ -14,6 +14,7 @@ def setup_routes(app: web.Application) -> None:
             # Each command with an HTTP binding (shared/commands.py), e.g. PATCH /posts/{post_id} -> edit-post.
             *(web.route(c.http.method, c.http.path, views.command_view(c)) for c in COMMANDS.values() if c.http),
             web.get("/audit", views.list_audit),
+            web.get("/live", views.live, allow_head=False),  # a HEAD would hold an endless stream open
             web.get("/.well-known/jwks.json", views.jwks),
             web.get("/openapi.json", openapi.openapi_json),
             web.get("/docs", openapi.docs_page),

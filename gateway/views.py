@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway import refresh_cookie
 from gateway.conditional import Representation
-from gateway.keys import BROKER, HTTP, METRICS, READ_CACHE, SETTINGS, VERIFIER
+from gateway.keys import BROKER, HTTP, LIVE, METRICS, READ_CACHE, SETTINGS, VERIFIER
 from gateway.middlewares import REQUEST_ID, TOKEN_PRESENTED
 from gateway.read_cache import CACHED_READS, read_key
 from shared import jsoncodec
@@ -259,6 +259,11 @@ async def jwks(request: web.Request) -> web.Response:
     except (aiohttp.ClientError, TimeoutError, ValueError):
         raise ServiceUnavailable("The key set is unavailable right now", retry_after=5) from None
     return json_response(document, headers={"Cache-Control": cache_control})
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    """The public events as Server-Sent Events (gateway/live.py); anyone may listen."""
+    return await request.app[LIVE].serve(request, request_id=request.get(REQUEST_ID, ""))
 
 
 async def index(_: web.Request) -> web.FileResponse:

@@ -104,6 +104,9 @@ class Settings:
     read_cache_max_bytes: int
     log_level: str
     broker_topology: BrokerTopology
+    #: The gateway's `GET /live`: seconds between heartbeats on an idle stream, and how many streams may be open.
+    live_heartbeat_seconds: float
+    live_max_streams: int
     #: By process name (`gateway`, `auth`, ...), the RabbitMQ user it connects as (BROKER_USER_*).
     broker_users: Mapping[str, str]
 
@@ -168,6 +171,8 @@ class Settings:
             read_cache_max_bytes=_int(env, "READ_CACHE_MAX_BYTES", 64 * 1_048_576, low=0, high=16 * 1024 * 1_048_576),
             log_level=log_level,
             broker_topology=topology,
+            live_heartbeat_seconds=_float(env, "LIVE_HEARTBEAT_SECONDS", 15.0, low=0.1, high=300.0),
+            live_max_streams=_int(env, "LIVE_MAX_STREAMS", 1000, low=1, high=100_000),
             broker_users=_broker_users(env),
         )
 

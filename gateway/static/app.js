@@ -1,5 +1,6 @@
 // Web UI for the posts gateway: sign up, log in/out, see and end your sessions, read, write, edit
 // and delete posts, and (for admins) ban authors. Plain browser JavaScript, no build step, same-origin JSON API.
+// The list is live: GET /live (Server-Sent Events) says what changed, and the page re-reads that.
 // The server decides every permission; this page only shows what it answers.
 // All user-supplied text is written with textContent, never innerHTML.
 "use strict";
@@ -17,6 +18,10 @@ const $ = (id) => document.getElementById(id);
 
 const state = { me: null, sessions: [], posts: [], nextCursor: null, loaded: false, generation: 0, editing: null }; // editing: {id, title, body} of the open edit form
 const authors = new Map(); // author_id -> Promise of {id, display_name, banned} or null
+// Posts known to be deleted (by this page, or an event said so): a read that started before the
+// delete may still list them, and the page must never show them again.
+const gone = new Set();
+const postReads = new Map(); // post_id -> number of the newest read of it, so an older answer is dropped
 
 class ApiError extends Error {
   constructor(message, status) {
@@ -374,9 +379,17 @@ function renderEditForm(post, titleId) {
 }
 
 function renderPosts() {
+  // Live events re-render the list while someone may be typing in an edit form: keep their place.
+  const active = document.activeElement;
+  const focused = active && active.id && $("posts").contains(active) ? { id: active.id, start: active.selectionStart, end: active.selectionEnd } : null;
   $("posts").replaceChildren(...state.posts.map(renderPost));
   $("posts-empty").hidden = !state.loaded || state.posts.length > 0;
   $("load-more").hidden = !state.nextCursor;
+  const again = focused && $(focused.id);
+  if (again) {
+    again.focus();
+    if (typeof focused.start === "number") again.setSelectionRange(focused.start, focused.end);
+  }
 }
 
 async function refreshPosts() {
@@ -386,7 +399,7 @@ async function refreshPosts() {
   try {
     const page = await api("GET", `/posts?limit=${PAGE_SIZE}`);
     if (generation !== state.generation) return; // a newer refresh won
-    state.posts = page.items;
+    state.posts = page.items.filter((p) => !gone.has(p.id));
     state.nextCursor = page.next_cursor;
     state.loaded = true;
     renderPosts();
@@ -401,7 +414,7 @@ async function loadMore() {
   const page = await api("GET", `/posts?limit=${PAGE_SIZE}&cursor=${encodeURIComponent(state.nextCursor)}`);
   if (generation !== state.generation) return;
   const seen = new Set(state.posts.map((p) => p.id));
-  state.posts.push(...page.items.filter((p) => !seen.has(p.id)));
+  state.posts.push(...page.items.filter((p) => !seen.has(p.id) && !gone.has(p.id)));
   state.nextCursor = page.next_cursor;
   renderPosts();
 }
@@ -413,6 +426,7 @@ async function editPost(post, title, body) {
   if (Object.keys(changes).length > 0) {
     // The answer is the post as it now is: show exactly that.
     const updated = await api("PATCH", `/posts/${encodeURIComponent(post.id)}`, { auth: true, idempotent: true, body: changes });
+    postReads.set(updated.id, (postReads.get(updated.id) || 0) + 1); // a read already under way is older
     state.posts = state.posts.map((p) => (p.id === updated.id ? updated : p));
     setNotice("Post updated.");
   }
@@ -422,14 +436,94 @@ async function editPost(post, title, body) {
 
 async function deletePost(id) {
   await api("DELETE", `/posts/${encodeURIComponent(id)}`, { auth: true, idempotent: true });
+  forgetPost(id); // at once, on the 204: the event and any re-read come later
   setNotice("Post deleted.");
-  await refreshPosts();
 }
 
 async function banAuthor(userId) {
   const user = await api("POST", `/users/${encodeURIComponent(userId)}/ban`, { auth: true, idempotent: true, body: {} });
   setNotice(`${user.display_name} is banned.`);
   await refreshPosts();
+}
+
+// ---- live updates (GET /live) ----
+
+function forgetPost(id) {
+  gone.add(id);
+  if (state.editing && state.editing.id === id) state.editing = null;
+  const before = state.posts.length;
+  state.posts = state.posts.filter((p) => p.id !== id);
+  if (state.posts.length !== before) renderPosts();
+}
+
+// Reads one post again and puts it where it belongs: replaced in place, or (created) inserted by
+// date among the loaded ones. An answer older than a later read, or about a deleted post, is dropped.
+async function rereadPost(id, { created = false } = {}) {
+  const read = (postReads.get(id) || 0) + 1;
+  postReads.set(id, read);
+  let post;
+  try {
+    post = await api("GET", `/posts/${encodeURIComponent(id)}`);
+  } catch (err) {
+    if (err.status === 404) forgetPost(id);
+    return;
+  }
+  if (postReads.get(id) !== read || gone.has(id)) return;
+  const at = state.posts.findIndex((p) => p.id === id);
+  if (at >= 0) {
+    state.posts[at] = post;
+  } else if (created) {
+    const later = state.posts.findIndex((p) => p.created_at < post.created_at);
+    if (later >= 0) state.posts.splice(later, 0, post);
+    else if (!state.nextCursor) state.posts.push(post); // older than all loaded: "Load more" brings it
+    else return;
+  } else {
+    return; // not on this page
+  }
+  state.loaded = true;
+  renderPosts();
+}
+
+// An author was banned: their name is read again, and shows "(banned)". A viewer who is that
+// author learns it from their next action's 403, with the reason (as before the page was live).
+function authorBanned(userId) {
+  authors.delete(userId);
+  renderPosts();
+}
+
+// Events may have been missed (the server lost its feed, or we were away too long): read it all again.
+function reloadEverything() {
+  refreshPosts().catch(() => {});
+  if (state.me) loadMe().catch(() => {});
+}
+
+const LIVE_HANDLERS = {
+  "post.created": (data) => rereadPost(data.post_id, { created: true }),
+  "post.edited": (data) => rereadPost(data.post_id),
+  "post.deleted": (data) => forgetPost(data.post_id),
+  "user.banned": (data) => authorBanned(data.user_id),
+  reload: () => reloadEverything(),
+};
+
+// EventSource reconnects by itself, with Last-Event-ID: the server replays what was missed, or
+// sends `reload` when it cannot.
+function connectLive() {
+  if (!window.EventSource) return; // the page still works; it just is not live
+  const source = new EventSource("/live");
+  for (const name of Object.keys(LIVE_HANDLERS)) {
+    source.addEventListener(name, (event) => {
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      Promise.resolve(LIVE_HANDLERS[name](data)).catch((err) => console.error(err));
+    });
+  }
+  document.body.dataset.live = "connecting";
+  source.addEventListener("open", () => { document.body.dataset.live = "open"; });
+  source.addEventListener("error", () => { document.body.dataset.live = "reconnecting"; });
 }
 
 // ---- forms and buttons ----
@@ -498,6 +592,7 @@ $("reload-sessions").addEventListener("click", (event) => run(event.currentTarge
 
 renderSession();
 renderPosts();
+connectLive(); // before the first read: nothing committed after that read can be missed
 run(null, async () => {
   let sessionError = null;
   if (store.getItem(TOKEN_KEY)) {
