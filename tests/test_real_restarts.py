@@ -1,6 +1,7 @@
 """The machine's real RabbitMQ and PostgreSQL restarted under load: nothing accepted is lost,
 nothing happens twice, no caller gets a 500 and no process logs an error the restart does not
-explain (tests/support/faults.py). These stop shared services, so they run only against local ones
+explain (tests/support/faults.py). Across the RabbitMQ restart the read side holds too: open `/live`
+streams are told to reload and hear what follows, and a warm cache serves no stale answer. These stop shared services, so they run only against local ones
 (CI runs its tests one at a time); with TEST_AMQP_URL / TEST_DATABASE_URL elsewhere they are skipped.
 
 The RabbitMQ test can instead stop a node of your own, so that it can be repeated while others
@@ -34,6 +35,7 @@ import pytest
 from tests.support.accounts import User
 from tests.support.broker import BrokerProbe
 from tests.support.faults import BROKER_RESTART, DATABASE_RESTART, FaultWatch
+from tests.support.sse import live_streams
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.fault
@@ -102,6 +104,15 @@ async def test_rabbitmq_restart_under_load(
     post_ids: list[str] = []
     done = asyncio.Event()
 
+    # The read side across the restart (issue 13): streams open, and a post in a warm cache.
+    watcher: User = await new_user("rabbit-watch")
+    watched = await create_with_retries(http, watcher, f"watched-{uuid4()}", {}, faults)
+    for _ in range(2):
+        async with http.get(f"/posts/{watched}") as response:
+            assert response.status == 200
+    read_side = live_streams(http, "/live", 3)
+    streams = await read_side.__aenter__()
+
     async def client() -> None:
         """One client writing posts back to back, through the outage and after it."""
         while not done.is_set():
@@ -116,7 +127,11 @@ async def test_rabbitmq_restart_under_load(
     for message_id in direct_ids:
         await broker.command("create-post", {"title": message_id, "body": "b"}, token=user.token, message_id=message_id, reply=False)
     await asyncio.to_thread(run, *rabbitmqctl("stop_app"))
+    stopped = time.monotonic()
     try:
+        # A change no event will ever announce (the broker is away): only dropping the cache
+        # when the feed was lost keeps the gateway from serving the old title afterwards.
+        await db.execute("UPDATE posts.posts SET title = 'changed while the broker was away' WHERE id = $1::uuid", watched)
         await asyncio.sleep(3)
         async with http.get("/posts") as response:
             faults.saw(response.status, "GET /posts")
@@ -143,6 +158,21 @@ async def test_rabbitmq_restart_under_load(
     assert sorted(titles) == sorted(keys + direct_ids), "every command must take effect exactly once"
     assert len(set(post_ids)) == len(keys)
     await stack.wait_ready("gateway", timeout=30)
+
+    try:
+        async with http.get(f"/posts/{watched}") as response:
+            assert response.status == 200 and (await response.json())["title"] == "changed while the broker was away"
+        # Every open stream was told to reload (events may have been lost), and hears what follows.
+        deadline = time.monotonic() + 15
+        while not all(any(m.event == "reload" and m.arrived > stopped for m in stream.messages) for stream in streams):
+            assert time.monotonic() < deadline, "an open /live stream was not told to reload after the broker came back"
+            await asyncio.sleep(0.1)
+        after = await create_with_retries(http, watcher, f"after-{uuid4()}", {}, faults)
+        while not all(stream.find("post.created", post_id=after) for stream in streams):
+            assert time.monotonic() < deadline, "an open /live stream missed an event after the restart"
+            await asyncio.sleep(0.1)
+    finally:
+        await read_side.__aexit__(None, None, None)
 
 
 def postgresql_cluster_to_restart() -> tuple[str, str] | None:
