@@ -19,6 +19,7 @@ feed is down, and must forget it on `up()` after a `down()`: there may be a gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ from shared.pacing import Backoff
 from shared.topology import LIVE_QUEUE_ARGUMENTS
 
 log = logging.getLogger(__name__)
+
+#: How often the feed checks that the broker still answers, and how long an answer may take:
+#: together, the longest a silent partition goes unnoticed (the contract allows one second).
+PROBE_SECONDS = 0.4
+PROBE_TIMEOUT_SECONDS = 0.5
+#: How long closing a lost connection may take before the feed connects again anyway.
+CLOSE_SECONDS = 2.0
 
 #: How many events may be in flight to one gateway unacknowledged: the handler is quick (it only
 #: hands the event to in-memory listeners), so this bounds memory, not throughput.
@@ -124,11 +132,34 @@ class EventFeed:
             channel.close_callbacks.add(lambda *_: lost.set())
             await self._subscribe(channel)
             self._set_up()
-            await lost.wait()
+            watchdog = asyncio.create_task(self._watch(channel, lost), name="event-feed-watchdog")
+            try:
+                await lost.wait()
+            finally:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
         finally:
             self._set_down()
             if connection is not None and not connection.is_closed:
-                await asyncio.shield(connection.close())
+                # A link that stopped answering would hold a polite close for ever: give it a moment.
+                with contextlib.suppress(TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, OSError):
+                    await asyncio.wait_for(asyncio.shield(connection.close()), CLOSE_SECONDS)
+
+    async def _watch(self, channel: AbstractChannel, lost: asyncio.Event) -> None:
+        """Ask the broker something every PROBE_SECONDS and take a late answer for a lost link.
+        A closed or reset connection is seen at once, but a silent partition (packets that just
+        stop) only when AMQP heartbeats go missing, a minute later: meanwhile the cache would
+        serve answers older than the contract's second. A passive declare of our own queue is the
+        cheapest round trip that proves the broker still hears us."""
+        while not lost.is_set():
+            await asyncio.sleep(PROBE_SECONDS)
+            try:
+                await asyncio.wait_for(channel.declare_queue(self.queue_name, passive=True), PROBE_TIMEOUT_SECONDS)
+            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                log.warning(
+                    "the event feed's broker stopped answering; the read side waits for it", extra={"error": str(exc) or type(exc).__name__}
+                )
+                lost.set()
 
     async def _subscribe(self, channel: AbstractChannel) -> None:
         await channel.set_qos(prefetch_count=PREFETCH)

@@ -400,3 +400,50 @@ async def test_a_gateway_cut_off_the_broker_drops_its_cache_and_serves_no_stale_
     finally:
         await asyncio.to_thread(stack.stop, "gateway-cut")
         await proxy.cut()
+
+
+async def test_a_silent_partition_from_the_broker_drops_the_cache_within_a_second(
+    stack: Stack, client: aiohttp.ClientSession, gateway_a: str, new_user, wait_until: WaitUntil, faults: FaultWatch
+) -> None:
+    """Packets that just stop (no FIN, no RST) are noticed by the feed's own probe, not at the AMQP
+    heartbeat a minute later: within a second the cache stops serving what it can no longer trust."""
+    faults.expect(*BROKER_CUT)
+    upstream = urllib.parse.urlsplit(stack.env["AMQP_URL"])
+    proxy = CuttableProxy(upstream.hostname or "127.0.0.1", upstream.port or 5672)
+    await proxy.start()
+    frozen = await stack.start_gateway(
+        "gateway-frozen", {"AMQP_URL": through(proxy, stack.env_for("gateway")["AMQP_URL"]), "RPC_TIMEOUT_SECONDS": "3"}
+    )
+    try:
+        await wait_live(frozen, wait_until)
+        author: User = await new_user("frozen")
+        post = await create_post(client, gateway_a, author)
+        path = f"/posts/{post['id']}"
+        await warm(client, frozen, path, "get-post")
+        dropped = await metric(frozen, "gateway_read_cache_invalidations_total", reason="feed_down")
+
+        proxy.freeze()
+        frozen_at = time.monotonic()
+
+        async def dropped_everything() -> bool:
+            return await metric(frozen, "gateway_read_cache_live") == 0 and await metric(frozen, "gateway_read_cache_entries") == 0
+
+        await wait_until(dropped_everything, timeout=5, interval=0.05)
+        noticed = time.monotonic() - frozen_at
+        assert noticed < 1.5, f"a silent partition went unnoticed for {noticed:.2f} s"
+        assert await metric(frozen, "gateway_read_cache_invalidations_total", reason="feed_down") == dropped + 1
+
+        async with client.patch(gateway_a + path, json={"title": "during the partition"}, headers=author.auth) as response:
+            assert response.status == 200
+        proxy.thaw()
+
+        async def fresh() -> bool:
+            status, body, _ = await read(client, frozen + path)
+            assert status != 200 or body["title"] == "during the partition", "a stale answer after the partition"
+            return status == 200
+
+        await wait_until(fresh, timeout=30, interval=0.2)
+    finally:
+        proxy.thaw()
+        await asyncio.to_thread(stack.stop, "gateway-frozen")
+        await proxy.cut()
