@@ -17,6 +17,8 @@ EXAMPLES = """
 examples:
   python -m bench                                  # its own stack, every case at 1, 16 and 64
   python -m bench --duration 5 --concurrency 1,64 --cases echo,create_post
+  python -m bench --duration 5 --concurrency 16,64 --cases echo,create_post --replicas 2
+                                                   # two processes of each service on their queues
   python -m bench --duration 2 --concurrency 1 --cases get_post,list_posts,live_fanout --live-streams 20 --live-events 2
                                                    # a smoke run of the read side only
   python -m bench --gateway-url http://127.0.0.1:8080 --amqp-url amqp://guest:guest@127.0.0.1:5672/ \\
@@ -39,6 +41,8 @@ class Options:
     strict: bool
     live_streams: int = STREAMS
     live_events: int = EVENTS
+    #: Processes of each service (auth, users, posts) the started stack runs; one gateway.
+    replicas: int = 1
 
     @property
     def external(self) -> bool:
@@ -102,11 +106,19 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--live-events", type=int, default=EVENTS, help=f"events the fan-out sends to them, one at a time (default {EVENTS})"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="processes of each service (auth, users, posts) on the started stack's queues; the gateway stays one (default 1)",
+    )
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where the JSON and PNG go (default bench/results)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.users < 1:
         parser.error("--duration must be positive, --warmup not negative, --users at least 1")
+    if args.replicas < 1 or (args.replicas > 1 and args.gateway_url):
+        parser.error("--replicas must be at least 1, and applies only to a stack this run starts (not --gateway-url)")
     if args.live_streams < 1 or args.live_events < 1:
         parser.error("--live-streams and --live-events must be at least 1")
     return Options(
@@ -123,4 +135,5 @@ def parse_options(argv: list[str] | None = None) -> Options:
         strict=args.strict,
         live_streams=args.live_streams,
         live_events=args.live_events,
+        replicas=args.replicas,
     )

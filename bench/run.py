@@ -138,7 +138,7 @@ async def start_processes(
         return None, pids
     if backends is not None:
         say("starting the stack")
-        stack = await start_stack(backends, ctx.work_dir)
+        stack = await start_stack(backends, ctx.work_dir, replicas=options.replicas)
     else:
         assert options.gateway_url is not None
         database = urllib.parse.urlsplit(options.database_url).path.lstrip("/") or None
@@ -234,5 +234,6 @@ def _options_json(options: Options) -> dict[str, object]:
         "users": options.users,
         "live_streams": options.live_streams,
         "live_events": options.live_events,
+        "replicas": options.replicas,
         "external_stack": options.external,
     }

@@ -84,9 +84,14 @@ class Backends:
             await conn.close()
 
 
-async def start_stack(backends: Backends, run_dir: Path) -> Stack:
+#: The services `--replicas` multiplies, with the variable that gives each process its HTTP port.
+REPLICATED = {"auth": "AUTH_HTTP_PORT", "users": "USERS_HTTP_PORT", "posts": "POSTS_HTTP_PORT"}
+
+
+async def start_stack(backends: Backends, run_dir: Path, *, replicas: int = 1) -> Stack:
     """The four services as production runs them (default settings but one), ready to serve; their logs
-    are `<run_dir>/<service>.log`."""
+    are `<run_dir>/<service>.log`. With `replicas` > 1, each service runs that many processes on
+    its queues (`posts-2`, ...: the competing consumers production scales out with), the gateway one."""
     key_file = run_dir / "signing-key.pem"
     key_file.write_text(to_pem(Ed25519PrivateKey.generate()))
     assert backends.broker_users is not None, "create() the backends first"
@@ -94,5 +99,17 @@ async def start_stack(backends: Backends, run_dir: Path) -> Stack:
     # The one setting that is not production's: every author is registered from 127.0.0.1, and
     # `--users` may ask for more than the per-address registration limit allows in an hour.
     env.setdefault("REGISTER_MAX_PER_ADDRESS", "100000")
+    if replicas > 1:
+        # Each replica's command pool comes out of PostgreSQL's max_connections (100 by default).
+        env.setdefault("DATABASE_POOL_SIZE", str(max(4, 10 // replicas)))
     services = await launcher.start_stack(env, run_dir, timeout=READY_SECONDS)
+    try:
+        for number in range(2, replicas + 1):
+            for service, port_variable in REPLICATED.items():
+                port = launcher.free_port()
+                services.start_replica(service, f"{service}-{number}", {port_variable: str(port)})
+                await services.wait_ready_at(f"http://127.0.0.1:{port}/readyz", READY_SECONDS, f"{service}-{number}")
+    except BaseException:
+        services.stop_all()
+        raise
     return Stack(services.gateway_url, backends.amqp_url, backends.name, services.pids, services)

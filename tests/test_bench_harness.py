@@ -18,6 +18,7 @@ from bench import procstat, wrk
 from bench.broker_load import load_result, percentile
 from bench.live_fanout import EventDelivery, FanoutResult
 from bench.measurement import CaseResult, LoadResult, Memory
+from bench.options import parse_options
 from bench.report import format_table
 from bench.targets import check_targets
 
@@ -188,3 +189,10 @@ def test_cpu_per_request_and_the_table() -> None:
     row = format_table([result]).splitlines()[3]
     assert row.split()[:3] == ["create_post", "64", "500"]
     assert "500" in row and "1000" in row
+
+
+def test_replicas_apply_only_to_a_started_stack() -> None:
+    assert parse_options(["--replicas", "2"]).replicas == 2
+    for wrong in (["--replicas", "0"], ["--replicas", "2", "--gateway-url", "http://127.0.0.1:8080"]):
+        with pytest.raises(SystemExit):
+            parse_options(wrong)
