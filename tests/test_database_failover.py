@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import uuid4
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.support.accounts import User, register
 from tests.support.backends import provisioned
 from tests.support.faults import DATABASE_FAILOVER, FaultWatch
+from tests.support.proxy import CuttableProxy
 from tests.support.stack import Stack, side_stack
 from tests.support.standby import ReplicatedPair, missing_tools, replicated_pair
 
@@ -76,15 +78,62 @@ async def client(http: aiohttp.ClientSession, user: User, load: Load, faults: Fa
 
 
 async def test_services_follow_a_promoted_standby(tmp_path: Path) -> None:
+    """DATABASE_URL names both hosts: new connections skip the dead primary and the standby still
+    in recovery, and take the standby once it is promoted."""
     with replicated_pair() as pair:
         async with provisioned(pair.url()) as backends:
-            database = backends.database_url.rsplit("/", 1)[1].split("?")[0]
             settings = {"RPC_TIMEOUT_SECONDS": RPC_TIMEOUT_SECONDS}
             async with side_stack(backends, tmp_path, settings, Ed25519PrivateKey.generate()) as stack:
-                await _fail_over_under_load(stack, pair, database)
+                await _fail_over_under_load(stack, pair, _database(backends.database_url))
 
 
-async def _fail_over_under_load(stack: Stack, pair: ReplicatedPair, database: str) -> None:
+async def test_writes_that_reach_a_standby_are_held_until_it_is_promoted(tmp_path: Path) -> None:
+    """DATABASE_URL names one endpoint (a managed database's DNS name), which moves to the standby
+    before it is promoted: every write there fails with read_only_sql_transaction, which the
+    services wait out like an outage (never a 500) until the promotion."""
+    with replicated_pair() as pair:
+        async with provisioned(pair.url()) as backends:
+            database = _database(backends.database_url)
+            endpoint = CuttableProxy("127.0.0.1", pair.primary_port)
+            await endpoint.start()
+            try:
+                settings = {
+                    "RPC_TIMEOUT_SECONDS": RPC_TIMEOUT_SECONDS,
+                    "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{endpoint.port}/{database}",
+                }
+                async with side_stack(backends, tmp_path, settings, Ed25519PrivateKey.generate()) as stack:
+
+                    async def move_endpoint() -> None:
+                        endpoint.target = ("127.0.0.1", pair.standby_port)
+                        await endpoint.cut()  # every connection drops, as when a DNS name moves and the old host goes
+                        await endpoint.restore()
+
+                    try:
+                        await _fail_over_under_load(stack, pair, database, early=move_endpoint)
+                    finally:
+                        # Off the event loop: the endpoint runs on it, and the services' shutdown
+                        # (in-flight commands, the outbox flush) needs it to reach the database.
+                        await asyncio.to_thread(stack.stop_all)
+                    held = [
+                        line
+                        for path in stack.log_dir.glob("*.log")
+                        for line in path.read_text().splitlines()
+                        if "read-only transaction" in line
+                    ]
+            finally:
+                await endpoint.cut()
+    assert held, "no write reached the standby before its promotion: the test did not test that"
+
+
+def _database(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?")[0]
+
+
+async def _fail_over_under_load(
+    stack: Stack, pair: ReplicatedPair, database: str, *, early: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Steady load, then (`early`, and a moment of it) the primary stopped, a gap, the standby
+    promoted, load again; then the checks on the new primary."""
     faults = FaultWatch(stack.log_dir)
     faults.expect(*DATABASE_FAILOVER)
     load = Load()
@@ -94,6 +143,9 @@ async def _fail_over_under_load(stack: Stack, pair: ReplicatedPair, database: st
         clients = [asyncio.create_task(client(http, user, load, faults, done)) for _ in range(CLIENTS)]
         try:
             await asyncio.sleep(STEADY_SECONDS)
+            if early is not None:
+                await early()
+                await asyncio.sleep(GAP_SECONDS)
             await asyncio.to_thread(pair.stop_primary)
             stopped = time.monotonic()
             before = len(load.acknowledged)
