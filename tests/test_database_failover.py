@@ -151,6 +151,8 @@ async def _fail_over_under_load(
             before = len(load.acknowledged)
             await asyncio.sleep(GAP_SECONDS)
             during_gap = len(load.acknowledged) - before
+            # No host takes writes: the services say they cannot work, whatever answers.
+            not_ready = await _readiness(stack)
             await asyncio.to_thread(pair.promote)
             promoted = time.monotonic()
             while not any(at > promoted for at in load.acknowledged_at):
@@ -196,6 +198,7 @@ async def _fail_over_under_load(
         f"posts {len(posts)}, run twice {len(twice)}, acknowledged but missing {len(lost)}; outbox left {pending_events}"
     )
     assert before > 0, "no steady load before the fault"
+    assert all(status == 503 for status in not_ready.values()), f"/readyz with no primary: {not_ready}"
     assert load.statuses.get("504", 0) + load.statuses.get("503", 0) > 0, f"the load did not run through the switch: {load.statuses}"
     assert {"auth_service", "users_service", "posts_service"} <= connected, f"services on the new primary: {connected}"
     assert not lost, f"acknowledged posts missing from the new primary: {list(lost.items())[:5]}"
@@ -206,6 +209,16 @@ async def _fail_over_under_load(
     assert pending_events == 0, "the relay left committed events in the outbox"
     await stack.wait_ready("gateway", timeout=10)
     faults.check()
+
+
+async def _readiness(stack: Stack) -> dict[str, int]:
+    """Each service's /readyz status."""
+    async with aiohttp.ClientSession() as http:
+        answers = {}
+        for service in ("auth", "users", "posts"):
+            async with http.get(stack.http_url(service) + "/readyz", timeout=aiohttp.ClientTimeout(total=5)) as response:
+                answers[service] = response.status
+    return answers
 
 
 async def _outbox_drained(conn: asyncpg.Connection, timeout: float = 10) -> int:
