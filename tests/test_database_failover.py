@@ -168,6 +168,10 @@ async def _fail_over_under_load(
             outcome = await asyncio.gather(*clients, return_exceptions=True)
         failures = [error for error in outcome if isinstance(error, BaseException)]
         assert not failures, failures
+        # Public reads run on the read-only pool, which must have found the new primary too.
+        async with http.get("/posts", params={"limit": "1"}) as response:
+            faults.saw(response.status, "GET /posts")
+            assert response.status == 200, await response.text()
 
     new_primary = await asyncpg.connect(pair.standby_url(database))
     try:
