@@ -51,8 +51,10 @@ STEADY_SECONDS = 2.0
 GAP_SECONDS = 1.5
 #: From the promotion, how long the stack may take to acknowledge writes again.
 RECOVERY_BOUND_SECONDS = 15.0
-#: A short RPC timeout, so that commands held through the switch show up as 504s and are retried.
-RPC_TIMEOUT_SECONDS = "3"
+#: A short RPC timeout, so that commands held through the switch show up as 504s and are retried:
+#: shorter than the outage (the gap, plus the held commands' backoff, which retries 1.4 s and then
+#: 3 s after their first failure), so that it cannot race the first retry that succeeds.
+RPC_TIMEOUT_SECONDS = "2"
 
 
 @dataclass
