@@ -7,6 +7,9 @@ The stack runs on a primary and standby of the test's own (tests/support/standby
 through the gateway back to back, each with its own Idempotency-Key, retrying 503/504 with the same
 key as a well-behaved client does. The primary is stopped with `-m immediate` (no checkpoint, every
 connection cut), left down for a moment in which nothing takes writes, and the standby is promoted.
+The second test gives the services one endpoint instead (a TCP proxy standing for a managed
+database's DNS name) and moves it to the standby before the promotion: the writes that land there
+fail with read_only_sql_transaction and must be held like an outage, never answered 500.
 
 It needs root and Debian's postgresql-common; without them it is skipped, saying what is missing,
 unless REQUIRE_POSTGRESQL_STANDBY is set (CI sets it), where that is a failure.
