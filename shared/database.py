@@ -3,6 +3,13 @@
 Each service lives in one schema (`auth`, `users`, `posts`) of the database `DATABASE_URL` names.
 The pool sets `search_path` to that schema alone, so a service's SQL cannot touch another's
 tables even by accident, and two services can share a database without sharing state.
+
+`DATABASE_URL` may name a primary and its standbys (shared/database_url.py): every connection
+goes to the host that takes writes, so after a failover the pool's new connections find the
+promoted standby by themselves. A connection that still reaches a server taking no writes (a
+single-host URL whose name still points at the old primary, now a standby) gets
+`read_only_sql_transaction`, which is an outage to wait out like a lost connection
+(`TRANSIENT_DATABASE_ERRORS`); `discard_connections` makes the pool reconnect.
 """
 
 from __future__ import annotations
@@ -10,9 +17,11 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.connect_utils import SessionAttribute
 from asyncpg.pool import PoolConnectionProxy
 
 from shared import jsoncodec
+from shared.database_url import read_only_session_attrs
 
 #: What a service's code gets to run statements on: a connection, or a pool's proxy for one.
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
@@ -32,7 +41,21 @@ TRANSIENT_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     # What asyncpg raises when a connection dies in the middle of an operation (seen when the
     # server shuts down under load): the connection's state machine, not the command, is broken.
     asyncpg.InternalClientError,
+    # A write that reached a server in recovery: the connection outlived its primary's role (or
+    # the URL's name still points at the old primary). The next connection finds the new one.
+    asyncpg.ReadOnlySQLTransactionError,
 )
+
+
+def lost_the_primary(exc: BaseException) -> bool:
+    """Whether `exc` says the connection is on a server that takes no writes (any more)."""
+    return isinstance(exc, asyncpg.ReadOnlySQLTransactionError)
+
+
+async def discard_connections(pool: asyncpg.Pool) -> None:
+    """Have every connection of `pool` replaced on its next acquire, so that the pool connects
+    afresh and `target_session_attrs` picks the primary again."""
+    await pool.expire_connections()
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -54,10 +77,16 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
     """A pool whose connections see only `schema`. With `read_only`, PostgreSQL refuses any
     write on them, in a transaction or out of one."""
     settings = {"search_path": schema, "application_name": f"{schema}_service"}
+    attrs: SessionAttribute | None = None  # the URL's
     if read_only:
         settings["default_transaction_read_only"] = "on"
+        # That setting would make asyncpg's read-write check refuse every host, the primary
+        # included (shared/database_url.py).
+        override = read_only_session_attrs(dsn)
+        attrs = SessionAttribute(override) if override else None
     pool = await asyncpg.create_pool(
         dsn,
+        target_session_attrs=attrs,
         min_size=min_size,
         max_size=max_size,
         server_settings=settings,

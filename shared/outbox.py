@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from shared import jsoncodec
 from shared.broker import EVENTS_EXCHANGE
-from shared.database import TRANSIENT_DATABASE_ERRORS, Connection, Params
+from shared.database import TRANSIENT_DATABASE_ERRORS, Connection, Params, discard_connections, lost_the_primary
 from shared.events import EVENTS
 from shared.pacing import wait_for_event
 
@@ -192,6 +192,8 @@ class OutboxRelay:
                         pass
                 except _RELAY_ERRORS as exc:
                     log.warning("outbox relay paused", extra={"error": str(exc) or type(exc).__name__})
+                    if lost_the_primary(exc):
+                        await discard_connections(self._pool)
                 woken = await wait_for_event(self._wake, self._poll)
                 if woken and not self._stopping:
                     # Let the commits of the next few milliseconds join the batch: a batch costs

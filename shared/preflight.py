@@ -35,6 +35,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from shared.database_url import parse_database_url
 from shared.declarations import PROCESSES
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource
 from shared.settings import ConfigurationError, Settings
@@ -139,7 +140,7 @@ async def _schema_state(conn: asyncpg.Connection, schema: str, may_create: bool)
 
 
 async def check_database(settings: Settings, timeout: float) -> str:
-    where, database = _where(settings.database_url), _path(settings.database_url) or "(the user's default)"
+    where, database = parse_database_url(settings.database_url).where, _path(settings.database_url) or "(the user's default)"
     try:
         conn = await asyncpg.connect(settings.database_url, timeout=timeout)
     except asyncpg.InvalidCatalogNameError:
@@ -148,6 +149,11 @@ async def check_database(settings: Settings, timeout: float) -> str:
         ) from None
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         raise Problem(f"PostgreSQL at {where} refused the user or password in DATABASE_URL ({exc}): check them") from None
+    except asyncpg.TargetServerAttributeNotMatched:
+        raise Problem(
+            f"PostgreSQL at {where} answers, but no host is what DATABASE_URL's target_session_attrs asks for "
+            "(every one is a standby?): promote one, or fix the host list"
+        ) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise Problem(
             f"cannot connect to PostgreSQL at {where} ({_reason(exc)}): is it running, and are DATABASE_URL's host and port right?"
@@ -251,7 +257,7 @@ async def run_checks(settings: Settings, timeout: float) -> list[tuple[str, str 
         Check(
             "database",
             lambda: check_database(settings, timeout),
-            f"PostgreSQL at {_where(settings.database_url)}: is it reachable, and is DATABASE_URL right?",
+            f"PostgreSQL at {parse_database_url(settings.database_url).where}: is it reachable, and is DATABASE_URL right?",
         ),
         Check("jwks", lambda: check_jwks(settings, timeout), f"{settings.auth_jwks_url}: is auth_service up, and is AUTH_JWKS_URL right?"),
         Check("signing key", lambda: check_signing_key(settings), "reading AUTH_SIGNING_KEY_FILE"),

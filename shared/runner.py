@@ -49,7 +49,7 @@ from shared.broker import (
     event_queue_name,
 )
 from shared.commands import COMMANDS, parse_payload
-from shared.database import TRANSIENT_DATABASE_ERRORS, Connection
+from shared.database import TRANSIENT_DATABASE_ERRORS, Connection, discard_connections, lost_the_primary
 from shared.declarations import GATEWAY
 from shared.envelope import (
     AUTHORIZATION_HEADER,
@@ -328,6 +328,9 @@ class MessageProcessor:
             except TRANSIENT_DATABASE_ERRORS as exc:
                 if self.stopping:
                     raise _Requeue() from exc
+                if lost_the_primary(exc):
+                    # Its connections are on a server that takes no writes: new ones find the primary.
+                    await discard_connections(self._pool)
                 delay = next(delays)
                 log.warning(
                     f"database unavailable; holding the {what} and retrying",
@@ -362,7 +365,11 @@ class MessageProcessor:
     async def _run_public_read(self, route: CommandRoute, caller: Caller | None, payload: Any) -> Any:
         # `check_routes` let it through only as PUBLIC and not replaying: nothing to book.
         async with self._read_pool.acquire() as conn:
-            return await route.handler(payload, caller, conn)
+            try:
+                return await route.handler(payload, caller, conn)
+            except asyncpg.ReadOnlySQLTransactionError as exc:
+                # On this pool it is the handler writing, a bug: not an outage to wait out.
+                raise RuntimeError(f"the public read {route.name!r} tried to write") from exc
 
     async def _open(self, conn: Connection, command: _Command) -> bookkeeping.Opened:
         """Check the caller's session and ban, claim the message id and, for an owner policy,

@@ -161,9 +161,11 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         processor.attach_dead_letter_channel(confirm_channel)
 
         async def database_ready() -> str | None:
+            # A server that answers but takes no writes (a standby not yet promoted, reached
+            # through an endpoint that moved early) cannot run a command either.
             async with pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-            return None
+                read_only = await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'")
+            return "the database takes no writes (a standby, or read-only)" if read_only else None
 
         consuming = asyncio.Event()
 

@@ -14,6 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from shared.broker import login_user
+from shared.database_url import DatabaseUrlError, parse_database_url, redacted
 from shared.declarations import PROCESSES
 
 #: How a process meets the broker topology (shared/topology): create it, or only check it exists.
@@ -56,6 +57,16 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
     parts = urlsplit(value)
     if parts.scheme not in schemes or not parts.hostname:
         raise ConfigurationError(f"{name} must be a {' or '.join(schemes)} URL, got {value!r}")
+    return value
+
+
+def _database_url(env: Mapping[str, str], default: str) -> str:
+    """One PostgreSQL host, or several with target_session_attrs (shared/database_url.py)."""
+    value = env.get("DATABASE_URL") or default
+    try:
+        parse_database_url(value)
+    except DatabaseUrlError as exc:
+        raise ConfigurationError(f"DATABASE_URL {exc}, got {redacted(value)!r}") from None
     return value
 
 
@@ -142,7 +153,7 @@ class Settings:
             raise ConfigurationError(f"BROKER_TOPOLOGY must be declare or verify, got {topology!r}")
         return cls(
             amqp_url=_url(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", ("amqp", "amqps")),
-            database_url=_url(env, "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres", ("postgresql", "postgres")),
+            database_url=_database_url(env, "postgresql://postgres@127.0.0.1:5432/postgres"),
             gateway_host=_text(env, "GATEWAY_HOST", "127.0.0.1"),
             gateway_port=_int(env, "GATEWAY_PORT", 8080, low=0, high=65535),
             http_host=_text(env, "HTTP_HOST", "127.0.0.1"),

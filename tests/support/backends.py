@@ -92,8 +92,12 @@ def _create_vhost(amqp_url: str, vhost: str) -> Callable[[], None] | None:
     return lambda: call("DELETE", f"/vhosts/{vhost}")
 
 
-async def provision() -> Backends:
-    database_url = os.environ.get("TEST_DATABASE_URL") or (DEFAULT_DATABASE_URL if _reachable(DEFAULT_DATABASE_URL, 5432) else None)
+async def provision(database_url: str | None = None) -> Backends:
+    """`database_url`: the server to create the run's database on (a primary and its standby, for
+    one); by default TEST_DATABASE_URL's, else the local one's, else a container's."""
+    database_url = (
+        database_url or os.environ.get("TEST_DATABASE_URL") or (DEFAULT_DATABASE_URL if _reachable(DEFAULT_DATABASE_URL, 5432) else None)
+    )
     amqp_url = os.environ.get("TEST_AMQP_URL") or (DEFAULT_AMQP_URL if _reachable(DEFAULT_AMQP_URL, 5672) else None)
     cleanups: list[Callable[[], None]] = []
     if (database_url is None or amqp_url is None) and _docker_available():
@@ -143,13 +147,15 @@ async def provision() -> Backends:
 
 
 @asynccontextmanager
-async def provisioned() -> AsyncIterator[Backends]:
-    """`provision()` for the life of the block: the database dropped and the vhost, users and
-    containers gone afterwards."""
-    backends = await provision()
+async def provisioned(database_url: str | None = None) -> AsyncIterator[Backends]:
+    """`provision(database_url)` for the life of the block: the database dropped and the vhost,
+    users and containers gone afterwards (those even when the database cannot be reached to drop)."""
+    backends = await provision(database_url)
     try:
         yield backends
     finally:
-        await backends.drop_database()  # type: ignore[attr-defined]
-        for cleanup in backends.cleanups:
-            cleanup()
+        try:
+            await backends.drop_database()  # type: ignore[attr-defined]
+        finally:
+            for cleanup in backends.cleanups:
+                cleanup()

@@ -95,6 +95,10 @@ DATABASE_CUT: tuple[Expected, ...] = ()
 #: with warnings, shared/runner.py).
 DATABASE_RESTART: tuple[Expected, ...] = ()
 
+#: What losing the primary and promoting its standby explains: nothing at ERROR (the runner holds
+#: commands through it with warnings; new connections find the promoted standby, shared/database.py).
+DATABASE_FAILOVER: tuple[Expected, ...] = ()
+
 
 # -- the watch ------------------------------------------------------------------------------------
 
