@@ -8,6 +8,7 @@ each other's data.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,8 @@ async def stack(backends: Backends, signing_key: Ed25519PrivateKey, tmp_path_fac
     key_file.write_text(to_pem(signing_key))
     running = await start_stack(stack_env(backends.database_url, backends.amqp_url, key_file, backends.broker_users), run_dir)
     try:
+        # TEST_REPLICAS=2: every service and the gateway twice, as production scales out (issue 14).
+        await running.start_replicas(int(os.environ.get("TEST_REPLICAS", "1")))
         yield running
     finally:
         running.stop_all()

@@ -319,6 +319,7 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
     author: User = await new_user("twins")
     tap = await stream.tap("post.created", "post.deleted")
     first_url = stack.http_url("posts")
+    replicas = stack.replica_urls("posts")  # TEST_REPLICAS: the stack's own second posts_service consumes too
     port = free_port()
     second_url = f"http://127.0.0.1:{port}"
     log_path = stack.log_dir / "posts-second.log"
@@ -336,7 +337,7 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
         await until(lambda: _ready(second_url, second), timeout=30, interval=0.2, what="second posts_service ready")
         before = {
             url: {c: await metric(url, "commands_total", command=c, outcome="ok") for c in ("create-post", "delete-post")}
-            for url in (first_url, second_url)
+            for url in (first_url, second_url, *replicas)
         }
 
         commands = create_posts(creates, "twins")
@@ -356,7 +357,7 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
 
         after = {
             url: {c: await metric(url, "commands_total", command=c, outcome="ok") for c in ("create-post", "delete-post")}
-            for url in (first_url, second_url)
+            for url in (first_url, second_url, *replicas)
         }
     finally:
         second.terminate()
@@ -391,7 +392,7 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
     assert {p: len(ids) for p, ids in deleted_by_id.items()} == {p: 1 for p in doomed}, "a delete took effect twice"
     assert replays == creates + deletes, "every second copy is answered from the idempotency record"
     for command, sent in (("create-post", sent_creates), ("delete-post", sent_deletes)):
-        assert handled[first_url][command] + handled[second_url][command] == sent
+        assert sum(by_url[command] for by_url in handled.values()) == sent
     assert handled[first_url]["create-post"] > 0 and handled[second_url]["create-post"] > 0, "both instances consume"
     assert second_exit == 0
 

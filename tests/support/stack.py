@@ -41,11 +41,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: The variable that gives each process its HTTP port, so replicas get ports of their own.
+HTTP_PORT_VARIABLES = {"auth": "AUTH_HTTP_PORT", "users": "USERS_HTTP_PORT", "posts": "POSTS_HTTP_PORT", "gateway": "GATEWAY_PORT"}
+
+
 @dataclass
 class Stack:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: By service, the settings of each extra replica `start_replicas` added (`posts-2`: its port).
+    replicas: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
     @property
     def gateway_url(self) -> str:
@@ -55,17 +61,43 @@ class Stack:
         port = {"auth": "AUTH_HTTP_PORT", "users": "USERS_HTTP_PORT", "posts": "POSTS_HTTP_PORT", "gateway": "GATEWAY_PORT"}[service]
         return f"http://127.0.0.1:{self.env[port]}"
 
+    def replica_urls(self, service: str) -> list[str]:
+        """The HTTP addresses of `service`'s extra replicas (none unless TEST_REPLICAS asked)."""
+        variable = HTTP_PORT_VARIABLES[service]
+        return [f"http://127.0.0.1:{settings[variable]}" for settings in self.replicas.get(service, {}).values()]
+
     def env_for(self, service: str) -> dict[str, str]:
         """The environment `service` runs with: the stack's, with its own user's AMQP_URL."""
         return {**self.env, "AMQP_URL": self.env[amqp_url_variable(service)]}
 
     def start(self, service: str) -> None:
+        """Start `service`, and its replicas if the stack has any (a restarted service comes back whole)."""
         log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the process
         self.processes[service] = subprocess.Popen(
             [sys.executable, "-m", PACKAGES[service]], cwd=ROOT, env=self.env_for(service), stdout=log, stderr=subprocess.STDOUT
         )
+        for name, settings in self.replicas.get(service, {}).items():
+            self.start_replica(service, name, settings)
+
+    async def start_replicas(self, count: int, timeout: float = 60) -> None:
+        """`count` processes of every service and gateway in all (TEST_REPLICAS): the extra ones
+        compete for the same queues, and `stop`/`start` of a service take its replicas along."""
+        for number in range(2, count + 1):
+            for service, variable in HTTP_PORT_VARIABLES.items():
+                name, port = f"{service}-{number}", free_port()
+                # Each replica's pool comes out of PostgreSQL's max_connections.
+                settings = {variable: str(port), "DATABASE_POOL_SIZE": "4"}
+                self.replicas.setdefault(service, {})[name] = settings
+                self.start_replica(service, name, settings)
+                await self.wait_ready_at(f"http://127.0.0.1:{port}/readyz", timeout, name)
 
     def stop(self, service: str, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Stop `service` (its replicas first, with the same signal); the main process's exit code."""
+        for name in self.replicas.get(service, {}):
+            self._stop_one(name, sig, timeout)
+        return self._stop_one(service, sig, timeout)
+
+    def _stop_one(self, service: str, sig: int, timeout: float) -> int | None:
         process = self.processes.pop(service, None)
         if process is None or process.poll() is not None:
             return process.returncode if process else None
@@ -98,7 +130,7 @@ class Stack:
 
     def stop_all(self) -> None:
         for service in list(self.processes):
-            self.stop(service)
+            self._stop_one(service, signal.SIGTERM, 20)
 
     def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """An operator command, exactly as an operator types it."""
