@@ -35,6 +35,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from shared.broker import broker_urls
+from shared.broker_failover import connect_first
 from shared.declarations import PROCESSES
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource
 from shared.settings import ConfigurationError, Settings
@@ -80,9 +82,11 @@ def _path(url: str) -> str:
 
 
 async def check_broker(settings: Settings, timeout: float) -> str:
-    where, vhost = _where(settings.amqp_url), _path(settings.amqp_url) or "/"
+    urls = broker_urls(settings.amqp_url)
+    where, vhost = ", ".join(_where(url) for url in urls), _path(urls[0]) or "/"
     try:
-        connection = await aio_pika.connect(settings.amqp_url, timeout=timeout)
+        # With several brokers (a cluster's nodes), the first that answers: the processes need one.
+        connection, reached = await connect_first(settings.amqp_url, timeout=timeout)
     except aio_pika.exceptions.ProbableAuthenticationError:
         raise Problem(f"RabbitMQ at {where} refused the user name or password in AMQP_URL: check them") from None
     except (aio_pika.exceptions.AMQPConnectionError, OSError) as exc:
@@ -103,13 +107,13 @@ async def check_broker(settings: Settings, timeout: float) -> str:
         found = connection.transport.connection.server_properties.get("version")  # type: ignore[union-attr]
         version = found.decode() if isinstance(found, bytes) else str(found)
         if settings.broker_topology == "declare":
-            return f"RabbitMQ {version}, vhost {vhost!r}, as {who}; each process declares its topology (BROKER_TOPOLOGY=declare)"
+            return f"RabbitMQ {version} at {_where(urls[reached])}, vhost {vhost!r}, as {who}; each process declares its topology (BROKER_TOPOLOGY=declare)"
         for service in ROUTES:  # a failed passive declare closes its channel: one channel per service
             try:
                 await verify(await connection.channel(), service)
             except TopologyError as exc:
                 raise Problem(str(exc)) from None
-        return f"RabbitMQ {version}, vhost {vhost!r}, as {who}; the exchanges and every service's queues exist (BROKER_TOPOLOGY=verify)"
+        return f"RabbitMQ {version} at {_where(urls[reached])}, vhost {vhost!r}, as {who}; the exchanges and every service's queues exist (BROKER_TOPOLOGY=verify)"
     finally:
         await connection.close()
 
@@ -246,7 +250,7 @@ async def run_checks(settings: Settings, timeout: float) -> list[tuple[str, str 
         Check(
             "broker",
             lambda: check_broker(settings, timeout),
-            f"RabbitMQ at {_where(settings.amqp_url)}: is it reachable, and is AMQP_URL right?",
+            f"RabbitMQ at {', '.join(_where(url) for url in broker_urls(settings.amqp_url))}: is it reachable, and is AMQP_URL right?",
         ),
         Check(
             "database",
