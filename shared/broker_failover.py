@@ -10,7 +10,8 @@ a process makes goes through here:
   next node is tried after `SWITCH_SECONDS`; after a round in which none answered, after the
   connection's `reconnect_interval` (RECONNECT_SECONDS), the pause one broker has always had.
   The first attempt after a loss is immediate and goes to another node, so a lost node costs
-  one failed TCP connect at most, not a reconnect interval.
+  one failed TCP connect at most, not a reconnect interval. A node that answers but fails the
+  restore (a cluster still moving the lost node's queue leaders) is retried with a growing pause.
 - `connect_first` is a plain connection to the first broker that answers, starting where the
   caller says: for connections that handle their loss themselves (the gateway's event feed,
   whose exclusive queue goes with its connection) and for one-shot tools.
@@ -31,12 +32,15 @@ from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
 from shared.broker import RECONNECT_SECONDS, broker_address, broker_urls
+from shared.pacing import Backoff
 
 log = logging.getLogger(__name__)
 
 #: The pause before trying the next broker of a round: long enough not to spin when every node
 #: refuses at once, short enough that a dead node barely delays the failover.
 SWITCH_SECONDS = 0.1
+#: The longest pause between attempts on brokers that answer but cannot restore the connection yet.
+SETTLING_CAP_SECONDS = 5.0
 #: What a connection attempt raises when the broker it tried is away or refuses.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (aio_pika.exceptions.AMQPError, OSError, TimeoutError)
 
@@ -59,6 +63,7 @@ class FailoverConnection(RobustConnection):
         self._failures = 0
         super().__init__(self.broker_urls[self._index], **kwargs)
         self._round_interval: float = self.reconnect_interval
+        self._settling = Backoff(self._round_interval, cap=SETTLING_CAP_SECONDS)
 
     async def _RobustConnection__connect_transport(self) -> None:  # noqa: N802 - aio-pika's name
         if self._attempted:
@@ -73,8 +78,16 @@ class FailoverConnection(RobustConnection):
             self._failures += 1
             # aio-pika sleeps `reconnect_interval` after a failed attempt: short within a round.
             self.reconnect_interval = self._round_interval if self._failures % len(self.broker_urls) == 0 else SWITCH_SECONDS
+            if self.transport is not None and len(self.broker_urls) > 1:
+                # The broker let us in but restoring the channels failed: a node of a cluster that
+                # is still electing new leaders for the queues of the node that went (RabbitMQ
+                # closes the connection with INTERNAL_ERROR for a while). Each such attempt
+                # re-registers the consumers, is delivered messages and hands them back, which
+                # counts against their delivery limit: back off rather than go round at once.
+                self.reconnect_interval = next(self._settling)
             raise
         self._failures = 0
+        self._settling = Backoff(self._round_interval, cap=SETTLING_CAP_SECONDS)
         self.reconnect_interval = self._round_interval
 
     @property

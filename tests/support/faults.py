@@ -84,6 +84,20 @@ BROKER_RESTART = (BROKER_FORCED_CLOSE, BROKER_REFUSED, CHANNEL_EARLY_REOPEN)
 #: and refuses new ones until restored).
 BROKER_CUT = (BROKER_REFUSED, CHANNEL_EARLY_REOPEN)
 
+#: When a cluster node goes, the survivors elect new leaders for the quorum queues it led; until
+#: they have, restoring a connection's channels there (re-declaring and consuming those queues)
+#: makes RabbitMQ 3.10 close the connection with 541 INTERNAL_ERROR, which aiormq logs at ERROR.
+#: The failover connection backs off and tries again (shared/broker_failover.py); the cluster test
+#: checks that every process consumes and answers again.
+CLUSTER_LEADER_MOVING = Expected(
+    "a surviving node refusing a restore while the cluster elects new queue leaders",
+    "aiormq.connection",
+    r"Unexpected connection close from remote \"[^\"]*\", Connection\.Close\(reply_code=541, reply_text='INTERNAL_ERROR'\)",
+    "a quorum queue has no leader for a few seconds after the node leading it stops",
+)
+#: What stopping one node of a cluster explains: what a restart does, and the leaders moving.
+CLUSTER_NODE_STOP = (*BROKER_RESTART, CLUSTER_LEADER_MOVING)
+
 #: What killing a consumer with SIGKILL explains in the processes that survive it: nothing.
 KILLED_CONSUMER: tuple[Expected, ...] = ()
 

@@ -13,14 +13,17 @@ nothing behind, whatever state the nodes are in.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -54,12 +57,12 @@ class RabbitCluster:
     nodes: list[ClusterNode] = field(default_factory=list)
 
     @classmethod
-    def plan(cls, root: Path, size: int = 3, first_port: int = 5701) -> RabbitCluster:
+    def plan(cls, root: Path, ports: Sequence[tuple[int, int]]) -> RabbitCluster:
+        """A node per (AMQP port, distribution port), named zt<n>-<run>@localhost."""
         run = secrets.token_hex(3)
         cluster = cls(root)
-        for n in range(1, size + 1):
-            # Distribution ports far from the AMQP ones and from the machine node's 25672.
-            cluster.nodes.append(ClusterNode(f"zt{n}-{run}@localhost", first_port + n - 1, 26700 + first_port % 100 + n, root / f"zt{n}"))
+        for n, (amqp_port, dist_port) in enumerate(ports, start=1):
+            cluster.nodes.append(ClusterNode(f"zt{n}-{run}@localhost", amqp_port, dist_port, root / f"zt{n}"))
         return cluster
 
     @property
@@ -104,8 +107,12 @@ class RabbitCluster:
             (node.base / "rabbitmq.conf").write_text(
                 f"listeners.tcp.local = 127.0.0.1:{node.amqp_port}\n"
                 "loopback_users = none\n"
-                # A node that leaves must not take the cluster's partition handling with it.
+                # A minority cut off from the others stops serving rather than diverging.
                 "cluster_partition_handling = pause_minority\n"
+                # Each new quorum queue's leader on the node with the fewest leaders, not on the node
+                # the declaring client happens to be connected to (client-local, the default): the
+                # topology is declared through one node, and would otherwise be led by it alone.
+                "queue_leader_locator = balanced\n"
             )
             self._launch(node)
         for node in self.nodes:
@@ -146,24 +153,18 @@ class RabbitCluster:
     def running(self) -> list[ClusterNode]:
         return [node for node in self.nodes if node.process is not None and node.process.poll() is None]
 
+    def queues(self, via: ClusterNode, vhost: str = "/") -> list[dict[str, Any]]:
+        """Every queue of `vhost` with its leader and members (for quorum queues), asked of `via`."""
+        out = self.ctl(via, "list_queues", "-p", vhost, "name", "type", "leader", "members", "--quiet", "--formatter", "json")
+        return list(json.loads(out))
+
     def queue_leaders(self, via: ClusterNode, vhost: str = "/") -> dict[str, str]:
-        """By queue name, the node that leads it (quorum queues), asked of `via`."""
-        out = self.ctl(via, "list_queues", "-p", vhost, "name", "leader", "--quiet", "--no-table-headers", "--formatter", "tsv")
-        leaders: dict[str, str] = {}
-        for line in out.splitlines():
-            if "\t" in line:
-                name, leader = line.split("\t", 1)
-                leaders[name] = leader.strip()
-        return leaders
+        """By quorum queue name, the node that leads it."""
+        return {q["name"]: str(q["leader"]) for q in self.queues(via, vhost) if q.get("type") == "quorum"}
 
     def members(self, via: ClusterNode, queue: str, vhost: str = "/") -> list[str]:
         """The nodes holding a replica of quorum queue `queue`."""
-        out = self.ctl(via, "list_queues", "-p", vhost, "name", "members", "--quiet", "--no-table-headers", "--formatter", "tsv")
-        for line in out.splitlines():
-            name, _, rest = line.partition("\t")
-            if name == queue:
-                return [m.strip(" []\"'") for m in rest.split(",") if m.strip(" []\"'")]
-        return []
+        return next([str(m) for m in q["members"]] for q in self.queues(via, vhost) if q["name"] == queue)
 
     def stop_node(self, node: ClusterNode) -> None:
         """Stop a node the way an operator or a failing host would take it away: its Erlang VM exits."""
@@ -175,8 +176,9 @@ class RabbitCluster:
                 os.killpg(node.process.pid, signal.SIGKILL)
                 node.process.wait()
 
-    def stop(self) -> None:
-        """Stop every node and delete their data: nothing of the cluster is left."""
+    def stop(self, keep_logs: Path | None = None) -> None:
+        """Stop every node and delete their data: nothing of the cluster is left (but the nodes'
+        logs, copied into `keep_logs` when given)."""
         for node in self.nodes:
             if node.process is not None and node.process.poll() is None:
                 self.ctl(node, "stop", check=False, timeout=60)
@@ -190,4 +192,8 @@ class RabbitCluster:
             if node.process.poll() is None:
                 os.killpg(node.process.pid, signal.SIGKILL)
                 node.process.wait()
+        if keep_logs is not None:
+            for node in self.nodes:
+                if (node.base / "log").is_dir():
+                    shutil.copytree(node.base / "log", keep_logs / f"rabbit-{node.name.partition('@')[0]}", dirs_exist_ok=True)
         shutil.rmtree(self.root, ignore_errors=True)
