@@ -11,7 +11,7 @@ a process makes goes through here:
   connection's `reconnect_interval` (RECONNECT_SECONDS), the pause one broker has always had.
   The first attempt after a loss is immediate and goes to another node, so a lost node costs
   one failed TCP connect at most, not a reconnect interval. A node that answers but fails the
-  restore (a cluster still moving the lost node's queue leaders) is retried with a growing pause.
+  restore (a cluster still settling) is retried with a growing pause.
 - `connect_first` is a plain connection to the first broker that answers, starting where the
   caller says: for connections that handle their loss themselves (the gateway's event feed,
   whose exclusive queue goes with its connection) and for one-shot tools.
@@ -79,11 +79,10 @@ class FailoverConnection(RobustConnection):
             # aio-pika sleeps `reconnect_interval` after a failed attempt: short within a round.
             self.reconnect_interval = self._round_interval if self._failures % len(self.broker_urls) == 0 else SWITCH_SECONDS
             if self.transport is not None and len(self.broker_urls) > 1:
-                # The broker let us in but restoring the channels failed: a node of a cluster that
-                # is still electing new leaders for the queues of the node that went (RabbitMQ
-                # closes the connection with INTERNAL_ERROR for a while). Each such attempt
-                # re-registers the consumers, is delivered messages and hands them back, which
-                # counts against their delivery limit: back off rather than go round at once.
+                # The broker let us in but restoring the channels failed (a cluster still settling
+                # after losing a node, say). Each such attempt re-registers the consumers, is
+                # delivered messages and hands them back, which counts against their delivery
+                # limit (shared/broker.py): back off rather than go round at once.
                 self.reconnect_interval = next(self._settling)
             raise
         self._failures = 0

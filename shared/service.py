@@ -158,6 +158,10 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             broker_users=settings.broker_users,
         )
         processor.attach_dead_letter_channel(confirm_channel)
+        # Replies on a connection of their own (MessageProcessor.attach_reply_channel says why).
+        reply_connection = await _retry_until_up("broker", lambda: connect_robust(settings.amqp_url), stop)
+        opened.push_async_callback(reply_connection.close)
+        processor.attach_reply_channel(await reply_connection.channel(publisher_confirms=False))
 
         async def database_ready() -> str | None:
             async with pool.acquire() as conn:

@@ -84,19 +84,20 @@ BROKER_RESTART = (BROKER_FORCED_CLOSE, BROKER_REFUSED, CHANNEL_EARLY_REOPEN)
 #: and refuses new ones until restored).
 BROKER_CUT = (BROKER_REFUSED, CHANNEL_EARLY_REOPEN)
 
-#: When a cluster node goes, the survivors elect new leaders for the quorum queues it led; until
-#: they have, restoring a connection's channels there (re-declaring and consuming those queues)
-#: makes RabbitMQ 3.10 close the connection with 541 INTERNAL_ERROR, which aiormq logs at ERROR.
-#: The failover connection backs off and tries again (shared/broker_failover.py); the cluster test
-#: checks that every process consumes and answers again.
-CLUSTER_LEADER_MOVING = Expected(
-    "a surviving node refusing a restore while the cluster elects new queue leaders",
+#: When a cluster node goes, the commands its callers (the gateway, connected to it) left in the
+#: queues are still run by the services, and a reply to such a caller's direct reply-to address
+#: makes RabbitMQ 3.10 crash the publishing channel (rabbit_channel:deliver_reply, case_clause
+#: error) and close that connection with 541 INTERNAL_ERROR, which aiormq logs at ERROR. Services
+#: reply on a connection of their own (shared/runner.py, attach_reply_channel), which fails over
+#: and comes back; the cluster test checks that nothing is lost and every process answers again.
+REPLY_TO_LOST_NODE = Expected(
+    "a reply to a caller on the lost node closed the replying connection",
     "aiormq.connection",
     r"Unexpected connection close from remote \"[^\"]*\", Connection\.Close\(reply_code=541, reply_text='INTERNAL_ERROR'\)",
-    "a quorum queue has no leader for a few seconds after the node leading it stops",
+    "RabbitMQ 3.10 cannot route a direct reply-to whose node has left the cluster, and crashes the channel",
 )
-#: What stopping one node of a cluster explains: what a restart does, and the leaders moving.
-CLUSTER_NODE_STOP = (*BROKER_RESTART, CLUSTER_LEADER_MOVING)
+#: What stopping one node of a cluster explains: what a restart does, and the replies to its callers.
+CLUSTER_NODE_STOP = (*BROKER_RESTART, REPLY_TO_LOST_NODE)
 
 #: What killing a consumer with SIGKILL explains in the processes that survive it: nothing.
 KILLED_CONSUMER: tuple[Expected, ...] = ()
