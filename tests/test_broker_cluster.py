@@ -177,6 +177,8 @@ async def test_losing_the_node_that_leads_the_command_queues(tmp_path: Path) -> 
         assert len(set(leaders.values())) == 3, f"the queue leaders are not spread over the cluster: {leaders}"
         for queue in command_queues:
             assert sorted(cluster.members(first, queue)) == sorted(n.name for n in cluster.nodes), queue
+        spread = {node.name: sum(1 for leader in leaders.values() if leader == node.name) for node in cluster.nodes}
+        print(f"\n{len(leaders)} quorum queues, leaders per node: {spread}")
         doomed = cluster.node_named(leaders[command_queue_name("posts")])
         survivors = [node for node in cluster.nodes if node is not doomed]
         order = [doomed, *survivors]  # every process starts on the node that goes
