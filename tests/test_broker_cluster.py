@@ -160,8 +160,11 @@ async def injector(client: CommandClient, user: User, load: Load, done: asyncio.
             break
 
 
-@pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 async def test_losing_the_node_that_leads_the_command_queues(tmp_path: Path) -> None:
+    if MISSING is not None:
+        if os.environ.get("REQUIRE_RABBITMQ_SERVER"):
+            pytest.fail(f"REQUIRE_RABBITMQ_SERVER is set but {MISSING}")  # CI sets it
+        pytest.skip(MISSING)
     timings: dict[str, float] = {}
     began = time.monotonic()
     async with cluster_of_three(tmp_path) as cluster, database() as database_url:
