@@ -8,6 +8,9 @@ Each service owns two durable quorum queues, `<service>.commands` and `<service>
 dead-letter exchange and a delivery limit, so a message that keeps crashing its consumer ends up
 in `<queue>.dead` instead of looping forever. What is bound to what, and how it gets onto the
 broker, is `shared/topology`.
+
+AMQP_URL names one broker or the nodes of a cluster, comma-separated (`broker_urls`); how a
+process connects to them and fails over is `shared/broker_failover`.
 """
 
 from __future__ import annotations
