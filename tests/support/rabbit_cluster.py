@@ -13,6 +13,7 @@ nothing behind, whatever state the nodes are in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -167,31 +168,32 @@ class RabbitCluster:
         return next([str(m) for m in q["members"]] for q in self.queues(via, vhost) if q["name"] == queue)
 
     def stop_node(self, node: ClusterNode) -> None:
-        """Stop a node the way an operator or a failing host would take it away: its Erlang VM exits."""
-        self.ctl(node, "stop", check=False, timeout=60)
-        if node.process is not None:
-            try:
-                node.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.process.pid, signal.SIGKILL)
-                node.process.wait()
+        """Stop a node the way an operator or a failing host would take it away: its Erlang VM
+        exits (`shutdown` returns once it has, unlike `stop`)."""
+        self.ctl(node, "shutdown", check=False, timeout=60)
+        self._reap(node)
+
+    def _reap(self, node: ClusterNode) -> None:
+        """Make sure nothing of the node runs: its start script and the Erlang VM under it."""
+        if node.process is None:
+            return
+        try:
+            node.process.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        # The VM runs under the start script, in the session it was started in (start_new_session).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(node.process.pid, signal.SIGKILL)
+        node.process.wait()
 
     def stop(self, keep_logs: Path | None = None) -> None:
         """Stop every node and delete their data: nothing of the cluster is left (but the nodes'
         logs, copied into `keep_logs` when given)."""
         for node in self.nodes:
             if node.process is not None and node.process.poll() is None:
-                self.ctl(node, "stop", check=False, timeout=60)
+                self.ctl(node, "shutdown", check=False, timeout=60)
         for node in self.nodes:
-            if node.process is None:
-                continue
-            try:
-                node.process.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-            if node.process.poll() is None:
-                os.killpg(node.process.pid, signal.SIGKILL)
-                node.process.wait()
+            self._reap(node)
         if keep_logs is not None:
             for node in self.nodes:
                 if (node.base / "log").is_dir():
