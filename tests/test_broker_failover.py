@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
+from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
 
 import aio_pika
 import pytest
+from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
 from shared import broker_failover
@@ -176,3 +178,40 @@ async def test_a_lost_broker_is_replaced_by_the_next_with_queue_and_consumer(bac
     finally:
         await connection.close()
         await proxy.cut()
+
+
+class Settling(Refusing):
+    """Brokers that let the connection in but fail its restore, as a cluster still settling does."""
+
+    async def connect(self, url: URL, *args: Any, **kwargs: Any) -> Any:
+        self.attempts.append((url.host or "", time.monotonic()))
+
+        async def close(*_: Any) -> None:
+            return None
+
+        return SimpleNamespace(connection=SimpleNamespace(is_closed=True, close=close), close=close)
+
+
+async def test_brokers_that_answer_but_fail_the_restore_are_retried_with_a_growing_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = Settling()
+    monkeypatch.setattr(aio_pika.connection.UnderlayConnection, "connect", fake.connect)
+
+    async def fail_restore(self: Any) -> None:
+        raise ConnectionError("INTERNAL_ERROR")
+
+    monkeypatch.setattr(RobustConnection, "_on_connected", fail_restore)
+    monkeypatch.setattr(broker_failover, "SWITCH_SECONDS", 0.01)
+    connection = FailoverConnection([A, B], reconnect_interval=0.2, fail_fast="0")
+    trying = asyncio.create_task(connection.connect())
+    try:
+        deadline = time.monotonic() + 10
+        while len(fake.attempts) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    finally:
+        trying.cancel()
+        await connection.close()
+        await asyncio.gather(trying, return_exceptions=True)
+    assert [host for host, _ in fake.attempts[:4]] == ["10.0.0.1", "10.0.0.2", "10.0.0.1", "10.0.0.2"]
+    gaps = [later - earlier for (_, earlier), (_, later) in zip(fake.attempts, fake.attempts[1:4], strict=False)]
+    # Not the quick switch of an unreachable node: the pause doubles from the reconnect interval.
+    assert gaps[0] >= 0.18 and gaps[1] >= 0.38 and gaps[2] >= 0.78, gaps
