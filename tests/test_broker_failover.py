@@ -30,15 +30,18 @@ from tests.support.stack import free_port
 A, B, C = (f"amqp://zt:pw@10.0.0.{n}:5672/posts" for n in (1, 2, 3))
 
 
+@pytest.mark.unit
 def test_one_url_is_one_broker() -> None:
     assert broker_urls("amqp://guest:guest@127.0.0.1:5672/") == ["amqp://guest:guest@127.0.0.1:5672/"]
 
 
+@pytest.mark.unit
 def test_several_urls_in_their_order() -> None:
     assert broker_urls(f"{A}, {B},{C}") == [A, B, C]
     assert login_user(f"{A},{B}") == "zt"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "says"),
     [
@@ -56,12 +59,14 @@ def test_brokers_that_are_not_one_cluster_are_refused(value: str, says: str) -> 
         Settings.from_env({"AMQP_URL": value})
 
 
+@pytest.mark.unit
 def test_a_refused_url_does_not_show_its_password() -> None:
     with pytest.raises(ValueError) as refused:
         broker_urls("http://zt:secret@10.0.0.2/posts")
     assert "secret" not in str(refused.value)
 
 
+@pytest.mark.unit
 def test_settings_keep_every_broker() -> None:
     assert Settings.from_env({"AMQP_URL": f"{A},{B}"}).amqp_url == f"{A},{B}"
 
@@ -84,12 +89,14 @@ def refusing(monkeypatch: pytest.MonkeyPatch) -> Refusing:
     return fake
 
 
+@pytest.mark.unit
 async def test_the_first_connection_tries_every_broker_in_order(refusing: Refusing) -> None:
     with pytest.raises(ConnectionRefusedError):
         await connect_robust(f"{A},{B},{C}")
     assert [host for host, _ in refusing.attempts] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
 
 
+@pytest.mark.unit
 async def test_reconnection_goes_round_robin_and_pauses_after_each_round(refusing: Refusing, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(broker_failover, "SWITCH_SECONDS", 0.05)
     # Not fail-fast: it keeps trying, as a connection that has been up does once it is lost.
@@ -110,6 +117,7 @@ async def test_reconnection_goes_round_robin_and_pauses_after_each_round(refusin
     assert [gap >= 0.9 for gap in gaps] == [False, False, True, False, False, True]
 
 
+@pytest.mark.unit
 async def test_one_broker_keeps_its_plain_reconnect_interval(refusing: Refusing) -> None:
     connection = FailoverConnection([A], reconnect_interval=0.4, fail_fast="0")
     trying = asyncio.create_task(connection.connect())
@@ -192,6 +200,7 @@ class Settling(Refusing):
         return SimpleNamespace(connection=SimpleNamespace(is_closed=True, close=close), close=close)
 
 
+@pytest.mark.unit
 async def test_brokers_that_answer_but_fail_the_restore_are_retried_with_a_growing_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = Settling()
     monkeypatch.setattr(aio_pika.connection.UnderlayConnection, "connect", fake.connect)
