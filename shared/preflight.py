@@ -107,15 +107,42 @@ async def check_broker(settings: Settings, timeout: float) -> str:
         found = connection.transport.connection.server_properties.get("version")  # type: ignore[union-attr]
         version = found.decode() if isinstance(found, bytes) else str(found)
         if settings.broker_topology == "declare":
-            return f"RabbitMQ {version} at {_where(urls[reached])}, vhost {vhost!r}, as {who}; each process declares its topology (BROKER_TOPOLOGY=declare)"
+            return (
+                f"RabbitMQ {version} at {_where(urls[reached])}, vhost {vhost!r}, as {who}; each process declares its topology "
+                f"(BROKER_TOPOLOGY=declare){await _other_nodes(urls, reached, timeout)}"
+            )
         for service in ROUTES:  # a failed passive declare closes its channel: one channel per service
             try:
                 await verify(await connection.channel(), service)
             except TopologyError as exc:
                 raise Problem(str(exc)) from None
-        return f"RabbitMQ {version} at {_where(urls[reached])}, vhost {vhost!r}, as {who}; the exchanges and every service's queues exist (BROKER_TOPOLOGY=verify)"
+        return (
+            f"RabbitMQ {version} at {_where(urls[reached])}, vhost {vhost!r}, as {who}; the exchanges and every service's queues "
+            f"exist (BROKER_TOPOLOGY=verify){await _other_nodes(urls, reached, timeout)}"
+        )
     finally:
         await connection.close()
+
+
+async def _other_nodes(urls: list[str], reached: int, timeout: float) -> str:
+    """With several brokers, whether the others let the user in too: one that does not is where a
+    process would fail over to in vain. Said, not failed: a node may be down for maintenance."""
+    others = [url for index, url in enumerate(urls) if index != reached]
+    if not others:
+        return ""
+
+    async def reason(url: str) -> str | None:
+        try:
+            connection = await aio_pika.connect(url, timeout=timeout)
+        except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
+            return _reason(exc)
+        await connection.close()
+        return None
+
+    failed = [f"{_where(url)} ({why})" for url, why in zip(others, await asyncio.gather(*map(reason, others)), strict=True) if why]
+    if not failed:
+        return f"; all {len(urls)} brokers in AMQP_URL answer"
+    return f"; {len(urls) - len(failed)} of {len(urls)} brokers in AMQP_URL answer, not {', '.join(failed)}"
 
 
 def _expected_migrations(schema: str) -> set[tuple[str, str]]:
