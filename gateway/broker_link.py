@@ -15,7 +15,7 @@ import logging
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
-from shared.broker import RECONNECT_SECONDS
+from shared.broker_failover import connect_robust
 from shared.client import CommandClient
 from shared.errors import ServiceUnavailable
 from shared.pacing import Backoff
@@ -61,7 +61,7 @@ class BrokerLink:
         while True:
             connection = None
             try:
-                connection = await aio_pika.connect_robust(self._url, timeout=5, reconnect_interval=RECONNECT_SECONDS)
+                connection = await connect_robust(self._url, timeout=5)
                 client = CommandClient(connection, timeout=self._rpc_timeout, topology=self._topology)
                 await client.start()
                 self.connection, self._client = connection, client

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from shared import jsoncodec
 from shared.broker import EVENTS_EXCHANGE, LIVE_QUEUE_PREFIX
+from shared.broker_failover import connect_first
 from shared.events import EVENTS, public_events
 from shared.pacing import Backoff
 from shared.topology import LIVE_QUEUE_ARGUMENTS
@@ -91,6 +92,8 @@ class EventFeed:
         self._task: asyncio.Task[None] | None = None
         self._live = False
         self.queue_name = f"{LIVE_QUEUE_PREFIX}{uuid4().hex}"
+        #: Which of AMQP_URL's brokers the feed last reached (-1: none yet, so it starts at the first).
+        self._broker = -1
 
     @property
     def live(self) -> bool:
@@ -126,7 +129,8 @@ class EventFeed:
         connection: AbstractConnection | None = None
         lost = asyncio.Event()
         try:
-            connection = await aio_pika.connect(self._url, timeout=5)
+            # The next broker first: the one just lost is likely the one that went away.
+            connection, self._broker = await connect_first(self._url, start=self._broker + 1, timeout=5)
             connection.close_callbacks.add(lambda *_: lost.set())
             channel = await connection.channel()
             channel.close_callbacks.add(lambda *_: lost.set())

@@ -8,6 +8,9 @@ Each service owns two durable quorum queues, `<service>.commands` and `<service>
 dead-letter exchange and a delivery limit, so a message that keeps crashing its consumer ends up
 in `<queue>.dead` instead of looping forever. What is bound to what, and how it gets onto the
 broker, is `shared/topology`.
+
+AMQP_URL names one broker or the nodes of a cluster, comma-separated (`broker_urls`); how a
+process connects to them and fails over is `shared/broker_failover`.
 """
 
 from __future__ import annotations
@@ -32,11 +35,51 @@ DEAD_LETTER_OVERFLOW = "reject-publish"
 RECONNECT_SECONDS = 1.0
 
 
+def broker_urls(amqp_url: str) -> list[str]:
+    """The brokers an AMQP_URL names: one URL, or several separated by commas (the nodes of one
+    cluster, tried in that order). ValueError unless every one is an amqp or amqps URL with a host,
+    and all log in as the same user to the same vhost: a process is one broker user on one vhost
+    whichever node it reaches (its `user_id`, its permissions, its queues)."""
+    urls = [part.strip() for part in amqp_url.split(",")]
+    if not all(urls):
+        raise ValueError(f"an empty broker URL in {amqp_url!r}")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError(f"{_without_password(url)!r} is not an amqp or amqps URL")
+    first = urlsplit(urls[0])
+    for url in urls[1:]:
+        parts = urlsplit(url)
+        if _vhost(parts.path) != _vhost(first.path):
+            raise ValueError(f"every broker must be the same vhost: {_vhost(first.path)!r} and {_vhost(parts.path)!r}")
+        if unquote(parts.username or "guest") != unquote(first.username or "guest"):
+            raise ValueError(f"every broker must log in as the same user: {first.username!r} and {parts.username!r}")
+    return urls
+
+
+def broker_address(amqp_url: str) -> str:
+    """host:port of one broker URL, without its credentials (what logs and errors name)."""
+    parts = urlsplit(amqp_url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def _vhost(path: str) -> str:
+    return unquote(path.removeprefix("/")) or "/"
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":******@", 1)
+
+
 def login_user(amqp_url: str) -> str:
-    """The user an AMQP URL logs in as (aio-pika's default, guest, when it names none). Every
-    message a process publishes carries it as `user_id`: RabbitMQ refuses any other, so a
-    consumer can trust it to say who published (SECURITY.md, "Who published it")."""
-    return unquote(urlsplit(amqp_url).username or "guest")
+    """The user an AMQP URL logs in as (aio-pika's default, guest, when it names none); with
+    several brokers, the first's (`broker_urls` makes them all the same). Every message a process
+    publishes carries it as `user_id`: RabbitMQ refuses any other, so a consumer can trust it to
+    say who published (SECURITY.md, "Who published it")."""
+    return unquote(urlsplit(amqp_url.split(",", 1)[0].strip()).username or "guest")
 
 
 def command_queue_name(service: str) -> str:

@@ -34,6 +34,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
 from shared.broker import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, dead_letter_queue_name, login_user
+from shared.broker_failover import connect_first
 from shared.declarations import GATEWAY
 from shared.envelope import GATEWAY_ONLY_HEADERS
 from shared.events import EVENTS, Event
@@ -156,7 +157,7 @@ async def run(
 ) -> list[str]:
     lines: list[str] = []
     user = login_user(amqp_url)
-    connection = await aio_pika.connect(amqp_url)
+    connection, _ = await connect_first(amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         messages = await _take_all(channel, queue_name)

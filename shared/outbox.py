@@ -38,7 +38,15 @@ from shared.pacing import wait_for_event
 log = logging.getLogger(__name__)
 
 #: What pauses the relay until its next pass: the database or the broker being away.
-_RELAY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DATABASE_ERRORS, aio_pika.exceptions.AMQPError)
+#: A broker lost mid-batch fails a publish with an AMQPError, ConnectionError or RuntimeError
+#: (a closed connection), or the batch's confirms time out (CONFIRM_SECONDS).
+_RELAY_ERRORS: tuple[type[BaseException], ...] = (
+    *TRANSIENT_DATABASE_ERRORS,
+    aio_pika.exceptions.AMQPError,
+    ConnectionError,
+    RuntimeError,
+    TimeoutError,
+)
 _FLUSH_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_RELAY_ERRORS)
 
 
@@ -49,6 +57,8 @@ def notify_channel(schema: str) -> str:
 
 #: A statement's NOTIFY to the relays of the schema it writes in (`notify_channel` of the current
 #: schema), delivered when it commits.
+#: How long a batch may wait for its publisher confirms before it is rolled back and retried.
+CONFIRM_SECONDS = 10.0
 NOTIFY_SQL = "SELECT pg_notify('outbox.' || current_schema(), '')"
 
 
@@ -194,6 +204,8 @@ class OutboxRelay:
                     log.warning("outbox relay paused", extra={"error": str(exc) or type(exc).__name__})
                     if lost_the_primary(exc):
                         await discard_connections(self._pool)
+                except Exception:  # noqa: BLE001 - a relay that dies relays nothing ever again: keep going, loudly
+                    log.exception("outbox relay failed unexpectedly; retrying")
                 woken = await wait_for_event(self._wake, self._poll)
                 if woken and not self._stopping:
                     # Let the commits of the next few milliseconds join the batch: a batch costs
@@ -251,8 +263,12 @@ class OutboxRelay:
                 )
                 for row in rows
             ]
-            # Confirms are pipelined: all publishes go out, then we wait for every ack.
-            await asyncio.gather(*confirmations)
+            # Confirms are pipelined: all publishes go out, then we wait for every ack. Bounded: a
+            # confirm owed by a broker connection that died (a cluster node that went) may never
+            # come, and the relay would hold these rows locked and publish nothing more. Timing
+            # out rolls the batch back to be published again (at least once: consumers dedupe).
+            async with asyncio.timeout(CONFIRM_SECONDS):
+                await asyncio.gather(*confirmations)
         self.published += len(rows)
         self.batches += 1
         return len(rows)

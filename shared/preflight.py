@@ -35,6 +35,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from shared.broker import broker_urls
+from shared.broker_failover import connect_first
 from shared.database_url import parse_database_url
 from shared.declarations import PROCESSES
 from shared.migrations import PLATFORM_MIGRATIONS, MigrationSource
@@ -81,9 +83,11 @@ def _path(url: str) -> str:
 
 
 async def check_broker(settings: Settings, timeout: float) -> str:
-    where, vhost = _where(settings.amqp_url), _path(settings.amqp_url) or "/"
+    urls = broker_urls(settings.amqp_url)
+    where, vhost = ", ".join(_where(url) for url in urls), _path(urls[0]) or "/"
     try:
-        connection = await aio_pika.connect(settings.amqp_url, timeout=timeout)
+        # With several brokers (a cluster's nodes), the first that answers: the processes need one.
+        connection, reached = await connect_first(settings.amqp_url, timeout=timeout)
     except aio_pika.exceptions.ProbableAuthenticationError:
         raise Problem(f"RabbitMQ at {where} refused the user name or password in AMQP_URL: check them") from None
     except (aio_pika.exceptions.AMQPConnectionError, OSError) as exc:
@@ -104,15 +108,42 @@ async def check_broker(settings: Settings, timeout: float) -> str:
         found = connection.transport.connection.server_properties.get("version")  # type: ignore[union-attr]
         version = found.decode() if isinstance(found, bytes) else str(found)
         if settings.broker_topology == "declare":
-            return f"RabbitMQ {version}, vhost {vhost!r}, as {who}; each process declares its topology (BROKER_TOPOLOGY=declare)"
+            return (
+                f"RabbitMQ {version} at {_where(urls[reached])}, vhost {vhost!r}, as {who}; each process declares its topology "
+                f"(BROKER_TOPOLOGY=declare){await _other_nodes(urls, reached, timeout)}"
+            )
         for service in ROUTES:  # a failed passive declare closes its channel: one channel per service
             try:
                 await verify(await connection.channel(), service)
             except TopologyError as exc:
                 raise Problem(str(exc)) from None
-        return f"RabbitMQ {version}, vhost {vhost!r}, as {who}; the exchanges and every service's queues exist (BROKER_TOPOLOGY=verify)"
+        return (
+            f"RabbitMQ {version} at {_where(urls[reached])}, vhost {vhost!r}, as {who}; the exchanges and every service's queues "
+            f"exist (BROKER_TOPOLOGY=verify){await _other_nodes(urls, reached, timeout)}"
+        )
     finally:
         await connection.close()
+
+
+async def _other_nodes(urls: list[str], reached: int, timeout: float) -> str:
+    """With several brokers, whether the others let the user in too: one that does not is where a
+    process would fail over to in vain. Said, not failed: a node may be down for maintenance."""
+    others = [url for index, url in enumerate(urls) if index != reached]
+    if not others:
+        return ""
+
+    async def reason(url: str) -> str | None:
+        try:
+            connection = await aio_pika.connect(url, timeout=timeout)
+        except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
+            return _reason(exc)
+        await connection.close()
+        return None
+
+    failed = [f"{_where(url)} ({why})" for url, why in zip(others, await asyncio.gather(*map(reason, others)), strict=True) if why]
+    if not failed:
+        return f"; all {len(urls)} brokers in AMQP_URL answer"
+    return f"; {len(urls) - len(failed)} of {len(urls)} brokers in AMQP_URL answer, not {', '.join(failed)}"
 
 
 def _expected_migrations(schema: str) -> set[tuple[str, str]]:
@@ -252,7 +283,7 @@ async def run_checks(settings: Settings, timeout: float) -> list[tuple[str, str 
         Check(
             "broker",
             lambda: check_broker(settings, timeout),
-            f"RabbitMQ at {_where(settings.amqp_url)}: is it reachable, and is AMQP_URL right?",
+            f"RabbitMQ at {', '.join(_where(url) for url in broker_urls(settings.amqp_url))}: is it reachable, and is AMQP_URL right?",
         ),
         Check(
             "database",

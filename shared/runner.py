@@ -186,6 +186,7 @@ class MessageProcessor:
         self._max_bytes = max_message_bytes
         self._anonymous_ttl = token_ttl_seconds
         self._dead_letter_channel: AbstractChannel | None = None
+        self._reply_channel: AbstractChannel | None = None
         self.stopping = False
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -193,6 +194,14 @@ class MessageProcessor:
 
     def attach_dead_letter_channel(self, channel: AbstractChannel) -> None:
         self._dead_letter_channel = channel
+
+    def attach_reply_channel(self, channel: AbstractChannel) -> None:
+        """Send replies on `channel`, of a connection other than the consumers'. RabbitMQ 3.10
+        closes the connection that publishes a reply to a caller whose node has left the cluster
+        (INTERNAL_ERROR: rabbit_channel:deliver_reply has no case for it), and on the consumers'
+        connection that would hand back every unacknowledged command, again and again, once for
+        each command a caller on the lost node left in the queue (OPERATIONS.md)."""
+        self._reply_channel = channel
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -520,7 +529,18 @@ class MessageProcessor:
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
         if not message.reply_to:
             return
-        channel = message.channel
+        if self._reply_channel is not None:
+            try:
+                channel = await self._reply_channel.get_underlay_channel()
+                await self._publish_reply(channel, message, body)
+            except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+                # The effect is committed: the caller, answered 503/504, retries with the same
+                # message_id and is answered from the idempotency record. Acking goes on.
+                log.warning("could not send the reply; the caller's retry is answered from the record", extra={"error": repr(exc)})
+            return
+        await self._publish_reply(message.channel, message, body)
+
+    async def _publish_reply(self, channel: Any, message: AbstractIncomingMessage, body: bytes) -> None:
         # Replies to direct reply-to must not be mandatory: RabbitMQ would both deliver and return them.
         await channel.basic_publish(
             body,

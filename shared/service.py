@@ -27,7 +27,8 @@ from aiohttp import web
 
 from shared import retention
 from shared.audit import audit_route
-from shared.broker import RECONNECT_SECONDS, dead_letter_queue_name
+from shared.broker import dead_letter_queue_name
+from shared.broker_failover import connect_robust
 from shared.commands import audit_command_name
 from shared.database import TRANSIENT_DATABASE_ERRORS, create_pool
 from shared.logs import configure_logging
@@ -132,9 +133,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             keys = jwks
         verifier = TokenVerifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
 
-        connection = await _retry_until_up(
-            "broker", lambda: aio_pika.connect_robust(settings.amqp_url, reconnect_interval=RECONNECT_SECONDS), stop
-        )
+        connection = await _retry_until_up("broker", lambda: connect_robust(settings.amqp_url), stop)
         opened.push_async_callback(connection.close)
         # References to channels and queues are kept for the life of the process: connect_robust
         # restores only what is still referenced after a broker restart.
@@ -159,6 +158,10 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             broker_users=settings.broker_users,
         )
         processor.attach_dead_letter_channel(confirm_channel)
+        # Replies on a connection of their own (MessageProcessor.attach_reply_channel says why).
+        reply_connection = await _retry_until_up("broker", lambda: connect_robust(settings.amqp_url), stop)
+        opened.push_async_callback(reply_connection.close)
+        processor.attach_reply_channel(await reply_connection.channel(publisher_confirms=False))
 
         async def database_ready() -> str | None:
             # A server that answers but takes no writes (a standby not yet promoted, reached

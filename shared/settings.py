@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from shared.broker import login_user
+from shared.broker import broker_urls, login_user
 from shared.database_url import DatabaseUrlError, parse_database_url, redacted
 from shared.declarations import PROCESSES
 
@@ -70,6 +70,16 @@ def _database_url(env: Mapping[str, str], default: str) -> str:
     return value
 
 
+def _amqp_urls(env: Mapping[str, str], default: str) -> str:
+    """AMQP_URL: one broker, or several comma-separated (a cluster's nodes: the same user and vhost)."""
+    value = env.get("AMQP_URL") or default
+    try:
+        broker_urls(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"AMQP_URL must be an amqp or amqps URL, or several separated by commas: {exc}") from None
+    return value
+
+
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, default).strip()
     if not value:
@@ -81,6 +91,7 @@ def _text(env: Mapping[str, str], name: str, default: str) -> str:
 class Settings:
     """Everything a process of this system is configured with."""
 
+    #: One broker URL, or several comma-separated (shared.broker.broker_urls; shared.broker_failover).
     amqp_url: str
     database_url: str
     gateway_host: str
@@ -152,7 +163,7 @@ class Settings:
         if topology not in BROKER_TOPOLOGIES:
             raise ConfigurationError(f"BROKER_TOPOLOGY must be declare or verify, got {topology!r}")
         return cls(
-            amqp_url=_url(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", ("amqp", "amqps")),
+            amqp_url=_amqp_urls(env, "amqp://guest:guest@127.0.0.1:5672/"),
             database_url=_database_url(env, "postgresql://postgres@127.0.0.1:5432/postgres"),
             gateway_host=_text(env, "GATEWAY_HOST", "127.0.0.1"),
             gateway_port=_int(env, "GATEWAY_PORT", 8080, low=0, high=65535),

@@ -73,6 +73,18 @@ async def test_every_check_passes_against_the_running_stack(stack: Stack) -> Non
     assert "Ed25519 key" in verdicts["jwks"] and "Ed25519 key" in verdicts["signing key"]
 
 
+async def test_several_brokers_one_that_answers_is_enough_and_the_others_are_named(stack: Stack) -> None:
+    url = stack.env["AMQP_URL"]
+    dead = urlunsplit(urlsplit(url)._replace(netloc=f"{urlsplit(url).netloc.rpartition('@')[0]}@127.0.0.1:{free_port()}"))
+    code, verdicts, _ = await preflight(with_changes(stack, AMQP_URL=f"{dead},{url}"))
+    assert code == 0, verdicts
+    assert "1 of 2 brokers in AMQP_URL answer, not 127.0.0.1:" in verdicts["broker"], verdicts
+    code, verdicts, _ = await preflight(with_changes(stack, AMQP_URL=f"{url},{url}"))
+    assert code == 0 and "all 2 brokers in AMQP_URL answer" in verdicts["broker"], verdicts
+    code, verdicts, _ = await preflight(with_changes(stack, AMQP_URL=f"{dead},{dead}"))
+    assert code != 0 and verdicts["broker"].startswith("problem: cannot connect to RabbitMQ at 127.0.0.1:"), verdicts
+
+
 async def test_verify_mode_checks_the_topology_exists(stack: Stack, backends: Backends) -> None:
     code, verdicts, _ = await preflight(with_changes(stack, BROKER_TOPOLOGY="verify"))
     assert code == 0 and "every service's queues exist" in verdicts["broker"], verdicts

@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 
+from shared.broker import broker_urls
+from shared.broker_failover import connect_first
 from shared.generate import definitions
 from shared.settings import ConfigurationError, Settings
 from shared.topology import EXCHANGES, ROUTES, declare, grants
@@ -34,12 +36,12 @@ EXAMPLES = """examples:
 
 
 async def declare_all(amqp_url: str) -> str:
-    connection = await aio_pika.connect(amqp_url)
+    connection, _ = await connect_first(amqp_url)
     try:
         declared = await declare(await connection.channel(), ROUTES)
     finally:
         await connection.close()
-    vhost = unquote(urlsplit(amqp_url).path.removeprefix("/")) or "/"
+    vhost = unquote(urlsplit(broker_urls(amqp_url)[0]).path.removeprefix("/")) or "/"
     return f"declared {len(EXCHANGES)} exchanges and {len(declared)} queues with their bindings on vhost {vhost!r}"
 
 

@@ -21,7 +21,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from uuid import uuid4
 
@@ -88,9 +88,13 @@ def _local_rabbitmqctl(amqp_url: str) -> bool:
     return urllib.parse.urlsplit(amqp_url).hostname in ("127.0.0.1", "localhost", "::1") and shutil.which("rabbitmqctl") is not None
 
 
-async def provision_broker_users(admin_amqp_url: str) -> tuple[BrokerUsers, Callable[[], None]]:
+async def provision_broker_users(
+    admin_amqp_url: str, *, rabbitmqctl: Sequence[str] | None = None, ctl_env: Mapping[str, str] | None = None
+) -> tuple[BrokerUsers, Callable[[], None]]:
     """Declare the topology on `admin_amqp_url`'s vhost as its (admin) user, then make a user per
-    process with the script's grants; returns them and a cleanup that deletes the users."""
+    process with the script's grants; returns them and a cleanup that deletes the users.
+    `rabbitmqctl` (with `ctl_env`) is the command that reaches the broker's node, for a node of
+    the test's own (tests/support/rabbit_cluster.py); by default the machine's."""
     vhost = _vhost(admin_amqp_url)
     prefix = f"zt_{uuid4().hex[:10]}_"
     connection = await aio_pika.connect(admin_amqp_url)
@@ -130,14 +134,17 @@ async def provision_broker_users(admin_amqp_url: str) -> tuple[BrokerUsers, Call
             for p in PROCESSES
         ],
     }
-    if _local_rabbitmqctl(admin_amqp_url):
+    if rabbitmqctl is not None or _local_rabbitmqctl(admin_amqp_url):
+        ctl = list(rabbitmqctl or ["rabbitmqctl"])
+        env = dict(ctl_env) if ctl_env is not None else None
         result = await asyncio.to_thread(
             subprocess.run,
-            ["rabbitmqctl", "import_definitions"],
+            [*ctl, "import_definitions"],
             input=json.dumps(definitions),
             capture_output=True,
             text=True,
             timeout=120,
+            env=env,
         )
         if result.returncode != 0:
             raise RuntimeError(f"rabbitmqctl import_definitions failed: {result.stderr or result.stdout}")
@@ -145,7 +152,7 @@ async def provision_broker_users(admin_amqp_url: str) -> tuple[BrokerUsers, Call
         def cleanup() -> None:
             # In parallel: each rabbitmqctl call starts an Erlang VM.
             running = [
-                subprocess.Popen(["rabbitmqctl", "delete_user", user], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.Popen([*ctl, "delete_user", user], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
                 for user in users.values()
             ]
             for process in running:

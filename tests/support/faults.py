@@ -84,6 +84,21 @@ BROKER_RESTART = (BROKER_FORCED_CLOSE, BROKER_REFUSED, CHANNEL_EARLY_REOPEN)
 #: and refuses new ones until restored).
 BROKER_CUT = (BROKER_REFUSED, CHANNEL_EARLY_REOPEN)
 
+#: When a cluster node goes, the commands its callers (the gateway, connected to it) left in the
+#: queues are still run by the services, and a reply to such a caller's direct reply-to address
+#: makes RabbitMQ 3.10 crash the publishing channel (rabbit_channel:deliver_reply, case_clause
+#: error) and close that connection with 541 INTERNAL_ERROR, which aiormq logs at ERROR. Services
+#: reply on a connection of their own (shared/runner.py, attach_reply_channel), which fails over
+#: and comes back; the cluster test checks that nothing is lost and every process answers again.
+REPLY_TO_LOST_NODE = Expected(
+    "a reply to a caller on the lost node closed the replying connection",
+    "aiormq.connection",
+    r"Unexpected connection close from remote \"[^\"]*\", Connection\.Close\(reply_code=541, reply_text='INTERNAL_ERROR'\)",
+    "RabbitMQ 3.10 cannot route a direct reply-to whose node has left the cluster, and crashes the channel",
+)
+#: What stopping one node of a cluster explains: what a restart does, and the replies to its callers.
+CLUSTER_NODE_STOP = (*BROKER_RESTART, REPLY_TO_LOST_NODE)
+
 #: What killing a consumer with SIGKILL explains in the processes that survive it: nothing.
 KILLED_CONSUMER: tuple[Expected, ...] = ()
 
