@@ -3,10 +3,12 @@ consumers of the same queues, each measured under its own name (`posts-2`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,15 +31,21 @@ async def test_a_started_stack_runs_each_service_as_competing_replicas(tmp_path:
     try:
         stack = await start_bench_stack(backends, tmp_path, replicas=2)
         assert {"auth-2", "users-2", "posts-2"} <= set(stack.pids)
-        listed = subprocess.run(
-            ["rabbitmqctl", "list_queues", "-p", backends.name, "name", "consumers", "--formatter", "json"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        consumers = {row["name"]: row["consumers"] for row in json.loads(listed.stdout)}
-        assert all(consumers[f"{service}.commands"] == 2 for service in ("auth", "users", "posts")), consumers
+        # A replica is ready once it serves; its consumers register a moment later.
+        deadline = time.monotonic() + 20
+        while True:
+            listed = subprocess.run(
+                ["rabbitmqctl", "list_queues", "-p", backends.name, "name", "consumers", "--formatter", "json"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            )
+            consumers = {row["name"]: row["consumers"] for row in json.loads(listed.stdout)}
+            if all(consumers[f"{service}.commands"] == 2 for service in ("auth", "users", "posts")):
+                break
+            assert time.monotonic() < deadline, consumers
+            await asyncio.sleep(0.5)
     finally:
         if stack is not None:
             stack.stop()
