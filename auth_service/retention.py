@@ -15,9 +15,8 @@ import logging
 
 import asyncpg
 
-from shared.database import TRANSIENT_DATABASE_ERRORS, Connection
-from shared.pacing import every
-from shared.retention import delete_in_batches, report
+from shared.database import Connection
+from shared.retention import delete_in_batches, purge_every, report
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +46,4 @@ async def purge_ended_sessions(conn: Connection) -> dict[str, int]:
 
 
 async def purge_forever(pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-    async for _ in every(PURGE_SECONDS, stop):
-        try:
-            async with pool.acquire() as conn:
-                await purge_ended_sessions(conn)
-        except TRANSIENT_DATABASE_ERRORS:
-            pass  # the next pass catches up
+    await purge_every(PURGE_SECONDS, pool, purge_ended_sessions, stop)

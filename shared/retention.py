@@ -17,9 +17,14 @@ decision for the operator (OPERATIONS.md), not this module's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
-from shared.database import Connection
+import asyncpg
+
+from shared.database import TRANSIENT_DATABASE_ERRORS, Connection
+from shared.pacing import every
 from shared.settings import Settings
 from shared.tokens import LEEWAY_SECONDS
 
@@ -65,3 +70,14 @@ async def purge_platform_tables(conn: Connection, settings: Settings) -> dict[st
 def report(purged: dict[str, int]) -> None:
     if any(purged.values()):
         log.info("purged rows past their retention", extra={"rows": {table: n for table, n in purged.items() if n}})
+
+
+async def purge_every(seconds: float, pool: asyncpg.Pool, purge: Callable[[Connection], Awaitable[object]], stop: asyncio.Event) -> None:
+    """Run `purge` on a connection of `pool` now and every `seconds` until `stop`; a database
+    outage skips a pass (the next one catches up)."""
+    async for _ in every(seconds, stop):
+        try:
+            async with pool.acquire() as conn:
+                await purge(conn)
+        except TRANSIENT_DATABASE_ERRORS:
+            pass

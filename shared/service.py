@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -195,7 +196,10 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
 
         background = [
             asyncio.create_task(relay.run(), name="outbox-relay"),
-            asyncio.create_task(_purge_past_retention(pool, settings, stop), name="retention-purge"),
+            asyncio.create_task(
+                retention.purge_every(PURGE_SECONDS, pool, partial(retention.purge_platform_tables, settings=settings), stop),
+                name="retention-purge",
+            ),
             asyncio.create_task(
                 _watch_dead_letters(connection, [command_queue.name, event_queue.name], metrics, stop),
                 name="dead-letter-gauge",
@@ -259,15 +263,6 @@ async def _retry_until_up(what: str, attempt: Callable[[], Awaitable[T]], stop: 
             delay = next(delays)
             log.warning(f"waiting for the {what}", extra={"error": str(exc) or type(exc).__name__, "retry_in": delay})
             await asyncio.sleep(delay)
-
-
-async def _purge_past_retention(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
-    async for _ in every(PURGE_SECONDS, stop):
-        try:
-            async with pool.acquire() as conn:
-                await retention.purge_platform_tables(conn, settings)
-        except TRANSIENT_DATABASE_ERRORS:
-            pass  # the next pass catches up
 
 
 async def _watch_dead_letters(
