@@ -19,6 +19,7 @@ import asyncio
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -347,18 +348,30 @@ def through(proxy: CuttableProxy, amqp_url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+@asynccontextmanager
+async def gateway_behind_proxy(stack: Stack, name: str, rpc_timeout: str) -> AsyncIterator[tuple[str, CuttableProxy]]:
+    """Another gateway of the stack whose broker links go through a proxy the test can cut or
+    freeze: its URL and the proxy. Stopped, and the proxy closed, after the block."""
+    upstream = urllib.parse.urlsplit(stack.env["AMQP_URL"])
+    proxy = CuttableProxy(upstream.hostname or "127.0.0.1", upstream.port or 5672)
+    await proxy.start()
+    try:
+        url = await stack.start_gateway(
+            name, {"AMQP_URL": through(proxy, stack.env_for("gateway")["AMQP_URL"]), "RPC_TIMEOUT_SECONDS": rpc_timeout}
+        )
+        yield url, proxy
+    finally:
+        proxy.thaw()
+        await asyncio.to_thread(stack.stop, name)
+        await proxy.cut()
+
+
 @pytest.mark.fault
 async def test_a_gateway_cut_off_the_broker_drops_its_cache_and_serves_no_stale_answer_after(
     stack: Stack, client: aiohttp.ClientSession, gateway_a: str, new_user, wait_until: WaitUntil, faults: FaultWatch
 ) -> None:
     faults.expect(*BROKER_CUT)
-    upstream = urllib.parse.urlsplit(stack.env["AMQP_URL"])
-    proxy = CuttableProxy(upstream.hostname or "127.0.0.1", upstream.port or 5672)
-    await proxy.start()
-    cut = await stack.start_gateway(
-        "gateway-cut", {"AMQP_URL": through(proxy, stack.env_for("gateway")["AMQP_URL"]), "RPC_TIMEOUT_SECONDS": "5"}
-    )
-    try:
+    async with gateway_behind_proxy(stack, "gateway-cut", "5") as (cut, proxy):
         await wait_live(cut, wait_until)
         author: User = await new_user("cut")
         post = await create_post(client, gateway_a, author)
@@ -397,24 +410,16 @@ async def test_a_gateway_cut_off_the_broker_drops_its_cache_and_serves_no_stale_
         await wait_live(cut, wait_until, timeout=20)
         assert await metric(cut, "gateway_read_cache_invalidations_total", reason="gap") == gaps + 1
         assert (await warm(client, cut, path, "get-post"))["title"] == "while cut", "kept again once the feed is back"
-    finally:
-        await asyncio.to_thread(stack.stop, "gateway-cut")
-        await proxy.cut()
 
 
+@pytest.mark.fault
 async def test_a_silent_partition_from_the_broker_drops_the_cache_within_a_second(
     stack: Stack, client: aiohttp.ClientSession, gateway_a: str, new_user, wait_until: WaitUntil, faults: FaultWatch
 ) -> None:
     """Packets that just stop (no FIN, no RST) are noticed by the feed's own probe, not at the AMQP
     heartbeat a minute later: within a second the cache stops serving what it can no longer trust."""
     faults.expect(*BROKER_CUT)
-    upstream = urllib.parse.urlsplit(stack.env["AMQP_URL"])
-    proxy = CuttableProxy(upstream.hostname or "127.0.0.1", upstream.port or 5672)
-    await proxy.start()
-    frozen = await stack.start_gateway(
-        "gateway-frozen", {"AMQP_URL": through(proxy, stack.env_for("gateway")["AMQP_URL"]), "RPC_TIMEOUT_SECONDS": "3"}
-    )
-    try:
+    async with gateway_behind_proxy(stack, "gateway-frozen", "3") as (frozen, proxy):
         await wait_live(frozen, wait_until)
         author: User = await new_user("frozen")
         post = await create_post(client, gateway_a, author)
@@ -443,7 +448,3 @@ async def test_a_silent_partition_from_the_broker_drops_the_cache_within_a_secon
             return status == 200
 
         await wait_until(fresh, timeout=30, interval=0.2)
-    finally:
-        proxy.thaw()
-        await asyncio.to_thread(stack.stop, "gateway-frozen")
-        await proxy.cut()
