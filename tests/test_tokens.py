@@ -156,9 +156,10 @@ async def test_a_cached_token_still_expires(jwks: JwksServer, session: aiohttp.C
     forge = forge_for(jwks.keys[0])
     check = verifier(jwks, session)
     now = int(time.time())
-    token = forge.sign(good_claims(forge, iat=now - 100, exp=now - 4))  # inside the 5 s leeway
+    # Inside the 5 s leeway by 2 s (a slow first JWKS fetch must not use the margin up), then past it.
+    token = forge.sign(good_claims(forge, iat=now - 100, exp=now - 3))
     await check.verify(token)
-    await asyncio.sleep(1.5)  # now past exp + leeway
+    await asyncio.sleep(max(0.0, now + 3 - time.time()) + 0.5)  # now past exp + leeway
     with pytest.raises(Unauthorized, match="expired"):
         await check.verify(token)
 
