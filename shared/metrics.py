@@ -24,6 +24,12 @@ class ServiceMetrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.command_batch_size = Histogram(
+            "command_batch_size",
+            "Commands that shared one transaction (group commit); a command that ran alone is not counted",
+            registry=r,
+            buckets=(2, 4, 8, 16, 32, 64),
+        )
         self.decisions = Counter(
             "authorization_decisions_total", "Authorization decisions, by command and result", ["command", "decision"], registry=r
         )

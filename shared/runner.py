@@ -72,6 +72,7 @@ from shared.envelope import (
 )
 from shared.errors import AppError, BadRequest, Forbidden, InternalError, NotFound, PayloadTooLarge, Unauthorized, Unprocessable
 from shared.events import EVENTS
+from shared.group_commit import DEFAULT_MAX_BATCH, DEFAULT_WRITERS, GroupCommit
 from shared.metrics import ServiceMetrics
 from shared.outbox import OutboxRelay
 from shared.pacing import Backoff, wait_for_event
@@ -166,6 +167,8 @@ class MessageProcessor:
         metrics: ServiceMetrics,
         relay: OutboxRelay | None,
         max_message_bytes: int,
+        group_commit_max_batch: int = DEFAULT_MAX_BATCH,
+        group_commit_writers: int = DEFAULT_WRITERS,
         token_ttl_seconds: int,
         user_id: str,
         broker_users: Mapping[str, str],
@@ -183,6 +186,13 @@ class MessageProcessor:
         self._verifier = verifier
         self._metrics = metrics
         self._relay = relay
+        self._commits = GroupCommit(
+            pool,
+            max_batch=group_commit_max_batch,
+            writers=group_commit_writers,
+            on_commit=self._committed,
+            on_batch=metrics.command_batch_size.observe,
+        )
         self._max_bytes = max_message_bytes
         self._anonymous_ttl = token_ttl_seconds
         self._dead_letter_channel: AbstractChannel | None = None
@@ -350,26 +360,33 @@ class MessageProcessor:
     async def _execute_once(self, route: CommandRoute, caller: Caller | None, payload: Any, message: AbstractIncomingMessage) -> Any:
         """One attempt at a command. Each outcome leaves by its own exit: a public read returns
         its result; a replay returns the stored reply; a denial raises from `_open` or
-        `_authorize`; anything the handler or `_close` raises rolls back and is recorded by
-        `_record_after_rollback`; otherwise the transaction commits and the result is returned."""
+        `_authorize`; anything the handler or `_close` raises rolls back (to the command's
+        savepoint when it shares a batch, shared/group_commit.py) and is recorded by
+        `_record_after_rollback`; otherwise the result is returned once its transaction committed."""
         if route.reads_only:
             return await self._run_public_read(route, caller, payload)
         command = _Command(route, caller, payload, self._idempotency_key(route, caller, payload, message))
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                with outbox.buffered(conn, route.emits) as events:
-                    command.opened = await self._open(conn, command)
-                    if not idempotency.is_new(command.opened.stored):
-                        return command.opened.stored
-                    await self._authorize(conn, command)
-                    result = await route.handler(payload, caller, conn)
-                    await self._close(conn, command, result, events.take())
+            return await self._commits.run(lambda conn: self._run_in(conn, command))
         except AppError as exc:
             await self._record_after_rollback(command, exc)
             raise
+
+    async def _run_in(self, conn: Connection, command: _Command) -> Any:
+        """The command's statements, inside a transaction it may share with others."""
+        route = command.route
+        with outbox.buffered(conn, route.emits) as events:
+            command.opened = await self._open(conn, command)
+            if not idempotency.is_new(command.opened.stored):
+                return command.opened.stored
+            await self._authorize(conn, command)
+            result = await route.handler(command.payload, command.caller, conn)
+            await self._close(conn, command, result, events.take())
+        return result
+
+    def _committed(self) -> None:
         if self._relay is not None:
             self._relay.wake()
-        return result
 
     async def _run_public_read(self, route: CommandRoute, caller: Caller | None, payload: Any) -> Any:
         # `check_routes` let it through only as PUBLIC and not replaying: nothing to book.

@@ -182,6 +182,12 @@ def event_figures(tap: EventTap, routing_key: str, key: str, expected: set[str])
     return len(unique), len(events), len(events) - len(unique)
 
 
+async def batches(stack: Stack) -> float:
+    """Batches of two or more commands (group commit) the running posts_service processes have
+    committed since they started."""
+    return sum([await metric(url, "command_batch_size_count") for url in (stack.http_url("posts"), *stack.replica_urls("posts"))])
+
+
 async def ensure_posts_running(stack: Stack) -> None:
     """Other modules share this stack: leave posts_service running and ready, whatever happened."""
     process = stack.processes.get("posts")
@@ -197,13 +203,14 @@ async def command_queue_depth(channel: aio_pika.abc.AbstractChannel, name: str) 
 
 
 async def metric(url: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus counter from a /metrics page (0 if absent)."""
+    """One sample of a Prometheus counter from a /metrics page (0 if absent); no labels for a
+    metric that has none."""
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
         text = await response.text()
     wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
-        match = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
-        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+        match = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
             return float(match.group(2))
     return 0.0
 
@@ -222,12 +229,14 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
     message_ids = [m for _, _, m in commands]
     started = time.monotonic()
     kills: list[tuple[int, int, int]] = []  # posts: when the kill was sent, once it was dead, once back up
+    batched = 0.0  # batches committed before each kill: the kills hit the batched path
     try:
         publishing = asyncio.create_task(stream.publish(commands, author.token))
         for fraction in (1 / 3, 2 / 3):
             await until(
                 lambda f=fraction: _at_least(db, author.id, int(total * f)), timeout=30, interval=0.01, what=f"{fraction:.0%} of the stream"
             )
+            batched += await batches(stack)
             at_kill = await post_count(db, author.id)
             assert stack.stop("posts", signal.SIGKILL) == -signal.SIGKILL
             dead = await post_count(db, author.id)
@@ -249,8 +258,9 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
         f"\n[kill -9] commands sent {sent}; posts at each kill (sent / dead / back up): {kills}; effects {len(posts)};"
         f" post.created events {unique} unique / {deliveries} delivered ({duplicate_events} duplicate deliveries);"
         f" redelivered commands answered from the idempotency record {replays}; outbox left {outbox};"
-        f" {time.monotonic() - started:.1f} s"
+        f" batches committed before the kills {batched:.0f}; {time.monotonic() - started:.1f} s"
     )
+    assert batched > 0, "the stream ran in shared transactions when the kills came"
     assert sent == total
     assert event_posts == posts and unique == total
     assert all(e["author_id"] == author.id for e in tap.of("post.created", "post_id", posts))
@@ -339,6 +349,7 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
             url: {c: await metric(url, "commands_total", command=c, outcome="ok") for c in ("create-post", "delete-post")}
             for url in (first_url, second_url, *replicas)
         }
+        batches_before = {url: await metric(url, "command_batch_size_count") for url in (first_url, second_url)}
 
         commands = create_posts(creates, "twins")
         twice = [m for m in commands for _ in range(2)]  # a sender retry: the same message_id again
@@ -359,6 +370,7 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
             url: {c: await metric(url, "commands_total", command=c, outcome="ok") for c in ("create-post", "delete-post")}
             for url in (first_url, second_url, *replicas)
         }
+        batched = {url: await metric(url, "command_batch_size_count") - batches_before[url] for url in (first_url, second_url)}
     finally:
         second.terminate()
         try:
@@ -384,6 +396,7 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
         f" post.deleted {deleted_unique} unique / {deleted_deliveries} delivered;"
         f" answered from the idempotency record {replays};"
         f" handled by instance 1 {handled[first_url]}, instance 2 {handled[second_url]};"
+        f" batches committed by instance 1 {batched[first_url]:.0f}, instance 2 {batched[second_url]:.0f};"
         f" second instance exit code {second_exit}; {time.monotonic() - started:.1f} s"
     )
     assert remaining == posts - set(doomed)
@@ -394,6 +407,7 @@ async def test_two_instances_and_duplicate_sends_take_effect_once(
     for command, sent in (("create-post", sent_creates), ("delete-post", sent_deletes)):
         assert sum(by_url[command] for by_url in handled.values()) == sent
     assert handled[first_url]["create-post"] > 0 and handled[second_url]["create-post"] > 0, "both instances consume"
+    assert batched[first_url] > 0 and batched[second_url] > 0, "both instances ran commands in shared transactions"
     assert second_exit == 0
 
 
