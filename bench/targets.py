@@ -1,6 +1,7 @@
 """The issue's targets, checked against one run's results: PASS, FAIL, or SKIP when not measured.
 
-- `POST /posts` reaches ≥ 0.7× the aiohttp → aio-pika echo at 64 connections, same run;
+- `POST /posts` reaches ≥ 0.55× the aiohttp → aio-pika echo at 64 connections, same run (issue 5
+  asked 0.7×; issue 14 set 0.55×, about 0.9× of the single-transaction floor `bench.floor` measures);
 - its p99 ≤ 100 ms at 64 connections, and it has zero errors at every concurrency;
 - p50 ≤ 3 ms at concurrency 1 (checked for each of the stack's cases);
 - every service ≤ 100 MB RSS after the run;
@@ -19,7 +20,7 @@ from bench.cases import CASES, STACK_CASES
 from bench.live_fanout import FanoutResult
 from bench.measurement import CaseResult, Memory
 
-THROUGHPUT_RATIO = 0.7
+THROUGHPUT_RATIO = 0.55
 HIGH_CONCURRENCY = 64
 P99_LIMIT_MS = 100.0
 LOW_CONCURRENCY = 1

@@ -23,6 +23,11 @@ transaction of its own exactly as without group commit, so latency does not grow
 only when every writer slot is busy: the commands that arrive meanwhile wait, and the next free
 writer takes them all (up to `max_batch`).
 
+Savepoints rather than rolling the batch back and re-running its commands alone when one fails:
+the two measured alike on the bench (bench/RESULTS.md, "Issue 14": one round trip per command is
+below the run-to-run noise), and with savepoints a refusal costs nobody else anything, where a
+re-run would let anyone sending refused commands make every batch they join run twice.
+
 Unreleased savepoints are cheap (no round trip to release them) but each one that writes takes a
 subtransaction id; PostgreSQL caches 64 per backend before snapshots get slower for every session,
 which bounds `max_batch`.
@@ -123,7 +128,15 @@ class GroupCommit:
         job: _Job[T] = _Job(loop.create_future(), loop.create_future(), loop.create_future())
         self._pending.append(job)
         self._start_writers()
-        conn = await job.turn
+        try:
+            conn = await job.turn
+        except BaseException as exc:
+            if job.turn.done() and not job.turn.cancelled() and job.turn.exception() is None:
+                # Cancelled just as its turn came: it ran nothing, so the batch goes on without it.
+                job.done.set_result(None)
+            elif isinstance(exc, asyncio.CancelledError):
+                job.turn.cancel()  # the writer skips it
+            raise
         if conn is None:
             try:
                 return await self._alone(work)
@@ -181,10 +194,11 @@ class GroupCommit:
             self._start_writers()
 
     async def _run_batch(self, batch: list[_Job[Any]]) -> None:
-        if len(batch) == 1:
-            job = batch[0]
-            job.turn.set_result(None)
-            await asyncio.shield(job.done)
+        batch = [job for job in batch if not job.turn.done()]  # a cancelled job waits no more
+        if len(batch) <= 1:
+            for job in batch:
+                job.turn.set_result(None)
+                await asyncio.shield(job.done)
             return
         self._on_batch(len(batch))
         broke: BaseException | None = None
@@ -194,8 +208,10 @@ class GroupCommit:
                 transaction = conn.transaction()
                 await transaction.start()
                 for job in batch:
-                    job.turn.set_result(conn)
                     ran += 1
+                    if job.turn.done():  # cancelled while it waited
+                        continue
+                    job.turn.set_result(conn)
                     broke = await asyncio.shield(job.done)
                     if broke is not None:
                         break
@@ -214,7 +230,8 @@ class GroupCommit:
         if broke is None:
             self._on_commit()
             for job in batch:
-                job.committed.set_result(None)
+                if not job.committed.done():
+                    job.committed.set_result(None)
         else:
             _fail(batch, ran, broke)
 

@@ -154,6 +154,8 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             metrics=metrics,
             relay=relay,
             max_message_bytes=settings.max_message_bytes,
+            group_commit_max_batch=settings.group_commit_max_batch,
+            group_commit_writers=settings.group_commit_writers,
             token_ttl_seconds=settings.access_token_ttl_seconds,
             user_id=settings.amqp_user,
             broker_users=settings.broker_users,

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from shared.broker import broker_urls, login_user
 from shared.database_url import DatabaseUrlError, parse_database_url, redacted
 from shared.declarations import PROCESSES
+from shared.group_commit import DEFAULT_MAX_BATCH, DEFAULT_WRITERS, MAX_BATCH_LIMIT
 
 #: How a process meets the broker topology (shared/topology): create it, or only check it exists.
 BrokerTopology = Literal["declare", "verify"]
@@ -114,6 +115,10 @@ class Settings:
     rpc_timeout_seconds: float
     prefetch_count: int
     database_pool_size: int
+    #: Group commit (shared/group_commit.py): commands that may share one transaction (1 turns it
+    #: off), and how many command transactions (batches, or commands alone) run at once.
+    group_commit_max_batch: int
+    group_commit_writers: int
     max_message_bytes: int
     login_max_failures_per_account: int
     login_max_failures_per_address: int
@@ -162,6 +167,7 @@ class Settings:
         topology = (env.get("BROKER_TOPOLOGY") or "declare").strip().lower()
         if topology not in BROKER_TOPOLOGIES:
             raise ConfigurationError(f"BROKER_TOPOLOGY must be declare or verify, got {topology!r}")
+        pool_size = _int(env, "DATABASE_POOL_SIZE", 10, low=2, high=1_000)
         return cls(
             amqp_url=_amqp_urls(env, "amqp://guest:guest@127.0.0.1:5672/"),
             database_url=_database_url(env, "postgresql://postgres@127.0.0.1:5432/postgres"),
@@ -181,7 +187,10 @@ class Settings:
             refresh_reuse_grace_seconds=_int(env, "REFRESH_REUSE_GRACE_SECONDS", 5, low=0, high=300),
             rpc_timeout_seconds=_float(env, "RPC_TIMEOUT_SECONDS", 10.0, low=0.1, high=300.0),
             prefetch_count=_int(env, "PREFETCH_COUNT", 32, low=1, high=10_000),
-            database_pool_size=_int(env, "DATABASE_POOL_SIZE", 10, low=2, high=1_000),
+            database_pool_size=pool_size,
+            group_commit_max_batch=_int(env, "GROUP_COMMIT_MAX_BATCH", DEFAULT_MAX_BATCH, low=1, high=MAX_BATCH_LIMIT),
+            # Each writer holds a connection of the pool; the relay and lone audit rows need one too.
+            group_commit_writers=_int(env, "GROUP_COMMIT_WRITERS", DEFAULT_WRITERS, low=1, high=pool_size - 1),
             max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", 1_048_576, low=1024, high=64 * 1_048_576),
             login_max_failures_per_account=_int(env, "LOGIN_MAX_FAILURES_PER_ACCOUNT", 5, low=1, high=10_000),
             login_max_failures_per_address=_int(env, "LOGIN_MAX_FAILURES_PER_ADDRESS", 20, low=1, high=100_000),

@@ -6,6 +6,7 @@ PASS/FAIL logic of `python -m bench` in milliseconds.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from bench import procstat, wrk
 from bench.broker_load import load_result, percentile
 from bench.live_fanout import EventDelivery, FanoutResult
 from bench.measurement import CaseResult, LoadResult, Memory
+from bench.median import main, median_of
 from bench.options import parse_options
 from bench.report import format_table
 from bench.targets import check_targets
@@ -143,24 +145,24 @@ def test_targets_pass() -> None:
     results = [
         _result("echo", 64, 1000),
         _result("create_post", 1, 300, p50=2.5),
-        _result("create_post", 64, 700, p99=100),
+        _result("create_post", 64, 550, p99=100),
         _result("delete_post", 1, 200, p50=2.9),
         _result("get_post", 64, 3000, p99=50),
     ]
     statuses = _statuses(results, SMALL, _fanout(400, 1000))
     assert set(statuses.values()) == {"PASS"}
-    assert "POST /posts >= 0.7x echo at c=64" in statuses
+    assert "POST /posts >= 0.55x echo at c=64" in statuses
 
 
 def test_targets_fail() -> None:
     results = [
         _result("echo", 64, 1000),
         _result("create_post", 1, 300, p50=3.5),
-        _result("create_post", 64, 699, p99=101, errors=1),
+        _result("create_post", 64, 549, p99=101, errors=1),
     ]
     memory = {**SMALL, "posts": Memory(rss_kb=101 * 1024, hwm_kb=120 * 1024)}
     statuses = _statuses(results, memory)
-    assert statuses["POST /posts >= 0.7x echo at c=64"] == "FAIL"
+    assert statuses["POST /posts >= 0.55x echo at c=64"] == "FAIL"
     assert statuses["POST /posts p99 <= 100 ms at c=64"] == "FAIL"
     assert statuses["POST /posts zero errors"] == "FAIL"
     assert statuses["POST /posts (authorized) p50 <= 3 ms at c=1"] == "FAIL"
@@ -176,7 +178,7 @@ def test_ids_running_out_count_as_errors() -> None:
 
 def test_targets_not_measured_are_skipped() -> None:
     statuses = _statuses([_result("create_post", 16, 500)], {})
-    assert statuses["POST /posts >= 0.7x echo at c=64"] == "SKIP"
+    assert statuses["POST /posts >= 0.55x echo at c=64"] == "SKIP"
     assert statuses["POST /posts p99 <= 100 ms at c=64"] == "SKIP"
     assert statuses["gateway RSS <= 100 MB after the run"] == "SKIP"
     assert not any("p50" in name for name in statuses)
@@ -196,3 +198,46 @@ def test_replicas_apply_only_to_a_started_stack() -> None:
     for wrong in (["--replicas", "0"], ["--replicas", "2", "--gateway-url", "http://127.0.0.1:8080"]):
         with pytest.raises(SystemExit):
             parse_options(wrong)
+
+
+def _run_document(echo: float, post: float, post_p99: float, post_cpu: float, rss_mb: float, errors: int = 0) -> dict[str, object]:
+    results = [
+        _result("echo", 64, echo, cpu={"echo_server": 1.0}),
+        _result("create_post", 64, post, p99=post_p99, errors=errors, cpu={"gateway": post_cpu * post * 10 / 1e6}),
+    ]
+    return {
+        "cases": [r.to_json() for r in results],
+        "final_memory_kb": {"posts": {"rss_kb": int(rss_mb * 1024), "hwm_kb": int(rss_mb * 1024)}},
+    }
+
+
+def test_the_median_of_three_runs_is_taken_figure_by_figure() -> None:
+    documents = [
+        _run_document(echo=1000, post=500, post_p99=90, post_cpu=2000, rss_mb=70),
+        _run_document(echo=800, post=600, post_p99=120, post_cpu=1000, rss_mb=90),
+        _run_document(echo=900, post=400, post_p99=95, post_cpu=3000, rss_mb=80, errors=2),
+    ]
+    results, memory = median_of(documents)
+    by = {r.case: r for r in results}
+    assert by["echo"].load.rps == pytest.approx(900, rel=1e-3)
+    assert by["create_post"].load.rps == pytest.approx(500, rel=1e-3)
+    assert by["create_post"].load.p99_ms == 95
+    assert by["create_post"].cpu_us_per_request()["gateway"] == pytest.approx(2000, rel=1e-3)
+    assert by["create_post"].load.error_count == 2, "the worst run's errors count"
+    assert memory["posts"].rss_mb == pytest.approx(90)
+    statuses = _statuses(results, memory)
+    assert statuses["POST /posts >= 0.55x echo at c=64"] == "PASS"  # 500 / 900, though one run had 0.44x
+    assert statuses["POST /posts p99 <= 100 ms at c=64"] == "PASS"
+    assert statuses["POST /posts zero errors"] == "FAIL"
+
+
+def test_the_median_command_prints_the_table_and_fails_on_a_failed_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = []
+    for i, post in enumerate((300, 350, 400)):
+        path = tmp_path / f"run{i}.json"
+        path.write_text(json.dumps(_run_document(echo=1000, post=post, post_p99=200, post_cpu=1500, rss_mb=70)))
+        paths.append(str(path))
+    assert main(paths) == 1
+    out = capsys.readouterr().out
+    assert "median of 3 runs" in out
+    assert "FAIL  POST /posts >= 0.55x echo at c=64: 350 / 1000 req/s = 0.35x" in out

@@ -65,7 +65,15 @@ async def visible(outside: asyncpg.Pool, n: int) -> bool:
     return bool(await outside.fetchval("SELECT count(*) FROM rows WHERE n = $1", n))
 
 
-async def test_concurrent_commands_share_transactions_and_each_keeps_its_outcome(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
+def transactions(rows: list[asyncpg.Record]) -> dict[int, set[int]]:
+    """The rows' `n` by the transaction that wrote them."""
+    by_transaction: dict[int, set[int]] = {}
+    for r in rows:
+        by_transaction.setdefault(r["txid"], set()).add(r["n"])
+    return by_transaction
+
+
+async def test_concurrent_commands_share_transactions_and_answer_after_the_commit(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
     pool, outside = pools
     commits = 0
 
@@ -74,40 +82,75 @@ async def test_concurrent_commands_share_transactions_and_each_keeps_its_outcome
         commits += 1
 
     group = GroupCommit(pool, max_batch=32, writers=1, on_commit=committed)
-    refused = {n for n in range(60) if n % 7 == 3}
-    failing = {n for n in range(60) if n % 11 == 5} - refused
     seen_after_return: dict[int, bool] = {}
 
-    async def one(n: int) -> Any:
-        then = refuse if n in refused else divide_by_zero if n in failing else None
-        try:
-            result = await group.run(insert(n, then))
-        except Exception as exc:
-            return exc
+    async def one(n: int) -> int:
+        result = await group.run(insert(n))
         # The result leaves only once the commit holding the row succeeded: another connection sees it.
         seen_after_return[n] = await visible(outside, n)
         return result
 
-    outcomes = await asyncio.gather(*(one(n) for n in range(60)))
+    assert await asyncio.gather(*(one(n) for n in range(60))) == list(range(60))
 
-    allowed = set(range(60)) - refused - failing
-    for n, outcome in enumerate(outcomes):
-        if n in refused:
+    assert seen_after_return == {n: True for n in range(60)}
+    by_transaction = transactions(await outside.fetch("SELECT n, txid FROM rows"))
+    assert max(len(ns) for ns in by_transaction.values()) > 1, "commands that waited shared a transaction"
+    assert group.stats.batches >= 1 and group.stats.batched_commands + group.stats.alone == 60
+    assert commits == len(by_transaction) == group.stats.batches + group.stats.alone
+
+
+async def test_a_command_failing_in_a_batch_rolls_back_only_its_own_writes(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
+    pool, outside = pools
+    group = GroupCommit(pool, max_batch=32, writers=1)
+    hold = asyncio.Event()
+    runs: dict[int, int] = {}
+
+    async def held(conn: Connection) -> None:
+        await hold.wait()
+
+    def counted(n: int, then: Callable[[Connection], Awaitable[Any]] | None = None) -> Callable[[Connection], Awaitable[int]]:
+        async def work(conn: Connection) -> int:
+            runs[n] = runs.get(n, 0) + 1
+            return await insert(n, then)(conn)
+
+        return work
+
+    # The first command holds the only writer, so the next twelve queue into one batch, in which
+    # the fifth is refused after its insert and the ninth fails in PostgreSQL (which aborts the
+    # transaction, here its savepoint). A queued burst follows, to show batching goes on after.
+    first = asyncio.create_task(group.run(insert(100, held)))
+    await asyncio.sleep(0.05)
+    fates = {4: refuse, 8: divide_by_zero}
+    tasks = [asyncio.create_task(group.run(counted(n, fates.get(n)))) for n in range(12)]
+    await asyncio.sleep(0.05)
+    hold.set()
+    outcomes = await asyncio.gather(first, *tasks, return_exceptions=True)
+
+    assert outcomes[0] == 100
+    for n, outcome in enumerate(outcomes[1:]):
+        if n == 4:
             assert isinstance(outcome, Forbidden)
-        elif n in failing:
+        elif n == 8:
             assert isinstance(outcome, asyncpg.DivisionByZeroError)
         else:
             assert outcome == n
-    assert seen_after_return == {n: True for n in allowed}
+    allowed = {100, *(set(range(12)) - {4, 8})}
     rows = await outside.fetch("SELECT n, txid FROM rows")
-    assert {r["n"] for r in rows} == allowed, "a refused or failing command rolled back only its own row"
-    by_transaction: dict[int, set[int]] = {}
-    for r in rows:
-        by_transaction.setdefault(r["txid"], set()).add(r["n"])
-    assert max(len(ns) for ns in by_transaction.values()) > 1, "commands that waited shared a transaction"
-    assert len(by_transaction) < len(allowed)
-    assert group.stats.batches >= 1 and group.stats.batched_commands + group.stats.alone == 60
-    assert commits == group.stats.batches + group.stats.alone
+    assert {r["n"] for r in rows} == allowed, "a failing command's writes went; the others' stayed"
+    # The batch went on past the refusal and the failure: each ran once, in one transaction.
+    assert runs == {n: 1 for n in range(12)}
+    assert len({r["txid"] for r in rows if r["n"] < 100}) == 1
+    assert group.stats.batches == 1 and group.stats.batched_commands == 12
+
+    hold.clear()
+    blocker = asyncio.create_task(group.run(insert(200, held)))
+    await asyncio.sleep(0.05)
+    burst = [asyncio.create_task(group.run(insert(n))) for n in range(300, 310)]
+    await asyncio.sleep(0.05)
+    hold.set()
+    await asyncio.gather(blocker, *burst)
+    later = transactions(await outside.fetch("SELECT n, txid FROM rows WHERE n >= 300"))
+    assert max(len(ns) for ns in later.values()) > 1, "batching goes on after a failed batch"
 
 
 async def test_one_at_a_time_each_command_has_a_transaction_of_its_own(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
@@ -158,6 +201,28 @@ async def test_a_connection_lost_mid_batch_commits_none_of_it_and_every_command_
     # What the runner does with a transient error: retry. The same group serves them all.
     assert sorted(await asyncio.gather(*(group.run(insert(n)) for n in range(6)))) == list(range(6))
     assert {r["n"] for r in await outside.fetch("SELECT n FROM rows")} == {100, *range(6)}
+
+
+async def test_a_command_cancelled_while_it_waits_leaves_the_batch_to_the_others(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
+    pool, outside = pools
+    group = GroupCommit(pool, max_batch=32, writers=1)
+    hold = asyncio.Event()
+
+    async def held(conn: Connection) -> None:
+        await hold.wait()
+
+    first = asyncio.create_task(group.run(insert(100, held)))
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.create_task(group.run(insert(n))) for n in range(5)]
+    await asyncio.sleep(0.05)
+    waiting[2].cancel()  # a consumer stopping while its command waits for a batch
+    hold.set()
+    outcomes = await asyncio.gather(first, *waiting, return_exceptions=True)
+
+    assert isinstance(outcomes[3], asyncio.CancelledError)
+    assert [o for i, o in enumerate(outcomes) if i != 3] == [100, 0, 1, 3, 4]
+    assert {r["n"] for r in await outside.fetch("SELECT n FROM rows")} == {100, 0, 1, 3, 4}
+    assert len({r["txid"] for r in await outside.fetch("SELECT txid FROM rows WHERE n < 100")}) == 1
 
 
 # -- through the running posts_service ------------------------------------------------------------

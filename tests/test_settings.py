@@ -53,6 +53,10 @@ def test_settings_are_frozen() -> None:
         ("RPC_TIMEOUT_SECONDS", "soon"),
         ("BROKER_TOPOLOGY", "create"),
         ("BROKER_TOPOLOGY", "passive"),
+        ("GROUP_COMMIT_MAX_BATCH", "0"),
+        ("GROUP_COMMIT_MAX_BATCH", "65"),
+        ("GROUP_COMMIT_WRITERS", "0"),
+        ("GROUP_COMMIT_WRITERS", "10"),  # as many as DATABASE_POOL_SIZE's default: none left for the relay
     ],
 )
 def test_a_bad_value_fails_fast_naming_the_variable(name: str, value: str) -> None:
