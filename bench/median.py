@@ -20,10 +20,7 @@ from typing import Any
 
 from bench import report
 from bench.measurement import CaseResult, LoadResult, Memory
-from bench.targets import check_targets
-
-#: The median's request count stands for this many seconds at the median rate.
-_SECONDS = 1000.0
+from bench.targets import HIGH_CONCURRENCY, check_targets
 
 
 def _case(rows: Sequence[dict[str, Any]]) -> CaseResult:
@@ -34,10 +31,12 @@ def _case(rows: Sequence[dict[str, Any]]) -> CaseResult:
 
     cpu_names = set.intersection(*(set(row["cpu_us_per_request"]) for row in rows))
     rps = median(lambda r: r["rps"])
+    requests = round(median(lambda r: r["requests"]))
     errors = max((row["errors"] for row in rows), key=lambda e: e["total"])
     load = LoadResult(
-        requests=round(rps * _SECONDS),
-        duration_s=_SECONDS,
+        # The median run's request count, over the time that makes its rate the median rate.
+        requests=requests,
+        duration_s=requests / rps if rps else 0.0,
         p50_ms=median(lambda r: r["latency_ms"]["p50"]),
         p95_ms=median(lambda r: r["latency_ms"]["p95"]),
         p99_ms=median(lambda r: r["latency_ms"]["p99"]),
@@ -63,6 +62,13 @@ def median_of(documents: Sequence[dict[str, Any]]) -> tuple[list[CaseResult], di
     return results, memory
 
 
+def _write_ratio(document: dict[str, Any]) -> float | None:
+    """One run's POST /posts against the echo at c=64, the ratio the throughput target judges."""
+    rps = {row["case"]: row["rps"] for row in document["cases"] if row["concurrency"] == HIGH_CONCURRENCY}
+    post, echo = rps.get("create_post"), rps.get("echo")
+    return post / echo if post and echo else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.median", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("runs", nargs="+", type=Path, help="result files of `python -m bench` (bench/results/*.json)")
@@ -71,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results, memory = median_of(documents)
     targets = check_targets(results, memory)
     print(f"median of {len(documents)} runs: {', '.join(path.name for path in args.runs)}")
+    ratios = [_write_ratio(document) for document in documents]
+    if all(ratio is not None for ratio in ratios):
+        print("POST /posts / echo at c=64, run by run: " + ", ".join(f"{ratio:.2f}x" for ratio in ratios if ratio is not None))
     print(report.format_table(results))
     if memory:
         print(report.format_memory(memory))
