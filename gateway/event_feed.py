@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import uuid4
@@ -83,7 +83,7 @@ def public_fields(key: str, body: bytes) -> FeedEvent:
 class EventFeed:
     """Consumes the public events for one gateway replica and hands them to its listeners."""
 
-    def __init__(self, amqp_url: str, *, owners: Mapping[str, str], on_outcome: Any = None) -> None:
+    def __init__(self, amqp_url: str, *, owners: Mapping[str, str], on_outcome: Callable[[str, str], None] | None = None) -> None:
         self._url = amqp_url
         #: By public routing key, the broker user of the one service that may publish it.
         self._owners = {key: owners[EVENTS[key].owner.name] for key in public_events()}

@@ -14,6 +14,7 @@ single-host URL whose name still points at the old primary, now a standby) gets
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -21,7 +22,7 @@ from asyncpg.connect_utils import SessionAttribute
 from asyncpg.pool import PoolConnectionProxy
 
 from shared import jsoncodec
-from shared.database_url import read_only_session_attrs
+from shared.database_url import SESSION_ATTRIBUTES_VARIABLE, read_only_session_attrs
 
 #: What a service's code gets to run statements on: a connection, or a pool's proxy for one.
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
@@ -82,7 +83,7 @@ async def create_pool(dsn: str, schema: str, *, min_size: int = 1, max_size: int
         settings["default_transaction_read_only"] = "on"
         # That setting would make asyncpg's read-write check refuse every host, the primary
         # included (shared/database_url.py).
-        override = read_only_session_attrs(dsn)
+        override = read_only_session_attrs(dsn, os.environ.get(SESSION_ATTRIBUTES_VARIABLE))
         attrs = SessionAttribute(override) if override else None
     pool = await asyncpg.create_pool(
         dsn,

@@ -8,7 +8,8 @@ host that is down or still in recovery.
 
 Several hosts need `target_session_attrs=read-write` (or `primary`): with asyncpg's default
 (`any`) a connection would stay on whichever host answers first, a standby included, and every
-write there fails with `read_only_sql_transaction`.
+write there fails with `read_only_sql_transaction`. Like libpq, asyncpg takes the attribute from
+the environment (`PGTARGETSESSIONATTRS`) when the URL has none, so that is checked the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from urllib.parse import parse_qs, urlsplit
 SCHEMES = ("postgresql", "postgres")
 #: What asyncpg accepts for `target_session_attrs` (asyncpg.connect_utils.SessionAttribute).
 SESSION_ATTRIBUTES = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+#: Where asyncpg (like libpq) looks when the URL names no `target_session_attrs`.
+SESSION_ATTRIBUTES_VARIABLE = "PGTARGETSESSIONATTRS"
 #: The ones that keep a writing connection off a standby.
 WRITABLE_SESSION_ATTRIBUTES = ("read-write", "primary")
 
@@ -41,9 +44,10 @@ class DatabaseUrl:
         return ",".join(f"{host}:{port}" if port else host for host, port in self.hosts)
 
 
-def parse_database_url(url: str) -> DatabaseUrl:
+def parse_database_url(url: str, env_attrs: str | None = None) -> DatabaseUrl:
     """Check `url` the way asyncpg will read it, refusing what asyncpg would only refuse later
-    (or, for several hosts without `target_session_attrs=read-write`, never)."""
+    (or, for several hosts without `target_session_attrs=read-write`, never). `env_attrs` is
+    `PGTARGETSESSIONATTRS`, which asyncpg uses when the URL has no `target_session_attrs`."""
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # urllib's own refusals: an unclosed IPv6 bracket
@@ -54,8 +58,11 @@ def parse_database_url(url: str) -> DatabaseUrl:
     hosts = tuple(_host(entry) for entry in hostlist.split(","))
     query = parse_qs(parts.query)
     attrs = query.get("target_session_attrs", [None])[-1]
+    source = "target_session_attrs"
+    if attrs is None and env_attrs:
+        attrs, source = env_attrs, f"target_session_attrs (from {SESSION_ATTRIBUTES_VARIABLE})"
     if attrs is not None and attrs not in SESSION_ATTRIBUTES:
-        raise DatabaseUrlError(f"target_session_attrs must be one of {', '.join(SESSION_ATTRIBUTES)}, got {attrs!r}")
+        raise DatabaseUrlError(f"{source} must be one of {', '.join(SESSION_ATTRIBUTES)}, got {attrs!r}")
     if len(hosts) > 1 and attrs not in WRITABLE_SESSION_ATTRIBUTES:
         raise DatabaseUrlError(
             "names several hosts, so it needs target_session_attrs=read-write (or primary): "
@@ -95,7 +102,7 @@ def _host(entry: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
-def read_only_session_attrs(url: str) -> str | None:
+def read_only_session_attrs(url: str, env_attrs: str | None = None) -> str | None:
     """The `target_session_attrs` a read-only pool on `url` must use, or None to keep the URL's.
 
     A read-only pool starts its sessions with `default_transaction_read_only=on`, which the server
@@ -104,5 +111,5 @@ def read_only_session_attrs(url: str) -> str | None:
     and keeps reads on the primary, where a caller sees what it just wrote: `synchronous_commit=on`
     makes a standby store a commit before it is acknowledged, not show it.
     """
-    attrs = parse_qs(urlsplit(url).query).get("target_session_attrs", [None])[-1]
+    attrs = parse_qs(urlsplit(url).query).get("target_session_attrs", [None])[-1] or env_attrs
     return "primary" if attrs == "read-write" else None

@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from shared.broker import broker_urls, login_user
-from shared.database_url import DatabaseUrlError, parse_database_url, redacted
+from shared.database_url import SESSION_ATTRIBUTES_VARIABLE, DatabaseUrlError, parse_database_url, redacted
 from shared.declarations import PROCESSES
 from shared.group_commit import DEFAULT_MAX_BATCH, DEFAULT_WRITERS, MAX_BATCH_LIMIT
 
@@ -65,7 +65,7 @@ def _database_url(env: Mapping[str, str], default: str) -> str:
     """One PostgreSQL host, or several with target_session_attrs (shared/database_url.py)."""
     value = env.get("DATABASE_URL") or default
     try:
-        parse_database_url(value)
+        parse_database_url(value, env.get(SESSION_ATTRIBUTES_VARIABLE))
     except DatabaseUrlError as exc:
         raise ConfigurationError(f"DATABASE_URL {exc}, got {redacted(value)!r}") from None
     return value

@@ -73,3 +73,20 @@ def test_the_read_only_pool_asks_for_the_primary_instead_of_read_write() -> None
     assert read_only_session_attrs(FAILOVER_URL) == "primary"
     assert read_only_session_attrs("postgresql://db-a,db-b/x?target_session_attrs=primary") is None
     assert read_only_session_attrs("postgresql://db/x") is None
+
+
+def test_the_environments_session_attributes_are_checked_like_the_urls() -> None:
+    # asyncpg falls back on PGTARGETSESSIONATTRS when the URL names none.
+    several = "postgresql://app@db-a,db-b/x"
+    settings = Settings.from_env({"DATABASE_URL": several, "PGTARGETSESSIONATTRS": "read-write"})
+    assert settings.database_url == several
+    assert parse_database_url(several, "primary").target_session_attrs == "primary"
+    with pytest.raises(ConfigurationError, match="PGTARGETSESSIONATTRS"):
+        Settings.from_env({"DATABASE_URL": "postgresql://db/x", "PGTARGETSESSIONATTRS": "writable"})
+    with pytest.raises(ConfigurationError, match="needs target_session_attrs=read-write"):
+        Settings.from_env({"DATABASE_URL": several, "PGTARGETSESSIONATTRS": "any"})
+    # The URL's own attribute wins, as in asyncpg.
+    assert parse_database_url(FAILOVER_URL, "any").target_session_attrs == "read-write"
+    # The read-only pool must not inherit read-write from the environment either.
+    assert read_only_session_attrs(several, "read-write") == "primary"
+    assert read_only_session_attrs(FAILOVER_URL, "any") == "primary"
