@@ -231,9 +231,9 @@ def audit_command_name(service: str) -> str:
 # fmt: off
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("register", AUTH, Register, results.Account, PUBLIC, "Create an account.",
-            emits=("user.registered",), errors=(409, 429), http=Http("POST", "/auth/register", status=201, no_store=True)),
+            emits=("user.registered",), errors=(409, 429), runs_alone=True, http=Http("POST", "/auth/register", status=201, no_store=True)),
     Command("login", AUTH, Login, results.TokenResponse, PUBLIC, "Open a session and get an access token and a refresh token.",
-            replays=False, errors=(401, 403, 429), http=Http("POST", "/auth/login", no_store=True, refresh_cookie="issue")),
+            replays=False, errors=(401, 403, 429), runs_alone=True, http=Http("POST", "/auth/login", no_store=True, refresh_cookie="issue")),
     Command("refresh", AUTH, Refresh, results.TokenResponse, PUBLIC,
             "Trade a refresh token for a new pair in the same session; a reused one revokes the session.",
             emits=("session.revoked",), replays=False, errors=(401, 403, 429), http=Http("POST", "/auth/refresh", no_store=True, refresh_cookie="issue")),

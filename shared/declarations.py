@@ -158,6 +158,10 @@ class Command:
     #: Statuses the handler itself may answer, beyond those the policy, payload and binding imply
     #: (register's 409 for a taken email, login's 429).
     errors: tuple[int, ...] = ()
+    #: Its handler waits on slow work besides the database (a password hash): it always runs in a
+    #: transaction of its own, never in a group-commit batch, whose commands run one after another
+    #: (shared/group_commit.py); alone, such commands wait on their work side by side.
+    runs_alone: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, Policy):

@@ -16,7 +16,14 @@ its own as well:
   rollback) has succeeded, so no reply or ack ever speaks for something not yet durable;
 - a transient failure (the database lost mid-batch, a deadlock) rolls the whole batch back and
   every command in it fails with that error; each is then retried on its own, like a command
-  without a batch, and the idempotency claim sees to it that none runs twice.
+  without a batch, and the idempotency claim sees to it that none runs twice;
+- a COMMIT that fails for any other reason (a deferred constraint) names no culprit: every
+  command of the batch runs again alone, in a transaction of its own, so the others commit and
+  the one at fault fails with its own error.
+
+A command whose handler waits on slow work besides the database (auth_service's password hashes,
+declared `runs_alone`) never joins a batch: in one, the hashes would run one after another and
+every command behind them would wait, where alone they run on the hashing threads side by side.
 
 At c=1 nothing queues: a command finds a writer slot free and nobody waiting and runs alone, in a
 transaction of its own exactly as without group commit, so latency does not grow. Batches form
@@ -60,6 +67,10 @@ _SAVEPOINT = "SAVEPOINT command"
 _ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT command"
 
 
+class _RunAlone(Exception):
+    """The batch's COMMIT failed, and not for a transient reason: run again, alone."""
+
+
 @dataclass(eq=False, slots=True)
 class _Job(Generic[T]):
     """A command waiting in the queue, then taking its turn in a batch."""
@@ -80,10 +91,15 @@ class GroupCommitStats:
     alone: int = 0
     batches: int = 0
     batched_commands: int = 0
+    #: Batches whose COMMIT failed for a reason that was not transient (their commands ran alone).
+    commits_failed: int = 0
 
 
 class GroupCommit:
     """Runs units of work (`work(conn)`, the statements of one command) in shared transactions.
+
+    `work` runs again, alone, when its batch's COMMIT fails for a reason that is not transient,
+    so it must decide everything afresh each time it runs.
 
     `on_commit` runs after every successful COMMIT (the runner wakes its outbox relay there);
     `on_batch` is told each batch's size (a metric).
@@ -112,9 +128,13 @@ class GroupCommit:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = GroupCommitStats()
 
-    async def run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+    async def run(self, work: Callable[[Connection], Awaitable[T]], *, alone: bool = False) -> T:
         """Run `work` in a transaction, shared with others when they queue; return its result
-        (or raise its error) once that transaction has committed."""
+        (or raise its error) once that transaction has committed. With `alone`, always in a
+        transaction of its own, without waiting for a writer: for work that waits on something
+        slow besides the database, which a batch would make its other commands wait for too."""
+        if alone:
+            return await self._alone(work)
         if self._max_batch == 1 or (not self._pending and self._writers < self._max_writers):
             # Nobody is waiting: run now, alone, taking a writer slot so that the commands arriving
             # meanwhile queue up for a batch instead of each opening a transaction of its own.
@@ -130,6 +150,8 @@ class GroupCommit:
         self._start_writers()
         try:
             conn = await job.turn
+        except _RunAlone:
+            return await self._alone(work)
         except BaseException as exc:
             if job.turn.done() and not job.turn.cancelled() and job.turn.exception() is None:
                 # Cancelled just as its turn came: it ran nothing, so the batch goes on without it.
@@ -171,7 +193,10 @@ class GroupCommit:
             job.done.set_result(exc)
             raise
         job.done.set_result(broke)
-        await job.committed  # raises what broke the batch, if anything did
+        try:
+            await job.committed  # raises what broke the batch, if anything did
+        except _RunAlone:
+            return await self._alone(work)
         if outcome is not None:
             raise outcome
         return result  # type: ignore[no-any-return]
@@ -203,6 +228,7 @@ class GroupCommit:
         self._on_batch(len(batch))
         broke: BaseException | None = None
         ran = 0  # how many jobs were given their turn
+        committing = False
         try:
             async with self._pool.acquire() as conn:
                 transaction = conn.transaction()
@@ -216,6 +242,7 @@ class GroupCommit:
                     if broke is not None:
                         break
                 if broke is None:
+                    committing = True
                     await transaction.commit()
                 else:
                     await _roll_back_quietly(transaction)
@@ -223,7 +250,7 @@ class GroupCommit:
             # Acquiring, BEGIN or COMMIT failed (the database is away), or this writer was cancelled.
             broke = broke or exc
             if isinstance(exc, asyncio.CancelledError):
-                _fail(batch, ran, broke)
+                _fail(batch, ran, _as_retryable(broke))
                 raise
         self.stats.batches += 1
         self.stats.batched_commands += len(batch)
@@ -232,15 +259,16 @@ class GroupCommit:
             for job in batch:
                 if not job.committed.done():
                     job.committed.set_result(None)
+        elif committing and not isinstance(broke, TRANSIENT_DATABASE_ERRORS):
+            self.stats.commits_failed += 1
+            _fail(batch, ran, _RunAlone())
         else:
-            _fail(batch, ran, broke)
+            _fail(batch, ran, _as_retryable(broke))
 
 
-def _fail(batch: list[_Job[Any]], ran: int, broke: BaseException) -> None:
-    """Every job of a broken batch fails with a transient error, which the runner waits out and
-    retries (alone or in a later batch): those that ran lose their effects with the rollback,
-    those never given their turn never ran."""
-    failure = _as_retryable(broke)
+def _fail(batch: list[_Job[Any]], ran: int, failure: BaseException) -> None:
+    """Tell every job of a batch that did not commit: those that ran lose their effects with the
+    rollback, those never given their turn never ran."""
     for index, job in enumerate(batch):
         future: asyncio.Future[Any] = job.committed if index < ran else job.turn
         if not future.done():

@@ -69,6 +69,11 @@ class CommandRoute:
     def emits(self) -> tuple[str, ...]:
         return self.declaration.emits
 
+    @property
+    def runs_alone(self) -> bool:
+        """Never in a group-commit batch: its handler waits on slow work besides the database."""
+        return self.declaration.runs_alone
+
 
 @dataclass(frozen=True, slots=True)
 class EventRoute:

@@ -367,14 +367,16 @@ class MessageProcessor:
             return await self._run_public_read(route, caller, payload)
         command = _Command(route, caller, payload, self._idempotency_key(route, caller, payload, message))
         try:
-            return await self._commits.run(lambda conn: self._run_in(conn, command))
+            return await self._commits.run(lambda conn: self._run_in(conn, command), alone=route.runs_alone)
         except AppError as exc:
             await self._record_after_rollback(command, exc)
             raise
 
     async def _run_in(self, conn: Connection, command: _Command) -> Any:
-        """The command's statements, inside a transaction it may share with others."""
+        """The command's statements, inside a transaction it may share with others. It runs
+        again, alone, if its batch's COMMIT fails (shared/group_commit.py), and decides afresh."""
         route = command.route
+        command.decision = None
         with outbox.buffered(conn, route.emits) as events:
             command.opened = await self._open(conn, command)
             if not idempotency.is_new(command.opened.stored):

@@ -19,6 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from shared.commands import COMMANDS
 from shared.database import TRANSIENT_DATABASE_ERRORS, Connection, create_pool
 from shared.errors import Forbidden
 from shared.group_commit import MAX_BATCH_LIMIT, GroupCommit
@@ -201,6 +202,61 @@ async def test_a_connection_lost_mid_batch_commits_none_of_it_and_every_command_
     # What the runner does with a transient error: retry. The same group serves them all.
     assert sorted(await asyncio.gather(*(group.run(insert(n)) for n in range(6)))) == list(range(6))
     assert {r["n"] for r in await outside.fetch("SELECT n FROM rows")} == {100, *range(6)}
+
+
+async def test_a_failed_commit_runs_the_batch_again_command_by_command(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
+    pool, outside = pools
+    # A deferred constraint trigger runs at COMMIT: a row with n = 13 makes the COMMIT itself fail.
+    await outside.execute(
+        """
+        CREATE FUNCTION no_thirteen() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN IF NEW.n = 13 THEN RAISE EXCEPTION 'thirteen'; END IF; RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON rows DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW EXECUTE FUNCTION no_thirteen();
+        """
+    )
+    group = GroupCommit(pool, max_batch=32, writers=1)
+    hold = asyncio.Event()
+
+    async def held(conn: Connection) -> None:
+        await hold.wait()
+
+    first = asyncio.create_task(group.run(insert(100, held)))
+    await asyncio.sleep(0.05)
+    batch = [asyncio.create_task(group.run(insert(n))) for n in range(10, 16)]
+    await asyncio.sleep(0.05)
+    hold.set()
+    assert await first == 100
+    outcomes = await asyncio.gather(*batch, return_exceptions=True)
+
+    # The failed COMMIT names no culprit: every command of the batch ran again alone, so the
+    # others committed, each in a transaction of its own, and the one at fault failed on its own.
+    assert outcomes[:3] == [10, 11, 12] and outcomes[4:] == [14, 15]
+    assert isinstance(outcomes[3], asyncpg.RaiseError), outcomes
+    rows = await outside.fetch("SELECT n, txid FROM rows WHERE n < 100")
+    assert sorted(r["n"] for r in rows) == [10, 11, 12, 14, 15]
+    assert len({r["txid"] for r in rows}) == 5
+    assert group.stats.commits_failed == 1
+
+
+async def test_a_command_declared_to_run_alone_never_waits_for_a_writer(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
+    pool, outside = pools
+    group = GroupCommit(pool, max_batch=32, writers=1)
+    hold = asyncio.Event()
+
+    async def held(conn: Connection) -> None:
+        await hold.wait()
+
+    first = asyncio.create_task(group.run(insert(100, held)))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.create_task(group.run(insert(n))) for n in range(3)]
+    # The only writer is busy and three commands wait for it: one declared to run alone does not.
+    assert await asyncio.wait_for(group.run(insert(7), alone=True), timeout=5) == 7
+    assert not any(task.done() for task in queued)
+    hold.set()
+    await asyncio.gather(first, *queued)
+    assert await visible(outside, 7)
+    assert [c.name for c in COMMANDS.values() if c.runs_alone] == ["register", "login"], "the commands that hash a password"
 
 
 async def test_a_command_cancelled_while_it_waits_leaves_the_batch_to_the_others(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
