@@ -3,6 +3,8 @@
 For a command:   decode -> verify token -> validate payload -> (in one transaction:) check session
                  and ban, and claim message_id (one statement) -> authorize (policy) -> handle ->
                  save reply, audit row and events (one statement) -> commit -> reply -> ack.
+                 Under load the transaction is shared with the commands queued beside it, each in
+                 a savepoint of its own, and committed once for all (shared/group_commit.py).
 A public read (a route declared `reads_only`) runs its handler outside a transaction, on a
 read-only connection: it has no session to check, no message id to claim and nothing to audit.
 For an event:    decode -> check its publisher -> validate -> (in one transaction:) skip if seen ->
