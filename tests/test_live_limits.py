@@ -174,8 +174,11 @@ async def test_hundreds_of_streams_all_get_an_event_within_a_second_and_the_limi
         async def everywhere() -> bool:
             return all(s.find("post.created", post_id=event["post_id"]) for s in streams)
 
-        await wait_until(everywhere, timeout=1.0, interval=0.01)
+        # Judged on when each stream's reader received it, not on when this loop looked: a poll of
+        # every stream every few milliseconds took the CPU those readers needed on a loaded machine.
+        await wait_until(everywhere, timeout=10.0, interval=0.1)
         latest = max(s.find("post.created", post_id=event["post_id"])[0].arrived for s in streams)
+        assert latest - started < 1.0, f"the last of {MAX_STREAMS} streams had the event {latest - started:.3f} s after it was published"
         per_stream = (rss_open - rss_before) / MAX_STREAMS
         print(
             f"\n{MAX_STREAMS} streams: all had the event {latest - started:.3f} s after it was published; gateway RSS +{per_stream:.1f} KiB per stream"
