@@ -74,6 +74,19 @@ def transactions(rows: list[asyncpg.Record]) -> dict[int, set[int]]:
     return by_transaction
 
 
+async def hold_the_writer(group: GroupCommit, n: int = 100) -> tuple[asyncio.Event, asyncio.Task[int]]:
+    """Start a command (writing `n`) that holds the group's only writer until the event is set,
+    so that what is run meanwhile queues into one batch behind it."""
+    hold = asyncio.Event()
+
+    async def held(conn: Connection) -> None:
+        await hold.wait()
+
+    first = asyncio.create_task(group.run(insert(n, held)))
+    await asyncio.sleep(0.05)
+    return hold, first
+
+
 async def test_concurrent_commands_share_transactions_and_answer_after_the_commit(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
     pool, outside = pools
     commits = 0
@@ -103,11 +116,7 @@ async def test_concurrent_commands_share_transactions_and_answer_after_the_commi
 async def test_a_command_failing_in_a_batch_rolls_back_only_its_own_writes(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
     pool, outside = pools
     group = GroupCommit(pool, max_batch=32, writers=1)
-    hold = asyncio.Event()
     runs: dict[int, int] = {}
-
-    async def held(conn: Connection) -> None:
-        await hold.wait()
 
     def counted(n: int, then: Callable[[Connection], Awaitable[Any]] | None = None) -> Callable[[Connection], Awaitable[int]]:
         async def work(conn: Connection) -> int:
@@ -119,8 +128,7 @@ async def test_a_command_failing_in_a_batch_rolls_back_only_its_own_writes(pools
     # The first command holds the only writer, so the next twelve queue into one batch, in which
     # the fifth is refused after its insert and the ninth fails in PostgreSQL (which aborts the
     # transaction, here its savepoint). A queued burst follows, to show batching goes on after.
-    first = asyncio.create_task(group.run(insert(100, held)))
-    await asyncio.sleep(0.05)
+    hold, first = await hold_the_writer(group)
     fates = {4: refuse, 8: divide_by_zero}
     tasks = [asyncio.create_task(group.run(counted(n, fates.get(n)))) for n in range(12)]
     await asyncio.sleep(0.05)
@@ -143,9 +151,7 @@ async def test_a_command_failing_in_a_batch_rolls_back_only_its_own_writes(pools
     assert len({r["txid"] for r in rows if r["n"] < 100}) == 1
     assert group.stats.batches == 1 and group.stats.batched_commands == 12
 
-    hold.clear()
-    blocker = asyncio.create_task(group.run(insert(200, held)))
-    await asyncio.sleep(0.05)
+    hold, blocker = await hold_the_writer(group, 200)
     burst = [asyncio.create_task(group.run(insert(n))) for n in range(300, 310)]
     await asyncio.sleep(0.05)
     hold.set()
@@ -179,18 +185,13 @@ async def test_a_connection_lost_mid_batch_commits_none_of_it_and_every_command_
 ) -> None:
     pool, outside = pools
     group = GroupCommit(pool, max_batch=32, writers=1)
-    hold = asyncio.Event()
-
-    async def held(conn: Connection) -> None:
-        await hold.wait()
 
     async def lose_the_connection(conn: Connection) -> None:
         await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
     # The first command runs alone and holds the only writer, so the next six queue into one batch;
     # the fourth of them loses the batch's connection after its insert.
-    first = asyncio.create_task(group.run(insert(100, held)))
-    await asyncio.sleep(0.05)
+    hold, first = await hold_the_writer(group)
     batch = [asyncio.create_task(group.run(insert(n, lose_the_connection if n == 3 else None))) for n in range(6)]
     await asyncio.sleep(0.05)
     hold.set()
@@ -216,13 +217,7 @@ async def test_a_failed_commit_runs_the_batch_again_command_by_command(pools: tu
         """
     )
     group = GroupCommit(pool, max_batch=32, writers=1)
-    hold = asyncio.Event()
-
-    async def held(conn: Connection) -> None:
-        await hold.wait()
-
-    first = asyncio.create_task(group.run(insert(100, held)))
-    await asyncio.sleep(0.05)
+    hold, first = await hold_the_writer(group)
     batch = [asyncio.create_task(group.run(insert(n))) for n in range(10, 16)]
     await asyncio.sleep(0.05)
     hold.set()
@@ -242,13 +237,7 @@ async def test_a_failed_commit_runs_the_batch_again_command_by_command(pools: tu
 async def test_a_command_declared_to_run_alone_never_waits_for_a_writer(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
     pool, outside = pools
     group = GroupCommit(pool, max_batch=32, writers=1)
-    hold = asyncio.Event()
-
-    async def held(conn: Connection) -> None:
-        await hold.wait()
-
-    first = asyncio.create_task(group.run(insert(100, held)))
-    await asyncio.sleep(0.05)
+    hold, first = await hold_the_writer(group)
     queued = [asyncio.create_task(group.run(insert(n))) for n in range(3)]
     # The only writer is busy and three commands wait for it: one declared to run alone does not.
     assert await asyncio.wait_for(group.run(insert(7), alone=True), timeout=5) == 7
@@ -262,13 +251,7 @@ async def test_a_command_declared_to_run_alone_never_waits_for_a_writer(pools: t
 async def test_a_command_cancelled_while_it_waits_leaves_the_batch_to_the_others(pools: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
     pool, outside = pools
     group = GroupCommit(pool, max_batch=32, writers=1)
-    hold = asyncio.Event()
-
-    async def held(conn: Connection) -> None:
-        await hold.wait()
-
-    first = asyncio.create_task(group.run(insert(100, held)))
-    await asyncio.sleep(0.05)
+    hold, first = await hold_the_writer(group)
     waiting = [asyncio.create_task(group.run(insert(n))) for n in range(5)]
     await asyncio.sleep(0.05)
     waiting[2].cancel()  # a consumer stopping while its command waits for a batch
