@@ -4,24 +4,42 @@
 kind), takes up to 32 unacknowledged messages at once (the services' PREFETCH_COUNT default),
 publishes each body to its `reply_to` with its `correlation_id`, then acks it.
 
-`python -m bench.echo_consumer AMQP_URL QUEUE DATABASE_URL STATEMENTS` first runs, per message,
-one PostgreSQL transaction of STATEMENTS inserts of the body (BEGIN, the inserts, COMMIT): the
-floor `bench.floor` measures.
+`bench.floor` adds, one at a time, the parts of the path an authorized write cannot do without:
+
+- `--database-url URL --statements N`: per message, one PostgreSQL transaction of N inserts of the
+  body (BEGIN, the inserts, COMMIT) before the reply;
+- `--quorum`: QUEUE is a durable quorum queue, like every service's command queue (the server
+  publishes persistent messages to it);
+- `--events EXCHANGE`: after the reply, one persistent event per message, published with a
+  confirm to the topic exchange EXCHANGE (which the server consumes), as a service's outbox relay
+  publishes the event its command committed.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
 PREFETCH_COUNT = 32
+#: The routing key of the floor's one event (the topic exchange routes it to the server's queue).
+EVENT_KEY = "bench.floor.done"
 
 
-async def serve(amqp_url: str, queue_name: str, database_url: str | None = None, statements: int = 0) -> None:
+async def declare_queue(channel: aio_pika.abc.AbstractChannel, name: str, *, quorum: bool) -> None:
+    """The echo's queue: classic and auto-deleted, or durable quorum like a service's commands."""
+    if quorum:
+        await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+    else:
+        await channel.declare_queue(name, auto_delete=True)
+
+
+async def serve(
+    amqp_url: str, queue_name: str, *, database_url: str | None = None, statements: int = 0, quorum: bool = False, events: str | None = None
+) -> None:
     pool = None
     if database_url:
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
@@ -29,7 +47,11 @@ async def serve(amqp_url: str, queue_name: str, database_url: str | None = None,
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=PREFETCH_COUNT)
-    queue = await channel.declare_queue(queue_name, auto_delete=True)
+    await declare_queue(channel, queue_name, quorum=quorum)
+    queue = await channel.get_queue(queue_name, ensure=False)
+    exchange = None
+    if events:
+        exchange = await channel.declare_exchange(events, aio_pika.ExchangeType.TOPIC, auto_delete=True)
 
     async def echo(message: AbstractIncomingMessage) -> None:
         if pool is not None:
@@ -42,16 +64,36 @@ async def serve(amqp_url: str, queue_name: str, database_url: str | None = None,
                 routing_key=message.reply_to,
             )
         await message.ack()
+        if exchange is not None:
+            event = aio_pika.Message(message.body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await exchange.publish(event, routing_key=EVENT_KEY)
 
     await queue.consume(echo)
     await asyncio.Future()  # until the harness stops us
 
 
-if __name__ == "__main__":
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.echo_consumer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("amqp_url")
+    parser.add_argument("queue")
+    parser.add_argument("--database-url")
+    parser.add_argument("--statements", type=int, default=0)
+    parser.add_argument("--quorum", action="store_true")
+    parser.add_argument("--events", help="a topic exchange to publish one event per message to")
+    options = parser.parse_args()
+    coroutine = serve(
+        options.amqp_url,
+        options.queue,
+        database_url=options.database_url,
+        statements=options.statements,
+        quorum=options.quorum,
+        events=options.events,
+    )
     try:
-        if len(sys.argv) == 5:
-            asyncio.run(serve(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
-        else:
-            asyncio.run(serve(sys.argv[1], sys.argv[2]))
+        asyncio.run(coroutine)
     except KeyboardInterrupt:
         pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,16 +1,20 @@
-"""How close to the echo can an authorized write get? The echo, and the echo plus the least
-database work such a write needs, measured side by side.
+"""How close to the echo can an authorized write get? The echo, and the echo plus the least work
+such a write needs, measured side by side.
 
     python -m bench.floor [--duration 8] [--connections 64] [--statements 3] [--runs 3]
 
 An authorized `POST /posts` must, in one PostgreSQL transaction, check the session and claim the
 message id, write the post, then save the reply, the audit row and the event: with asyncpg that
-is BEGIN, three statements and COMMIT at the least (shared/bookkeeping.py), five round trips.
-This starts two copies of the echo baseline (bench.echo_server in front of bench.echo_consumer):
-one plain, one whose consumer runs such a transaction (BEGIN, `--statements` INSERTs, COMMIT)
-per message before it replies. It drives both with wrk in alternation, `--runs` times, and
-prints each pair's req/s and their ratio. No token, no validation, no logging, no outbox relay:
-the ratio is a ceiling for the real path on this machine, not a measure of it.
+is BEGIN, three statements and COMMIT at the least (shared/bookkeeping.py), five round trips. Its
+command travels through a durable quorum queue as a persistent message (a crash loses none), and
+the event its commit wrote is published with a confirm and consumed by the gateway's read side.
+
+This starts copies of the echo baseline (bench.echo_server in front of bench.echo_consumer), each
+adding some of that work: a transaction (BEGIN, `--statements` INSERTs, COMMIT) per message;
+the quorum queue and a confirmed persistent event that the server consumes and acks; and both.
+It drives them with wrk in turn, `--runs` times, and prints each variant's req/s and its ratio to
+the plain echo of the same round. No token, no validation, no logging, no outbox, no group commit:
+each ratio is a ceiling for the real path on this machine, not a measure of it.
 """
 
 from __future__ import annotations
@@ -28,39 +32,69 @@ from bench.processes import ProcessSet
 from bench.stack import Backends
 from tests.support.stack import free_port
 
+#: What each variant adds to the plain echo: (a database transaction, the quorum queue, the event).
+VARIANTS: dict[str, tuple[bool, bool, bool]] = {
+    "echo": (False, False, False),
+    "echo + transaction": (True, False, False),
+    "echo + quorum queue": (False, True, False),
+    "echo + event": (False, False, True),
+    "echo + quorum queue + event": (False, True, True),
+    "echo + quorum queue + event + transaction": (True, True, True),
+}
 
-async def _start_echo(processes: ProcessSet, name: str, amqp_url: str, *consumer_args: str) -> str:
+
+async def start_echo(
+    processes: ProcessSet, name: str, backends: Backends, *, transaction: bool, quorum: bool, event: bool, statements: int
+) -> tuple[str, str]:
+    """Start one variant: its echo server's URL, and its queue (its events exchange is the queue's
+    name + `.events`)."""
     port, queue = free_port(), f"bench.floor.{uuid4().hex[:8]}"
-    processes.start(f"{name}_consumer", "bench.echo_consumer", amqp_url, queue, *consumer_args)
-    processes.start(f"{name}_server", "bench.echo_server", str(port), amqp_url, queue)
+    consumer_args: list[str] = []
+    server_args: list[str] = []
+    if transaction:
+        consumer_args += ["--database-url", backends.database_url, "--statements", str(statements)]
+    if quorum:
+        consumer_args.append("--quorum")
+        server_args.append("--quorum")
+    if event:
+        events = f"{queue}.events"
+        consumer_args += ["--events", events]
+        server_args += ["--events", events]
+    processes.start(f"{name}_consumer", "bench.echo_consumer", backends.amqp_url, queue, *consumer_args)
+    await asyncio.sleep(0.5)  # the consumer declares the events exchange the server binds to
+    processes.start(f"{name}_server", "bench.echo_server", str(port), backends.amqp_url, queue, *server_args)
     url = f"http://127.0.0.1:{port}"
     await processes.wait_ok(url + "/", method="POST", body=b"{}")
-    return url
+    return url, queue
 
 
-async def measure(duration: int, connections: int, statements: int, runs: int) -> list[tuple[float, float]]:
+async def measure(duration: int, connections: int, statements: int, runs: int) -> list[dict[str, float]]:
+    """Each round's req/s by variant."""
     backends = Backends(DEFAULT_DATABASE_URL, DEFAULT_AMQP_URL)
     work_dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     processes = ProcessSet(work_dir)
     await backends.create()
     try:
-        plain = await _start_echo(processes, "plain", backends.amqp_url)
-        with_tx = await _start_echo(processes, "tx", backends.amqp_url, backends.database_url, str(statements))
-        pairs = []
+        urls = {}
+        for number, (variant, (transaction, quorum, event)) in enumerate(VARIANTS.items()):
+            urls[variant], _ = await start_echo(
+                processes, f"v{number}", backends, transaction=transaction, quorum=quorum, event=event, statements=statements
+            )
+        rounds = []
         for number in range(1, runs + 1):
-            measured = []
-            for url in (plain, with_tx):
+            measured = {}
+            for variant, url in urls.items():
                 run = wrk.WrkRun(url + "/", connections, duration, "json_post.lua")
                 await wrk.run_wrk(wrk.WrkRun(run.url, connections, 1, run.script), work_dir)  # warm-up
                 result, _ = await wrk.run_wrk(run, work_dir)
-                measured.append(result.requests / result.duration_s)
+                measured[variant] = result.requests / result.duration_s
+            echo = measured["echo"]
             print(
-                f"run {number}: echo {measured[0]:.0f} req/s, echo + transaction {measured[1]:.0f} req/s,"
-                f" ratio {measured[1] / measured[0]:.2f}",
+                f"run {number}: " + ", ".join(f"{variant} {rate:.0f} req/s ({rate / echo:.2f}x)" for variant, rate in measured.items()),
                 flush=True,
             )
-            pairs.append((measured[0], measured[1]))
-        return pairs
+            rounds.append(measured)
+        return rounds
     finally:
         processes.stop()
         await backends.drop()
@@ -71,14 +105,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="whole seconds per measurement (default 8)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--statements", type=int, default=3, help="INSERTs between BEGIN and COMMIT (default 3)")
-    parser.add_argument("--runs", type=int, default=3, help="pairs of measurements (default 3)")
+    parser.add_argument("--runs", type=int, default=3, help="rounds of measurements (default 3)")
     options = parser.parse_args()
-    pairs = asyncio.run(measure(options.duration, options.connections, options.statements, options.runs))
-    ratios = [tx / echo for echo, tx in pairs]
-    print(
-        f"median ratio (echo + BEGIN, {options.statements} INSERTs, COMMIT) / echo at c={options.connections}:"
-        f" {statistics.median(ratios):.2f}"
-    )
+    rounds = asyncio.run(measure(options.duration, options.connections, options.statements, options.runs))
+    print(f"median ratio to the echo at c={options.connections} ({options.statements} INSERTs per transaction):")
+    for variant in VARIANTS:
+        if variant != "echo":
+            print(f"  {variant}: {statistics.median(r[variant] / r['echo'] for r in rounds):.2f}")
 
 
 if __name__ == "__main__":

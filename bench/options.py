@@ -26,6 +26,10 @@ examples:
 """
 
 
+#: The event loops `--loop` may name.
+LOOPS = ("uvloop", "asyncio")
+
+
 @dataclass(frozen=True)
 class Options:
     concurrency: tuple[int, ...]
@@ -43,6 +47,9 @@ class Options:
     live_events: int = EVENTS
     #: Processes of each service (auth, users, posts) the started stack runs; one gateway.
     replicas: int = 1
+    #: The event loop the harness runs on, and with it the in-process drivers (the broker's
+    #: `delete-post` RPCs, the /live streams): uvloop, as every service and the gateway run.
+    loop: str = "uvloop"
 
     @property
     def external(self) -> bool:
@@ -112,6 +119,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
         default=1,
         help="processes of each service (auth, users, posts) on the started stack's queues; the gateway stays one (default 1)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="uvloop",
+        help="the harness's event loop, which drives the broker RPCs and /live streams itself (default uvloop, as the services)",
+    )
     parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR, help="where the JSON and PNG go (default bench/results)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target fails")
     args = parser.parse_args(argv)
@@ -136,4 +149,5 @@ def parse_options(argv: list[str] | None = None) -> Options:
         live_streams=args.live_streams,
         live_events=args.live_events,
         replicas=args.replicas,
+        loop=args.loop,
     )

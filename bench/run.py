@@ -235,5 +235,7 @@ def _options_json(options: Options) -> dict[str, object]:
         "live_streams": options.live_streams,
         "live_events": options.live_events,
         "replicas": options.replicas,
+        # The loop the harness really ran on (uvloop names its loop class in its own module).
+        "loop": "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio",
         "external_stack": options.external,
     }

@@ -193,6 +193,14 @@ def test_cpu_per_request_and_the_table() -> None:
     assert "500" in row and "1000" in row
 
 
+def test_the_harness_runs_on_uvloop_unless_asked_for_the_plain_loop() -> None:
+    """Its broker driver is an in-process CommandClient: on the loop the services send commands on."""
+    assert parse_options([]).loop == "uvloop"
+    assert parse_options(["--loop", "asyncio"]).loop == "asyncio"
+    with pytest.raises(SystemExit):
+        parse_options(["--loop", "trio"])
+
+
 def test_replicas_apply_only_to_a_started_stack() -> None:
     assert parse_options(["--replicas", "2"]).replicas == 2
     for wrong in (["--replicas", "0"], ["--replicas", "2", "--gateway-url", "http://127.0.0.1:8080"]):
