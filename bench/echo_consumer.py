@@ -12,7 +12,8 @@ publishes each body to its `reply_to` with its `correlation_id`, then acks it.
   publishes persistent messages to it);
 - `--events EXCHANGE`: after the reply, one persistent event per message, published with a
   confirm to the topic exchange EXCHANGE (which the server consumes), as a service's outbox relay
-  publishes the event its command committed.
+  publishes the event its command committed;
+- `--uvloop`: run on uvloop, as the services do (the baseline itself runs on asyncio's own loop).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 
 import aio_pika
 import asyncpg
+import uvloop
 from aio_pika.abc import AbstractIncomingMessage
 
 PREFETCH_COUNT = 32
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--statements", type=int, default=0)
     parser.add_argument("--quorum", action="store_true")
     parser.add_argument("--events", help="a topic exchange to publish one event per message to")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as the services do")
     options = parser.parse_args()
     coroutine = serve(
         options.amqp_url,
@@ -90,7 +93,7 @@ def main() -> None:
         events=options.events,
     )
     try:
-        asyncio.run(coroutine)
+        uvloop.run(coroutine) if options.uvloop else asyncio.run(coroutine)
     except KeyboardInterrupt:
         pass
 

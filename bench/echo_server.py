@@ -8,7 +8,8 @@ bare path every request of the stack takes at least once, with no auth, database
 For `bench.floor`: `--quorum` publishes persistent messages to QUEUE declared as a durable quorum
 queue (what a command costs the broker); `--events EXCHANGE` also consumes, from an exclusive queue
 of its own bound to that topic exchange, the events the consumer publishes, acking each (what the
-gateway's read side costs, bench.echo_consumer `--events`).
+gateway's read side costs, bench.echo_consumer `--events`); `--uvloop` runs it on uvloop, as the
+gateway runs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator
 from uuid import uuid4
 
 import aio_pika
+import uvloop
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
@@ -101,9 +103,11 @@ def main() -> None:
     parser.add_argument("queue")
     parser.add_argument("--quorum", action="store_true", help="QUEUE is a durable quorum queue; messages are persistent")
     parser.add_argument("--events", help="a topic exchange whose events to consume and ack")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as the gateway does")
     options = parser.parse_args()
     app = create_app(options.amqp_url, options.queue, quorum=options.quorum, events=options.events)
-    web.run_app(app, host="127.0.0.1", port=options.port, access_log=None, print=None)
+    loop = uvloop.new_event_loop() if options.uvloop else None
+    web.run_app(app, host="127.0.0.1", port=options.port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

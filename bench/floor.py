@@ -1,7 +1,7 @@
 """How close to the echo can an authorized write get? The echo, and the echo plus the least work
 such a write needs, measured side by side.
 
-    python -m bench.floor [--duration 8] [--connections 64] [--statements 3] [--runs 3]
+    python -m bench.floor [--duration 8] [--connections 64] [--statements 3] [--runs 3] [--loop uvloop]
 
 An authorized `POST /posts` must, in one PostgreSQL transaction, check the session and claim the
 message id, write the post, then save the reply, the audit row and the event: with asyncpg that
@@ -14,7 +14,9 @@ adding some of that work: a transaction (BEGIN, `--statements` INSERTs, COMMIT) 
 the quorum queue and a confirmed persistent event that the server consumes and acks; and both.
 It drives them with wrk in turn, `--runs` times, and prints each variant's req/s and its ratio to
 the plain echo of the same round. No token, no validation, no logging, no outbox, no group commit:
-each ratio is a ceiling for the real path on this machine, not a measure of it.
+each ratio is a ceiling for the real path on this machine, not a measure of it. The plain echo
+runs on asyncio's own loop, as `python -m bench`'s baseline does; `--loop uvloop` runs the
+variants on uvloop, as the stack runs, so their ratios are the ceiling for the stack as it is built.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ VARIANTS: dict[str, tuple[bool, bool, bool]] = {
 
 
 async def start_echo(
-    processes: ProcessSet, name: str, backends: Backends, *, transaction: bool, quorum: bool, event: bool, statements: int
+    processes: ProcessSet,
+    name: str,
+    backends: Backends,
+    *,
+    transaction: bool,
+    quorum: bool,
+    event: bool,
+    statements: int,
+    uvloop: bool = False,
 ) -> tuple[str, str]:
     """Start one variant: its echo server's URL, and its queue (its events exchange is the queue's
     name + `.events`)."""
@@ -60,6 +70,9 @@ async def start_echo(
         events = f"{queue}.events"
         consumer_args += ["--events", events]
         server_args += ["--events", events]
+    if uvloop:
+        consumer_args.append("--uvloop")
+        server_args.append("--uvloop")
     processes.start(f"{name}_consumer", "bench.echo_consumer", backends.amqp_url, queue, *consumer_args)
     await asyncio.sleep(0.5)  # the consumer declares the events exchange the server binds to
     processes.start(f"{name}_server", "bench.echo_server", str(port), backends.amqp_url, queue, *server_args)
@@ -68,7 +81,7 @@ async def start_echo(
     return url, queue
 
 
-async def measure(duration: int, connections: int, statements: int, runs: int) -> list[dict[str, float]]:
+async def measure(duration: int, connections: int, statements: int, runs: int, loop: str = "asyncio") -> list[dict[str, float]]:
     """Each round's req/s by variant."""
     backends = Backends(DEFAULT_DATABASE_URL, DEFAULT_AMQP_URL)
     work_dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
@@ -78,7 +91,14 @@ async def measure(duration: int, connections: int, statements: int, runs: int) -
         urls = {}
         for number, (variant, (transaction, quorum, event)) in enumerate(VARIANTS.items()):
             urls[variant], _ = await start_echo(
-                processes, f"v{number}", backends, transaction=transaction, quorum=quorum, event=event, statements=statements
+                processes,
+                f"v{number}",
+                backends,
+                transaction=transaction,
+                quorum=quorum,
+                event=event,
+                statements=statements,
+                uvloop=loop == "uvloop" and variant != "echo",
             )
         rounds = []
         for number in range(1, runs + 1):
@@ -106,9 +126,18 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--statements", type=int, default=3, help="INSERTs between BEGIN and COMMIT (default 3)")
     parser.add_argument("--runs", type=int, default=3, help="rounds of measurements (default 3)")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the variants' event loop; the plain echo's is asyncio (default asyncio)",
+    )
     options = parser.parse_args()
-    rounds = asyncio.run(measure(options.duration, options.connections, options.statements, options.runs))
-    print(f"median ratio to the echo at c={options.connections} ({options.statements} INSERTs per transaction):")
+    rounds = asyncio.run(measure(options.duration, options.connections, options.statements, options.runs, options.loop))
+    print(
+        f"median ratio to the echo at c={options.connections} ({options.statements} INSERTs per transaction;"
+        f" the variants on {options.loop}):"
+    )
     for variant in VARIANTS:
         if variant != "echo":
             print(f"  {variant}: {statistics.median(r[variant] / r['echo'] for r in rounds):.2f}")
