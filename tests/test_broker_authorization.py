@@ -18,7 +18,6 @@ another or to a forged token.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.support.accounts import User, login, token_claims
 from tests.support.broker import BrokerProbe, EventTap, WaitUntil
 from tests.support.forge import BAD_TOKENS, TokenForge
+from tests.support.metrics import sample_of
 from tests.support.stack import Stack
 
 #: Signed by the real key, expired 10 s ago: past the 5 s clock-skew leeway.
@@ -173,9 +173,7 @@ async def revoked_sessions_of(db: asyncpg.Pool, user_id: str) -> set[str]:
 async def commands_total(http: aiohttp.ClientSession, stack: Stack, service: str, command: str, outcome: str) -> float:
     async with http.get(stack.http_url(service) + "/metrics") as response:
         assert response.status == 200
-        text = await response.text()
-    match = re.search(rf'^commands_total\{{command="{re.escape(command)}",outcome="{re.escape(outcome)}"\}} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
+        return sample_of(await response.text(), "commands_total", command=command, outcome=outcome)
 
 
 # -- logout (auth_service) ----------------------------------------------------------------------

@@ -25,12 +25,12 @@ from typing import Any
 import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.broker import GATEWAY_EVENTS
 from tests.support.accounts import User
 from tests.support.broker import BrokerProbe, WaitUntil
 from tests.support.faults import BROKER_CUT, FaultWatch
+from tests.support.metrics import metric
 from tests.support.proxy import CuttableProxy
 from tests.support.stack import Stack
 
@@ -39,16 +39,6 @@ WITHIN = 1.0
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-async def metric(url: str, name: str, **labels: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
-        text = await response.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
 
 
 async def hits(url: str, command: str) -> float:

@@ -13,18 +13,17 @@ real one back afterwards.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import uuid4
 
-import aiohttp
 import pytest
 
 from shared.broker import DEAD_LETTER_EXCHANGE, DEAD_LETTER_OVERFLOW, dead_letter_queue_name
 from shared.declarations import SERVICE_NAMES
 from shared.topology import DEAD_LETTER_QUEUE_ARGUMENTS, queues
 from tests.support.broker import BrokerProbe, WaitUntil
+from tests.support.metrics import metric
 from tests.support.stack import Stack
 
 QUEUE = "posts.commands"
@@ -59,10 +58,7 @@ async def tiny_dead_letter_queue(broker: BrokerProbe) -> AsyncIterator[None]:
 
 
 async def dropped(stack: Stack) -> float:
-    async with aiohttp.ClientSession() as session, session.get(stack.http_url("posts") + "/metrics") as response:
-        text = await response.text()
-    found = re.search(r'^dead_letters_dropped_total\{queue="posts\.commands"\} ([0-9.e+]+)$', text, re.M)
-    return float(found.group(1)) if found else 0.0
+    return await metric(stack.http_url("posts"), "dead_letters_dropped_total", queue="posts.commands")
 
 
 async def test_a_full_dead_letter_queue_drops_counts_and_keeps_serving(

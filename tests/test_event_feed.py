@@ -10,7 +10,6 @@ an outsider's, a service's under a key it does not own, or a malformed body is p
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -20,16 +19,13 @@ import pytest
 
 from shared.broker import GATEWAY_EVENTS
 from tests.support.broker import BrokerProbe, WaitUntil
+from tests.support.metrics import sample_of
 from tests.support.stack import Stack
 
 
 async def event_count(http: aiohttp.ClientSession, stack: Stack, event: str, outcome: str) -> float:
     async with http.get(stack.gateway_url + "/metrics") as response:
-        text = await response.text()
-    for labels, value in re.findall(r"^gateway_events_total\{(.*)\} (\S+)$", text, re.M):
-        if dict(re.findall(r'(\w+)="([^"]*)"', labels)) == {"event": event, "outcome": outcome}:
-            return float(value)
-    return 0.0
+        return sample_of(await response.text(), "gateway_events_total", event=event, outcome=outcome)
 
 
 def post_created() -> dict[str, str]:

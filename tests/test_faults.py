@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import pytest
 
 from tests.support.accounts import User
 from tests.support.faults import KILLED_CONSUMER, FaultWatch
+from tests.support.metrics import batches_committed, metric
 from tests.support.stack import ROOT, Stack, free_port
 
 pytestmark = pytest.mark.fault
@@ -182,12 +182,6 @@ def event_figures(tap: EventTap, routing_key: str, key: str, expected: set[str])
     return len(unique), len(events), len(events) - len(unique)
 
 
-async def batches(stack: Stack) -> float:
-    """Batches of two or more commands (group commit) the running posts_service processes have
-    committed since they started."""
-    return sum([await metric(url, "command_batch_size_count") for url in (stack.http_url("posts"), *stack.replica_urls("posts"))])
-
-
 async def ensure_posts_running(stack: Stack) -> None:
     """Other modules share this stack: leave posts_service running and ready, whatever happened."""
     process = stack.processes.get("posts")
@@ -200,19 +194,6 @@ async def ensure_posts_running(stack: Stack) -> None:
 async def command_queue_depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
     queue = await channel.declare_queue(name, passive=True)
     return int(queue.declaration_result.message_count or 0)
-
-
-async def metric(url: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus counter from a /metrics page (0 if absent); no labels for a
-    metric that has none."""
-    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as response:
-        text = await response.text()
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        match = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
-        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
-            return float(match.group(2))
-    return 0.0
 
 
 # -- kill -9 mid-stream ---------------------------------------------------------------------------
@@ -236,7 +217,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
             await until(
                 lambda f=fraction: _at_least(db, author.id, int(total * f)), timeout=30, interval=0.01, what=f"{fraction:.0%} of the stream"
             )
-            batched += await batches(stack)
+            batched += await batches_committed(stack)
             at_kill = await post_count(db, author.id)
             assert stack.stop("posts", signal.SIGKILL) == -signal.SIGKILL
             dead = await post_count(db, author.id)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +42,7 @@ from shared.runner import UNKNOWN
 from tests.support.accounts import User, login, register, token_claims
 from tests.support.broker import BrokerProbe, EventTap, WaitUntil
 from tests.support.fingerprint import changed_tables, fingerprint, settled_fingerprint
+from tests.support.metrics import sample_of
 from tests.support.stack import Stack
 
 SERVICES = SERVICE_NAMES
@@ -73,12 +73,7 @@ class Consumption:
     async def count(self, service: str, routing_key: str, outcome: str) -> float:
         async with self._http.get(self._stack.http_url(service) + "/metrics") as response:
             assert response.status == 200
-            text = await response.text()
-        wanted = {"routing_key": routing_key, "outcome": outcome}
-        for labels, value in re.findall(r"^events_consumed_total\{(.*)\} (\S+)$", text, re.M):
-            if dict(re.findall(r'(\w+)="([^"]*)"', labels)) == wanted:  # label order is the exporter's
-                return float(value)
-        return 0.0
+            return sample_of(await response.text(), "events_consumed_total", routing_key=routing_key, outcome=outcome)
 
     async def counts(self, routing_key: str, outcome: str = "ok") -> dict[str, float]:
         return {s: await self.count(s, routing_key, outcome) for s in CONSUMERS.get(routing_key, ())}

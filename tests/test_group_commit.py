@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID, uuid4
 
-import aiohttp
 import asyncpg
 import pytest
 
@@ -26,6 +25,7 @@ from shared.group_commit import MAX_BATCH_LIMIT, GroupCommit
 from tests.support.accounts import User
 from tests.support.backends import Backends
 from tests.support.broker import BrokerProbe
+from tests.support.metrics import batches_committed
 from tests.support.stack import Stack
 
 
@@ -267,18 +267,6 @@ async def test_a_command_cancelled_while_it_waits_leaves_the_batch_to_the_others
 # -- through the running posts_service ------------------------------------------------------------
 
 
-async def batch_metric(stack: Stack) -> float:
-    """How many batches (of two or more commands) every posts_service process has committed."""
-    total = 0.0
-    async with aiohttp.ClientSession() as session:
-        for url in (stack.http_url("posts"), *stack.replica_urls("posts")):
-            async with session.get(f"{url}/metrics") as response:
-                for line in (await response.text()).splitlines():
-                    if line.startswith("command_batch_size_count"):
-                        total += float(line.split()[-1])
-    return total
-
-
 async def test_a_refusal_inside_a_batch_changes_nothing_of_the_others(
     stack: Stack, broker: BrokerProbe, db: asyncpg.Pool, new_user: Callable[..., Awaitable[User]]
 ) -> None:
@@ -289,7 +277,7 @@ async def test_a_refusal_inside_a_batch_changes_nothing_of_the_others(
     )
     post_ids = [reply["result"]["id"] for reply in created if reply]
     assert len(post_ids) == 40
-    batches_before = await batch_metric(stack)
+    batches_before = await batches_committed(stack)
 
     # One burst: the owner deletes the even posts, a stranger tries the odd ones.
     replies = await asyncio.gather(
@@ -309,4 +297,4 @@ async def test_a_refusal_inside_a_batch_changes_nothing_of_the_others(
         f"user:{other.id}",
     )
     assert denied == 20, "every refusal is audited, although its savepoint rolled back"
-    assert await batch_metric(stack) > batches_before, "the burst ran in batches"
+    assert await batches_committed(stack) > batches_before, "the burst ran in batches"

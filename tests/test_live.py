@@ -20,6 +20,7 @@ from gateway.live import QUEUE_SIZE
 from shared.events import EVENTS
 from tests.support.accounts import User
 from tests.support.broker import BrokerProbe, WaitUntil
+from tests.support.metrics import sample_of
 from tests.support.sse import SseMessage, SseStream, live_streams, open_stream
 from tests.support.stack import Stack
 
@@ -126,11 +127,7 @@ async def test_an_owners_event_on_the_broker_is_relayed_and_an_outsiders_is_not(
 
 async def event_count(http: aiohttp.ClientSession, event: str, outcome: str) -> float:
     async with http.get("/metrics") as response:
-        text = await response.text()
-    for labels, value in re.findall(r"^gateway_events_total\{(.*)\} (\S+)$", text, re.M):
-        if dict(re.findall(r'(\w+)="([^"]*)"', labels)) == {"event": event, "outcome": outcome}:
-            return float(value)
-    return 0.0
+        return sample_of(await response.text(), "gateway_events_total", event=event, outcome=outcome)
 
 
 async def test_a_reconnect_with_last_event_id_gets_what_it_missed_and_an_unknown_id_reloads(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -43,6 +42,7 @@ from shared.declarations import SERVICE_NAMES
 from shared.events import EVENTS
 from tests.support.accounts import User, register
 from tests.support.broker import BrokerProbe, WaitUntil
+from tests.support.metrics import sample_of
 from tests.support.stack import ROOT, Stack
 
 POST = {"title": "Who said so?", "body": "The broker did"}
@@ -59,11 +59,7 @@ def status(reply: dict[str, Any] | None) -> int | str:
 
 async def metric(http: aiohttp.ClientSession, stack: Stack, service: str, name: str, **labels: str) -> float:
     async with http.get(stack.http_url(service) + "/metrics") as response:
-        text = await response.text()
-    for found, value in re.findall(rf"^{name}\{{(.*)\}} (\S+)$", text, re.M):
-        if dict(re.findall(r'(\w+)="([^"]*)"', found)) == labels:
-            return float(value)
-    return 0.0
+        return sample_of(await response.text(), name, **labels)
 
 
 async def parked_everywhere(broker: BrokerProbe, services: tuple[str, ...], marker: str) -> dict[str, AbstractIncomingMessage]:
