@@ -11,9 +11,10 @@ the event its commit wrote is published with a confirm and consumed by the gatew
 
 This starts copies of the echo baseline (bench.echo_server in front of bench.echo_consumer), each
 adding some of that work: a transaction (BEGIN, `--statements` INSERTs, COMMIT) per message;
-the quorum queue and a confirmed persistent event that the server consumes and acks; and both.
+the quorum queue and a confirmed persistent event that the server consumes and acks; and both,
+with a transaction per message or shared by the messages waiting (group commit at its barest).
 It drives them with wrk in turn, `--runs` times, and prints each variant's req/s and its ratio to
-the plain echo of the same round. No token, no validation, no logging, no outbox, no group commit:
+the plain echo of the same round. No token, no validation, no logging, no outbox, no savepoints:
 each ratio is a ceiling for the real path on this machine, not a measure of it. The plain echo
 runs on asyncio's own loop, as `python -m bench`'s baseline does; `--loop uvloop` runs the
 variants on uvloop, as the stack runs, so their ratios are the ceiling for the stack as it is built.
@@ -34,14 +35,16 @@ from bench.processes import ProcessSet
 from bench.stack import Backends
 from tests.support.stack import free_port
 
-#: What each variant adds to the plain echo: (a database transaction, the quorum queue, the event).
-VARIANTS: dict[str, tuple[bool, bool, bool]] = {
-    "echo": (False, False, False),
-    "echo + transaction": (True, False, False),
-    "echo + quorum queue": (False, True, False),
-    "echo + event": (False, False, True),
-    "echo + quorum queue + event": (False, True, True),
-    "echo + quorum queue + event + transaction": (True, True, True),
+#: What each variant adds to the plain echo: (a database transaction: none, one per message, or
+#: shared by the messages waiting (group commit); the quorum queue; the event).
+VARIANTS: dict[str, tuple[str, bool, bool]] = {
+    "echo": ("none", False, False),
+    "echo + transaction": ("each", False, False),
+    "echo + quorum queue": ("none", True, False),
+    "echo + event": ("none", False, True),
+    "echo + quorum queue + event": ("none", True, True),
+    "echo + quorum queue + event + transaction": ("each", True, True),
+    "echo + quorum queue + event + group-committed transaction": ("grouped", True, True),
 }
 
 
@@ -50,7 +53,7 @@ async def start_echo(
     name: str,
     backends: Backends,
     *,
-    transaction: bool,
+    transaction: str,
     quorum: bool,
     event: bool,
     statements: int,
@@ -61,8 +64,10 @@ async def start_echo(
     port, queue = free_port(), f"bench.floor.{uuid4().hex[:8]}"
     consumer_args: list[str] = []
     server_args: list[str] = []
-    if transaction:
+    if transaction != "none":
         consumer_args += ["--database-url", backends.database_url, "--statements", str(statements)]
+    if transaction == "grouped":
+        consumer_args.append("--group-commit")
     if quorum:
         consumer_args.append("--quorum")
         server_args.append("--quorum")

@@ -1,6 +1,6 @@
 """`python -m bench.floor` measures what it says: its fullest variant really sends each message
-through a durable quorum queue, runs the transaction and publishes one persistent event that the
-echo server consumes, and its plain variant does none of that."""
+through a durable quorum queue, runs its inserts in transactions that waiting messages share, and
+publishes one persistent event that the echo server consumes; its plain variant does none of that."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ async def test_the_fullest_variant_does_the_contracts_broker_and_database_work(t
     await backends.create()
     processes = ProcessSet(tmp_path)
     try:
-        full, full_queue = await start_echo(processes, "full", backends, transaction=True, quorum=True, event=True, statements=3)
-        plain, plain_queue = await start_echo(processes, "plain", backends, transaction=False, quorum=False, event=False, statements=3)
+        full, full_queue = await start_echo(processes, "full", backends, transaction="grouped", quorum=True, event=True, statements=3)
+        plain, plain_queue = await start_echo(processes, "plain", backends, transaction="none", quorum=False, event=False, statements=3)
         queues = _queues(backends.name)
         assert queues[full_queue]["type"] == "quorum" and queues[full_queue]["durable"] is True
         assert queues[plain_queue]["type"] == "classic" and queues[plain_queue]["durable"] is False
@@ -74,11 +74,22 @@ async def test_the_fullest_variant_does_the_contracts_broker_and_database_work(t
             # Three INSERTs for the full variant's message, none for the plain one's.
             assert await database.fetchval("SELECT count(*) FROM bench_floor") - rows_before == 3
             assert await database.fetchval("SELECT count(*) FROM bench_floor WHERE body = $1", '{"n": 2}') == 0
-            # The server consumes the events from a queue of its own and acks them: nothing waits
-            # there, as nothing waits in ours once acked.
+            # A burst shares transactions: fewer transaction ids (xmin) than messages, three rows each.
+            async with aiohttp.ClientSession() as session:
+
+                async def send(n: int) -> bytes:
+                    async with session.post(full + "/", data=f'{{"burst": {n}}}'.encode()) as response:
+                        return await response.read()
+
+                assert await asyncio.gather(*(send(n) for n in range(24))) == [f'{{"burst": {n}}}'.encode() for n in range(24)]
+            burst = await database.fetch("SELECT body, xmin::text AS tx FROM bench_floor WHERE body LIKE '{\"burst\"%'")
+            assert len(burst) == 24 * 3
+            assert len({row["tx"] for row in burst}) < 24, "the waiting messages shared transactions"
+            # The server consumes the events from a queue of its own and acks them: nothing waits there.
             await asyncio.sleep(0.5)
             feeds = {name: row["messages"] for name, row in _queues(backends.name).items() if name.startswith("amq.gen-")}
-            assert len(feeds) == 2 and set(feeds.values()) == {0}, feeds
+            assert feeds.pop(watch.name) == 24, "ours holds the burst's events, unread"
+            assert list(feeds.values()) == [0], feeds
         finally:
             await database.close()
             await connection.close()
