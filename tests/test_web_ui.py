@@ -254,7 +254,7 @@ async def test_an_admin_who_is_not_the_author_cannot_edit_and_sees_why(
     assert await post_row(db, post_id) == before
 
 
-async def test_an_admin_bans_an_author_whose_next_action_shows_the_ban(
+async def test_an_admin_bans_an_author_whose_open_page_signs_out_and_shows_the_ban(
     open_page: OpenPage,
     new_user: Callable[..., Awaitable[User]],
     new_admin: Callable[[], Awaitable[User]],
@@ -287,14 +287,17 @@ async def test_an_admin_bans_an_author_whose_next_action_shows_the_ban(
 
     await wait_until(ban_reached_every_service, timeout=2.0)
 
-    title = f"Written while banned {uuid4().hex[:6]}"
-    await victim_page.fill("#new-post-title", title)
-    await victim_page.fill("#new-post-body", "This must not be published.")
-    await victim_page.click("#new-post-submit")
+    # The victim does nothing: their open page hears `user.banned` on /live, asks who they are,
+    # and the server's 403 signs them out with the reason.
     await expect(victim_page.locator("#alert")).to_have_text("Your account is banned")
     await expect(victim_page.locator("#session-status")).to_have_text("Not signed in")
     await expect(victim_page.locator("#login-form")).to_be_visible()
-    await snapshot(victim_page, "banned-user-next-action")
+    await expect(victim_page.locator("#write-section")).to_be_hidden()
+    await snapshot(victim_page, "banned-user-signed-out")
+    # What the page no longer offers, the API still refuses with the token the page held.
+    title = f"Written while banned {uuid4().hex[:6]}"
+    async with http.post("/posts", json={"title": title, "body": "Never published."}, headers=victim.auth) as response:
+        assert response.status == 403, await response.text()
     assert not await db.fetchval("SELECT EXISTS (SELECT 1 FROM posts.posts WHERE title = $1)", title)
 
 

@@ -484,11 +484,17 @@ async function rereadPost(id, { created = false } = {}) {
   renderPosts();
 }
 
-// An author was banned: their name is read again, and shows "(banned)". A viewer who is that
-// author learns it from their next action's 403, with the reason (as before the page was live).
+// An account was banned: its name is read again, and shows "(banned)". A viewer who is that
+// account asks the server who they are at once: its 403 signs them out, and the alert says why.
+// The event only prompts the question; the server's answer is what signs anyone out.
 function authorBanned(userId) {
   authors.delete(userId);
   renderPosts();
+  if (state.me && state.me.id === userId) {
+    loadMe().catch((err) => {
+      if (err instanceof ApiError) showAlert(err.message);
+    });
+  }
 }
 
 // Events may have been missed (the server lost its feed, or we were away too long): read it all again.
