@@ -247,9 +247,12 @@ class MessageProcessor:
                 result = await self._hold_through_outage(lambda: self._execute_once(route, caller, payload, message), "command")
             except Malformed as exc:
                 outcome = str(exc.error.status)
-                await self._reply(message, error_reply(exc.error))
                 await self._dead_letter(
-                    message, command_queue_name(self.service), f"{exc.error.status} {exc.error.title}: {exc.error.detail}", command=True
+                    message,
+                    command_queue_name(self.service),
+                    f"{exc.error.status} {exc.error.title}: {exc.error.detail}",
+                    command=True,
+                    reply=error_reply(exc.error),
                 )
             except AppError as exc:
                 outcome = str(exc.status)
@@ -261,8 +264,13 @@ class MessageProcessor:
             except Exception as exc:  # a bug in a handler must not kill the consumer
                 outcome = "500"
                 log.exception("command failed unexpectedly")
-                await self._reply(message, error_reply(InternalError()))
-                await self._dead_letter(message, command_queue_name(self.service), f"unhandled {type(exc).__name__}", command=True)
+                await self._dead_letter(
+                    message,
+                    command_queue_name(self.service),
+                    f"unhandled {type(exc).__name__}",
+                    command=True,
+                    reply=error_reply(InternalError()),
+                )
             else:
                 await self._reply(message, ok_reply(result))
                 await message.ack()
@@ -573,9 +581,14 @@ class MessageProcessor:
             mandatory=False,
         )
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, queue: str, reason: str, *, command: bool) -> None:
-        """Park the message in `<queue>.dead` with the reason, then ack it. Nothing parked keeps a
-        credential: the authorization header always goes, and a command's secret fields too."""
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, queue: str, reason: str, *, command: bool, reply: bytes | None = None
+    ) -> None:
+        """Park the message in `<queue>.dead` with the reason, send `reply` (a command's error),
+        then ack it. Nothing parked keeps a credential: the authorization header always goes, and
+        a command's secret fields too. The reply follows the park, so a caller who has it knows
+        the message is parked (or, the queue being full, counted as dropped): one after another,
+        a sender's malformed commands are parked one at a time."""
         self._metrics.dead_lettered.labels(queue).inc()
         log.warning("dead-lettering a message", extra={"reason": reason, "queue": queue})
         headers, taken = redact_headers(message.headers or {})
@@ -623,9 +636,13 @@ class MessageProcessor:
             # Not parked yet: hand it back and try again on redelivery. Rejecting it instead would
             # let RabbitMQ park the original, credential and all.
             log.warning("could not park the message; it will be redelivered")
+            if reply is not None:
+                await self._reply(message, reply)  # the caller learns the refusal now all the same
             await asyncio.sleep(1)
             await message.nack(requeue=True)
             return
+        if reply is not None:
+            await self._reply(message, reply)
         await message.ack()
 
     def _enter(self) -> None:

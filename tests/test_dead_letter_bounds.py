@@ -81,7 +81,8 @@ async def test_a_full_dead_letter_queue_drops_counts_and_keeps_serving(
 
     try:
         await wait_until(every_message_parked_or_dropped, timeout=10.0)
-        # A quorum queue applies the bound once it is over it, so it may hold one message more.
+        # Each reply follows its park, so the twelve parks came one after another; a quorum queue
+        # applies the bound once it is over it, so it may hold one message more, never two.
         assert TINY <= await depth() <= TINY + 1, f"{await depth()} messages in a dead-letter queue bounded at {TINY}"
         await asyncio.sleep(1.0)  # a park retried instead of dropped would show as a redelivery by now
         commands = await channel.declare_queue(QUEUE, passive=True)
