@@ -60,6 +60,7 @@ async def live_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = LiveHub(app[METRICS], heartbeat_seconds=settings.live_heartbeat_seconds, max_streams=settings.live_max_streams)
     app[LIVE] = hub
     app[FEED].listen(hub)
+    hub.start()
     yield
 
 

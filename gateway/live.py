@@ -11,6 +11,11 @@ events. When that id is not in the window, or the feed had a gap since (it went 
 have been lost), the client gets `event: reload` instead and must read everything again; every
 open stream gets one when the feed comes back.
 
+A client that goes away is noticed within `SWEEP_SECONDS` (the hub looks at every stream's
+connection that often), not at the stream's next write, which on an idle stream is the next
+heartbeat: until then it would still count in the open-streams gauge and against LIVE_MAX_STREAMS,
+and a burst of reconnecting pages would be refused for the streams they had just left.
+
 Memory per stream is bounded: at most `QUEUE_SIZE` queued messages, a user-space write buffer of
 `WRITE_BUFFER_BYTES` and a kernel send buffer of `SEND_BUFFER_BYTES` (fixed, so the kernel's
 autotuning cannot give an idle reader megabytes).
@@ -43,6 +48,9 @@ SEND_BUFFER_BYTES = 32 * 1024
 RETRY_MS = 1000
 #: How long shutdown lets streams end by themselves before it aborts the ones still writing.
 SHUTDOWN_GRACE_SECONDS = 1.0
+#: How often the hub ends the streams whose client has gone (one pass over them all, no wake-up
+#: per stream): the longest a departed client still counts as an open stream.
+SWEEP_SECONDS = 1.0
 
 HEARTBEAT = b": keep-alive\n\n"
 
@@ -87,6 +95,11 @@ class Stream:
         self._ended = True
         self._wake.set()
 
+    @property
+    def gone(self) -> bool:
+        """Whether the client's connection has closed (seen without writing to it)."""
+        return self._transport is not None and self._transport.is_closing()
+
     def abort(self) -> None:
         """Close the connection at once, unsent data and all: the writer's wait fails."""
         self._ended = True
@@ -118,6 +131,23 @@ class LiveHub:
         #: The last WINDOW messages as (event_id, message), oldest first, for replay.
         self._recent: deque[tuple[str, bytes]] = deque(maxlen=WINDOW)
         self._closing = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start ending the streams of departed clients (see the module's docstring)."""
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="live-sweeper")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """End every stream whose client has gone; its writer then returns."""
+        for stream in list(self._streams):
+            if stream.gone:
+                self._close(stream)
+                stream.end()
 
     # -- the feed's side (FeedListener) --------------------------------------------------------
 
@@ -184,6 +214,9 @@ class LiveHub:
     async def close(self) -> None:
         """End every stream (an `on_shutdown` hook): graceful shutdown must not wait on them."""
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         for stream in list(self._streams):
             stream.end()
         loop = asyncio.get_running_loop()

@@ -189,3 +189,24 @@ async def test_metrics_count_streams_and_messages(http: aiohttp.ClientSession, s
             assert f'gateway_live_messages_total{{kind="{kind}"}}' in text
         for reason in ("slow_reader", "shutdown"):
             assert f'gateway_live_dropped_total{{reason="{reason}"}}' in text
+
+
+async def test_a_client_that_leaves_an_idle_stream_frees_its_place_within_seconds(
+    http: aiohttp.ClientSession, wait_until: WaitUntil
+) -> None:
+    """The session's gateway sends a heartbeat every 15 s, so an idle stream's next write is far
+    off: the hub's sweep, not a failed write, notices the client has gone (gateway/live.py)."""
+
+    async def streams_open() -> float:
+        async with http.get("/metrics") as response:
+            return sample_of(await response.text(), "gateway_live_streams")
+
+    async def none_open() -> bool:
+        return await streams_open() == 0
+
+    await wait_until(none_open, timeout=5)  # earlier tests' streams, swept within a second
+    async with live_streams(http, "/live", 3):
+        assert await streams_open() == 3
+    left = time.monotonic()
+    await wait_until(none_open, timeout=5, interval=0.1)
+    assert time.monotonic() - left < 3.0, "the streams were counted as open after their clients left"

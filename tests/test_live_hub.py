@@ -24,9 +24,13 @@ pytestmark = pytest.mark.unit
 class FakeTransport:
     def __init__(self) -> None:
         self.aborted = False
+        self.closed = False  # the client went away
 
     def abort(self) -> None:
         self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
 
 
 def hub(max_streams: int = 10) -> LiveHub:
@@ -149,3 +153,19 @@ async def test_close_ends_every_stream_and_refuses_new_ones() -> None:
     await closing
     with pytest.raises(ServiceUnavailable):
         opened(live, FakeTransport(), None)
+
+
+async def test_a_departed_client_frees_its_place_at_the_next_sweep_not_its_next_heartbeat() -> None:
+    live = hub(max_streams=2)
+    staying, leaving = FakeTransport(), FakeTransport()
+    kept, left = opened(live, staying, None), opened(live, leaving, None)
+    waiting = asyncio.create_task(left.take(60))  # an idle stream: its next write is a minute away
+    leaving.closed = True
+    live.sweep()
+    with pytest.raises(StreamEnded):
+        await asyncio.wait_for(waiting, 1)  # its writer returns at once
+    assert metric(live, "gateway_live_streams") == 1
+    assert metric(live, "gateway_live_dropped_total", reason="slow_reader") == 0  # it left; nobody dropped it
+    opened(live, FakeTransport(), None)  # its place is free again
+    live.event(event())
+    assert len(await drain(kept)) == 1  # the one that stayed goes on

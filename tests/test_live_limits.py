@@ -156,7 +156,7 @@ async def test_hundreds_of_streams_all_get_an_event_within_a_second_and_the_limi
     async def none_open() -> bool:
         return await gateway.metric(http, "gateway_live_streams") == 0
 
-    await wait_until(none_open, timeout=5)  # a closed stream is noticed at its next write (a heartbeat)
+    await wait_until(none_open, timeout=5)  # a closed stream is noticed at the next sweep (a second)
     rss_before = gateway.rss_kib()
     async with live_streams(http, "/live", MAX_STREAMS) as streams:
         assert await gateway.metric(http, "gateway_live_streams") == MAX_STREAMS
