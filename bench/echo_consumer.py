@@ -8,7 +8,7 @@ publishes each body to its `reply_to` with its `correlation_id`, then acks it.
 
 - `--database-url URL --statements N`: per message, one PostgreSQL transaction of N inserts of the
   body (BEGIN, the inserts, COMMIT) before the reply; with `--group-commit`, the messages waiting
-  share transactions instead (up to 32 in one, two open at once, as the services' defaults), the
+  share transactions instead (as many in one, and as many open at once, as the services' defaults), the
   least a group commit can do: no savepoint, no failure handling;
 - `--quorum`: QUEUE is a durable quorum queue, like every service's command queue (the server
   publishes persistent messages to it);
@@ -28,9 +28,12 @@ import asyncpg
 import uvloop
 from aio_pika.abc import AbstractIncomingMessage
 
+from shared.group_commit import DEFAULT_MAX_BATCH, DEFAULT_WRITERS
+
 PREFETCH_COUNT = 32
-#: `--group-commit`: messages in one transaction at most, and transactions open at once.
-GROUP_MAX, GROUP_WRITERS = 32, 2
+#: `--group-commit`: messages in one transaction at most, and transactions open at once: the
+#: services' defaults (GROUP_COMMIT_MAX_BATCH, GROUP_COMMIT_WRITERS).
+GROUP_MAX, GROUP_WRITERS = DEFAULT_MAX_BATCH, DEFAULT_WRITERS
 INSERT = "INSERT INTO bench_floor (body) VALUES ($1)"
 #: The routing key of the floor's one event (the topic exchange routes it to the server's queue).
 EVENT_KEY = "bench.floor.done"
