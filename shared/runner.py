@@ -608,6 +608,7 @@ class MessageProcessor:
             }
         )
         channel = self._dead_letter_channel
+        requeue = False  # set when the park fails: the message goes back to be parked on redelivery
         try:
             if channel is None:
                 raise RuntimeError("no dead-letter channel")
@@ -636,14 +637,14 @@ class MessageProcessor:
             # Not parked yet: hand it back and try again on redelivery. Rejecting it instead would
             # let RabbitMQ park the original, credential and all.
             log.warning("could not park the message; it will be redelivered")
-            if reply is not None:
-                await self._reply(message, reply)  # the caller learns the refusal now all the same
+            requeue = True
+        if reply is not None:
+            await self._reply(message, reply)  # after the park; when it failed, the caller learns all the same
+        if requeue:
             await asyncio.sleep(1)
             await message.nack(requeue=True)
-            return
-        if reply is not None:
-            await self._reply(message, reply)
-        await message.ack()
+        else:
+            await message.ack()
 
     def _enter(self) -> None:
         self.in_flight += 1
