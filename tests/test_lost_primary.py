@@ -12,9 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from shared.metrics import ServiceMetrics
-from shared.runner import MessageProcessor
-from shared.settings import Settings
+from tests.support.runner import bare_processor
 
 pytestmark = pytest.mark.unit
 
@@ -33,27 +31,10 @@ class FakePool:
         self.expired += 1
 
 
-def processor(pool: FakePool, read_pool: FakePool) -> MessageProcessor:
-    return MessageProcessor(
-        service="posts",
-        commands=[],
-        events=[],
-        pool=pool,  # type: ignore[arg-type]
-        read_pool=read_pool,  # type: ignore[arg-type]
-        verifier=None,  # type: ignore[arg-type]
-        metrics=ServiceMetrics(),
-        relay=None,
-        max_message_bytes=1 << 20,
-        token_ttl_seconds=900,
-        user_id="posts_service",
-        broker_users=Settings.from_env({}).broker_users,
-    )
-
-
 async def test_a_write_on_a_standby_is_held_and_the_pool_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shared.runner.asyncio.sleep", _no_wait)
     pool = FakePool()
-    runner = processor(pool, FakePool())
+    runner = bare_processor(pool, FakePool())
     attempts = 0
 
     async def attempt() -> str:
@@ -70,7 +51,7 @@ async def test_a_write_on_a_standby_is_held_and_the_pool_reconnects(monkeypatch:
 async def test_a_public_read_that_writes_is_a_bug_not_an_outage(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shared.runner.asyncio.sleep", _no_wait)
     pool, read_pool = FakePool(), FakePool()
-    runner = processor(pool, read_pool)
+    runner = bare_processor(pool, read_pool)
     calls = 0
 
     async def handler(_payload: Any, _caller: Any, _conn: Any) -> None:

@@ -15,9 +15,8 @@ import aio_pika
 import pytest
 from pamqp import commands
 
-from shared.metrics import ServiceMetrics
 from shared.runner import MessageProcessor
-from shared.settings import Settings
+from tests.support.runner import bare_processor
 
 pytestmark = pytest.mark.unit
 
@@ -60,20 +59,7 @@ class FakeChannel:
 
 
 def processor(steps: list[str], monkeypatch: pytest.MonkeyPatch, channel: FakeChannel | None) -> MessageProcessor:
-    runner = MessageProcessor(
-        service="posts",
-        commands=[],
-        events=[],
-        pool=None,  # type: ignore[arg-type]
-        read_pool=None,  # type: ignore[arg-type]
-        verifier=None,  # type: ignore[arg-type]
-        metrics=ServiceMetrics(),
-        relay=None,
-        max_message_bytes=1 << 20,
-        token_ttl_seconds=900,
-        user_id="posts_service",
-        broker_users=Settings.from_env({}).broker_users,
-    )
+    runner = bare_processor()
     if channel is not None:
         runner.attach_dead_letter_channel(channel)  # type: ignore[arg-type]
 
