@@ -30,7 +30,7 @@ from pathlib import Path
 from uuid import uuid4
 
 from bench import wrk
-from bench.options import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL
+from bench.options import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, LOOPS
 from bench.processes import ProcessSet
 from bench.stack import Backends
 from tests.support.stack import free_port
@@ -78,8 +78,8 @@ async def start_echo(
     if uvloop:
         consumer_args.append("--uvloop")
         server_args.append("--uvloop")
+    # Both declare the queue and the events exchange (the same way), so either may start first.
     processes.start(f"{name}_consumer", "bench.echo_consumer", backends.amqp_url, queue, *consumer_args)
-    await asyncio.sleep(0.5)  # the consumer declares the events exchange the server binds to
     processes.start(f"{name}_server", "bench.echo_server", str(port), backends.amqp_url, queue, *server_args)
     url = f"http://127.0.0.1:{port}"
     await processes.wait_ok(url + "/", method="POST", body=b"{}")
@@ -133,7 +133,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="rounds of measurements (default 3)")
     parser.add_argument(
         "--loop",
-        choices=("asyncio", "uvloop"),
+        choices=LOOPS,
         default="asyncio",
         help="the variants' event loop; the plain echo's is asyncio (default asyncio)",
     )
