@@ -28,6 +28,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 
 from shared import jsoncodec
 from shared.broker import COMMANDS_EXCHANGE, login_user
+from shared.channels import close_quietly
 from shared.envelope import build_command
 from shared.errors import GatewayTimeout, InternalError, ServiceUnavailable, error_from_dict
 from shared.pacing import Backoff
@@ -41,6 +42,9 @@ REPLY_QUEUE = "amq.rabbitmq.reply-to"
 _REOPEN_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError, TopologyError)
 #: How long one attempt at reopening the channel may take.
 _REOPEN_SECONDS = 10.0
+#: The least time between two renewals of the channel for a nack (see `_on_nack`): when the broker
+#: refuses every command for a while (a queue without a leader), one renewal a second is enough.
+_RENEW_SECONDS = 1.0
 
 
 class CommandClient:
@@ -64,6 +68,11 @@ class CommandClient:
         self._closing = False
         #: Counts connection losses: a channel opened across one is not used.
         self._losses = 0
+        #: Replacing a channel the broker nacked (`_renew`), and when it may be done again.
+        self._renewing: asyncio.Task[None] | None = None
+        self._next_renewal = 0.0
+        #: How many times a nack made the client publish on a new channel.
+        self.renewals = 0
 
     async def start(self) -> None:
         await self._open()
@@ -86,7 +95,7 @@ class CommandClient:
                 # consumer, like any channel a robust connection restores.
                 raise aio_pika.exceptions.ChannelInvalidStateError("the connection was lost while the channel opened")
         except BaseException:
-            await _close_quietly(channel)
+            await close_quietly(channel)
             raise
         channel.close_callbacks.add(self._on_channel_closed)
         self._channel, self._exchange = channel, exchange
@@ -94,8 +103,9 @@ class CommandClient:
     def _on_reconnect(self, *_: Any) -> None:
         # Not awaited by the connection: it runs its reconnect callbacks inside its own reconnect,
         # and a channel opened from one would wait for that reconnect to finish.
-        if self._reopening is not None:
-            self._reopening.cancel()
+        for task in (self._reopening, self._renewing):
+            if task is not None:
+                task.cancel()  # a renewal closes the channel it retires as it goes
         self._reopening = asyncio.create_task(self._reopen(), name="command-client-reopen")
 
     async def _reopen(self) -> None:
@@ -117,7 +127,43 @@ class CommandClient:
         # Nothing publishes on the old channel any more (the robust connection has reopened it,
         # without the reply consumer): close it, or it would be restored on every reconnect.
         if stale is not None and stale is not self._channel:
-            await _close_quietly(stale)
+            await close_quietly(stale)
+
+    def _on_nack(self, channel: AbstractChannel) -> None:
+        """The broker refused a command on `channel` (a nack): publish on a new channel.
+
+        A command queue holds no limit, so a nack means the broker could not take the command.
+        Usually that passes (a quorum queue electing a leader, and a new channel would be refused
+        too), but a channel can also stay refused for good: in the cluster failover test, RabbitMQ
+        3.10 nacked every later publish on the gateway's command channel after the leader of
+        posts.commands moved, while a new channel on the same connection was acked at once. So a
+        nack renews the channel, at most once a `_RENEW_SECONDS`."""
+        busy = [task for task in (self._reopening, self._renewing) if task is not None and not task.done()]
+        if channel is not self._channel or self._closing or busy:
+            return
+        now = asyncio.get_running_loop().time()
+        if now < self._next_renewal:
+            return
+        self._next_renewal = now + _RENEW_SECONDS
+        self._renewing = asyncio.create_task(self._renew(channel), name="command-client-renew")
+
+    async def _renew(self, stale: AbstractChannel) -> None:
+        """Open a new channel to publish on, then close `stale` once the calls published on it
+        have had their time: their replies come to its consumer."""
+        try:
+            try:
+                async with asyncio.timeout(_REOPEN_SECONDS):
+                    await self._open()
+            except _REOPEN_ERRORS as exc:
+                # The old channel stays in use; the next nack tries again (or a reconnect reopens).
+                log.warning("could not renew the command channel", extra={"error": str(exc) or type(exc).__name__})
+                return
+            self.renewals += 1
+            log.warning("the broker refused a command; publishing on a new channel")
+            await asyncio.sleep(self._timeout)
+        finally:
+            if stale is not self._channel:
+                await close_quietly(stale)
 
     def _on_channel_closed(self, channel: Any, reason: BaseException | None = None, *_: Any) -> None:
         if channel is not self._channel or self._closing:
@@ -151,9 +197,10 @@ class CommandClient:
     async def close(self) -> None:
         self._closing = True
         self._exchange = None
-        if self._reopening is not None:
-            self._reopening.cancel()
-            await asyncio.gather(self._reopening, return_exceptions=True)
+        tasks = [task for task in (self._reopening, self._renewing) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ServiceUnavailable("The gateway is shutting down"))
@@ -181,8 +228,8 @@ class CommandClient:
         timeout: float | None = None,
     ) -> Any:
         """Send `command` and return its result, or raise the AppError the service replied with."""
-        exchange = self._exchange
-        if exchange is None or not self.ready:
+        exchange, channel = self._exchange, self._channel
+        if exchange is None or channel is None or not self.ready:
             raise ServiceUnavailable("The message broker is unavailable", retry_after=5)
         correlation_id = uuid4().hex
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -205,6 +252,10 @@ class CommandClient:
                 await asyncio.wait_for(exchange.publish(message, routing_key=command, mandatory=True), timeout)
             except aio_pika.exceptions.PublishError:
                 raise ServiceUnavailable(f"No service is accepting {command!r} commands", retry_after=5) from None
+            except aio_pika.exceptions.DeliveryError:
+                # A nack: the broker did not take the command (see `_on_nack`).
+                self._on_nack(channel)
+                raise ServiceUnavailable(f"The message broker did not take the {command!r} command", retry_after=1) from None
             except asyncio.CancelledError:
                 if _cancelled_from_outside():
                     raise  # the caller went away, or we are shutting down
@@ -255,12 +306,3 @@ def _cancelled_from_outside() -> bool:
     CancelledError raised out of a future the broker library cancelled."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-async def _close_quietly(channel: AbstractChannel) -> None:
-    """Close a channel we are done with. Closed already (the broker went) or not, a robust
-    channel is closed again: that is what keeps the connection from restoring it."""
-    try:
-        await channel.close()
-    except Exception as exc:  # noqa: BLE001 - whatever it was, the channel is no use to us now
-        log.debug("closing a stale channel failed", extra={"error": repr(exc)})

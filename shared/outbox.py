@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from shared import jsoncodec
 from shared.broker import EVENTS_EXCHANGE
+from shared.channels import close_quietly
 from shared.database import TRANSIENT_DATABASE_ERRORS, Connection, Params, discard_connections, lost_the_primary
 from shared.events import EVENTS
 from shared.pacing import wait_for_event
@@ -166,7 +167,7 @@ class OutboxRelay:
         pool: asyncpg.Pool,
         dsn: str,
         schema: str,
-        channel: aio_pika.abc.AbstractChannel,
+        connection: aio_pika.abc.AbstractConnection,
         *,
         user_id: str,
         poll_seconds: float = 1.0,
@@ -176,7 +177,9 @@ class OutboxRelay:
         self._pool = pool
         self._dsn = dsn
         self._schema = schema
-        self._channel = channel
+        self._connection = connection
+        #: The relay's own confirm channel, opened on first use and replaced after a nack.
+        self._channel: aio_pika.abc.AbstractChannel | None = None
         # The owner's broker user: consumers accept an event only with its owner's `user_id`.
         self._user_id = user_id
         self._poll = poll_seconds
@@ -188,6 +191,8 @@ class OutboxRelay:
         self._finished.set()  # not running yet: nothing to wait for
         self.published = 0
         self.batches = 0
+        #: How many times a nack made the relay publish on a new channel.
+        self.renewals = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -234,7 +239,10 @@ class OutboxRelay:
 
     async def relay_batch(self) -> int:
         """Publish one batch of pending events; returns how many went out."""
-        exchange = await self._channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
+        if self._channel is None:
+            self._channel = await self._connection.channel(publisher_confirms=True)
+        channel = self._channel
+        exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
         async with self._pool.acquire() as conn, conn.transaction():
             # Take the batch and delete it in one statement; if a publish fails, the transaction
             # rolls back and the rows are there again. SKIP LOCKED lets two instances of a
@@ -267,8 +275,18 @@ class OutboxRelay:
             # confirm owed by a broker connection that died (a cluster node that went) may never
             # come, and the relay would hold these rows locked and publish nothing more. Timing
             # out rolls the batch back to be published again (at least once: consumers dedupe).
-            async with asyncio.timeout(CONFIRM_SECONDS):
-                await asyncio.gather(*confirmations)
+            try:
+                async with asyncio.timeout(CONFIRM_SECONDS):
+                    await asyncio.gather(*confirmations)
+            except aio_pika.exceptions.DeliveryError:
+                # A nack: the broker did not take an event (the events queues hold no limit). It
+                # may pass, but a channel can also stay refused for good (RabbitMQ 3.10 did so
+                # after a quorum queue's leader moved, while a new channel was acked at once; see
+                # shared/client.py): the next pass publishes on a new channel.
+                self._channel = None
+                self.renewals += 1
+                await close_quietly(channel)
+                raise
         self.published += len(rows)
         self.batches += 1
         return len(rows)

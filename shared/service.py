@@ -143,7 +143,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
         confirm_channel = await connection.channel(publisher_confirms=True)
         command_queue, event_queue = await open_service_queues(consume_channel, name, settings.broker_topology)
 
-        relay = OutboxRelay(pool, settings.database_url, name, confirm_channel, user_id=settings.amqp_user)
+        relay = OutboxRelay(pool, settings.database_url, name, connection, user_id=settings.amqp_user)
         processor = MessageProcessor(
             service=name,
             commands=[*wiring.commands, audit_route(name)],

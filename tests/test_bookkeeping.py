@@ -259,7 +259,7 @@ async def test_commits_within_the_linger_leave_in_one_batch(schema_pool: asyncpg
         schema_pool,
         backends.database_url,
         schema,
-        await connection.channel(publisher_confirms=True),
+        connection,
         user_id=login_user(backends.amqp_url),
         linger_seconds=0.3,
     )
@@ -275,6 +275,56 @@ async def test_commits_within_the_linger_leave_in_one_batch(schema_pool: asyncpg
                 await asyncio.sleep(0.05)
         assert (relay.published, relay.batches) == (5, 1)
         assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await relay.stop()
+        await running
+        await connection.close()
+
+
+async def test_an_event_the_broker_refuses_stays_in_the_outbox_and_goes_out_on_a_new_channel(
+    schema_pool: asyncpg.Pool, backends: Backends, stack: Stack
+) -> None:
+    """A nack rolls the batch back (nothing is lost) and the relay's next pass publishes on a new
+    channel: a channel can stay refused for good (RabbitMQ 3.10 did so after a quorum queue's
+    leader moved). The refusal here is real: a queue bound to the events that takes none
+    (`x-max-length` 0, `reject-publish`) makes the broker nack every one."""
+    schema = await schema_pool.fetchval("SELECT current_schema()")
+    connection = await aio_pika.connect(backends.amqp_url)
+    channel = await connection.channel()
+    routing_key = "post.created"
+    refusing = await channel.declare_queue(exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    await refusing.bind("events", routing_key)
+    watching = await channel.declare_queue(exclusive=True)
+    await watching.bind("events", routing_key)
+    relay = outbox.OutboxRelay(schema_pool, backends.database_url, schema, connection, user_id=login_user(backends.amqp_url))
+    running = asyncio.create_task(relay.run())
+    try:
+        event_ids: set[str | None] = set()
+        async with schema_pool.acquire() as conn, conn.transaction():
+            for _ in range(2):
+                event_ids.add(str(await outbox.add_event(conn, routing_key, post_created())))
+        relay.wake()
+        async with asyncio.timeout(5):
+            while relay.renewals < 1:
+                await asyncio.sleep(0.05)
+        assert relay.published == 0
+        assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 2, "a refused event left the outbox"
+
+        await refusing.delete(if_unused=False, if_empty=False)
+        relay.wake()
+        async with asyncio.timeout(5):
+            while relay.published < 2:
+                await asyncio.sleep(0.05)
+        assert await schema_pool.fetchval("SELECT count(*) FROM outbox") == 0
+        seen: set[str | None] = set()
+        async with asyncio.timeout(5):
+            while seen != event_ids:
+                message = await watching.get(fail=False)
+                if message is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                await message.ack()
+                seen.add(message.message_id)  # at least once: the refused batch was routed here too
     finally:
         await relay.stop()
         await running

@@ -11,10 +11,12 @@ answered 500.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import aiormq
 import pytest
+from pamqp.commands import Basic
 
 from shared.client import CommandClient
 from shared.errors import ServiceUnavailable
@@ -35,7 +37,16 @@ class FakeQueue:
 
     async def consume(self, callback: Any, *, no_ack: bool) -> str:
         self.channel.consuming = True
+        self.channel.on_reply = callback
         return "ctag"
+
+
+@dataclass
+class Reply:
+    """A reply as the direct reply-to consumer is handed it."""
+
+    correlation_id: str
+    body: bytes = b'{"ok": true, "result": {"id": "p1"}}'
 
 
 class FakeExchange:
@@ -44,6 +55,7 @@ class FakeExchange:
 
     async def publish(self, message: Any, *, routing_key: str, mandatory: bool) -> None:
         self.channel.published.append(routing_key)
+        self.channel.correlation_ids.append(message.correlation_id)
         if self.channel.publish_error is not None:
             raise self.channel.publish_error
         if self.channel.hold is not None:
@@ -56,6 +68,8 @@ class FakeChannel:
         self.close_callbacks = Callbacks()
         self.consuming = False
         self.published: list[str] = []
+        self.correlation_ids: list[str] = []
+        self.on_reply: Any = None
         self.publish_error: BaseException | None = None
         self.hold: asyncio.Future[None] | None = None
 
@@ -244,4 +258,75 @@ async def test_a_channel_the_broker_closes_alone_is_replaced() -> None:
     second = connection.channels[-1]
     assert second is not first and second.consuming and first.is_closed
     assert client.ready
+    await client.close()
+
+
+NACK = aiormq.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1))
+
+
+async def test_a_nack_is_a_503_and_the_client_publishes_on_a_new_channel() -> None:
+    """A channel the broker refuses for good (RabbitMQ 3.10 nacked every publish on the gateway's
+    channel after a quorum queue's leader moved, and acked a new channel at once): the refused
+    call is a 503 to retry, the next call goes out on a new channel, and a call that was waiting
+    for its reply on the old channel still gets it there before the old channel is closed."""
+    connection, client = await started()
+    first = connection.channels[0]
+    first.hold = asyncio.get_running_loop().create_future()
+    waiting = asyncio.create_task(client.call("get-post", {"post_id": "p1"}))
+    await settle()
+    first.hold.set_result(None)  # confirmed; it waits for its reply
+    first.hold, first.publish_error = None, NACK
+    with pytest.raises(ServiceUnavailable) as raised:
+        await client.call("create-post", {"title": "t", "body": "b"})
+    assert raised.value.status == 503 and raised.value.retry_after == 1
+    await settle()
+    second = connection.channels[-1]
+    assert second is not first and second.consuming and client.renewals == 1
+    assert not first.is_closed, "the old channel is kept while replies may still come to it"
+
+    await first.on_reply(Reply(first.correlation_ids[0]))
+    assert await waiting == {"id": "p1"}
+    call = asyncio.create_task(client.call("create-post", {"title": "t", "body": "b"}))
+    await settle()
+    assert second.published == ["create-post"]
+    await second.on_reply(Reply(second.correlation_ids[0]))
+    assert await call == {"id": "p1"}
+    await asyncio.sleep(1.1)  # the client's timeout: every call on the old channel is over
+    assert first.is_closed
+    await client.close()
+
+
+async def test_nacks_in_a_row_renew_the_channel_at_most_once_a_second() -> None:
+    """While the broker refuses everything (a queue with no leader yet), the client does not open
+    a channel per refused command."""
+    connection, client = await started()
+    connection.channels[0].publish_error = NACK
+    for _ in range(5):
+        with pytest.raises(ServiceUnavailable):
+            await client.call("create-post", {"title": "t", "body": "b"})
+        await settle()
+        connection.channels[-1].publish_error = NACK  # the new channel is refused too
+    assert len(connection.channels) == 2 and client.renewals == 1
+    await asyncio.sleep(1.05)
+    with pytest.raises(ServiceUnavailable):
+        await client.call("create-post", {"title": "t", "body": "b"})
+    await settle()
+    assert len(connection.channels) == 3 and client.renewals == 2
+    await client.close()
+    assert all(channel.is_closed for channel in connection.channels)
+
+
+async def test_a_reconnect_during_a_renewal_leaves_one_channel_in_use() -> None:
+    connection, client = await started()
+    first = connection.channels[0]
+    first.publish_error = NACK
+    with pytest.raises(ServiceUnavailable):
+        await client.call("create-post", {"title": "t", "body": "b"})
+    await settle()
+    renewed = connection.channels[-1]
+    connection.lose()
+    await connection.come_back()
+    assert first.is_closed and renewed.is_closed, "what the renewal retired and what the reconnect replaced are closed"
+    latest = connection.channels[-1]
+    assert client.ready and latest.consuming and not latest.is_closed
     await client.close()
