@@ -8,6 +8,8 @@ each other's data.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -159,3 +161,34 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(f"{nodeid}:")
             for line in text.splitlines():
                 terminalreporter.write_line(f"    {line}")
+
+
+# -- a time limit on every async test ------------------------------------------------------------
+# A test that hangs must fail, not hold up the suite: CI has a budget, and once a hang in the
+# cluster failover test (a load that never recovered, and clients retrying for ever) took all of
+# it. Past the limit the test's coroutine is cancelled where it waits, so its `finally` blocks run
+# (clusters and stacks are stopped) and the traceback names the await that hung.
+
+#: The longest an async test may run; the slowest (the fault and failover tests) take about two minutes.
+TEST_LIMIT_SECONDS = 600.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.obj = _bounded(item.obj)
+
+
+def _bounded(test: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(test)
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        limit = asyncio.timeout(TEST_LIMIT_SECONDS)
+        try:
+            async with limit:
+                return await test(*args, **kwargs)
+        except TimeoutError as exc:
+            if limit.expired():
+                raise TimeoutError(f"the test ran past its limit of {TEST_LIMIT_SECONDS:g} s (it was waiting where shown above)") from exc
+            raise
+
+    return bounded

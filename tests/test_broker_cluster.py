@@ -56,6 +56,13 @@ MISSING = rabbit_cluster.missing()
 OUTAGE_LIMIT_SECONDS = 10.0
 #: How long the steady load runs before the node is stopped, and after every client got through again.
 STEADY_SECONDS = 3.0
+#: The longest the load may take to recover once the node goes (the test fails past it, rather
+#: than waiting), and the longest the clients may take to finish once the load stops.
+RECOVERY_LIMIT_SECONDS = 60.0
+#: The longest the test may run once its cluster is up: every step it awaits is bounded, and this
+#: bounds them together, so that a step that hangs fails the test (with the cluster stopped and the
+#: stack's logs kept) instead of holding up the suite.
+RUN_LIMIT_SECONDS = 300.0
 CLIENTS = 8
 INJECTORS = 2
 
@@ -195,8 +202,9 @@ async def test_losing_the_node_that_leads_the_command_queues(tmp_path: Path) -> 
         stack = await start_stack(env, tmp_path)
         timings["stack up"] = time.monotonic() - started
         try:
-            await run_the_failover(cluster, doomed, survivors, stack.gateway_url, env, database_url, tmp_path, leaders, timings)
-            await stack.wait_ready("gateway", timeout=30)
+            async with asyncio.timeout(RUN_LIMIT_SECONDS):
+                await run_the_failover(cluster, doomed, survivors, stack.gateway_url, env, database_url, tmp_path, leaders, timings)
+                await stack.wait_ready("gateway", timeout=30)
         finally:
             stack.stop_all()
     timings["total"] = time.monotonic() - began
@@ -221,7 +229,7 @@ async def run_the_failover(
     events: set[str] = set()
 
     # Who sees every post.created: a queue of ours on a node that stays (it is not what is tested).
-    observer, _ = await connect_first(survivors[0].url)
+    observer, _ = await connect_first(survivors[0].url, timeout=10)
     observed = await observer.channel()
     queue = await observed.declare_queue(exclusive=True)
     await queue.bind("events", routing_key="post.created")
@@ -246,14 +254,27 @@ async def run_the_failover(
             await asyncio.to_thread(cluster.stop_node, doomed)
             timings["node stop"] = time.monotonic() - stopped_at
             # Until every client got through again, then some more steady load.
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + RECOVERY_LIMIT_SECONDS
             while not load.successes or load.successes[-1] < stopped_at or len(load.successes) < before + 4 * (CLIENTS + INJECTORS):
-                assert time.monotonic() < deadline, f"the load did not recover: {load.statuses}"
+                assert time.monotonic() < deadline, f"the load did not recover: {load.statuses}; the logs say:\n" + "\n".join(
+                    faults.problems()[:12]
+                )
                 await asyncio.sleep(0.2)
             await asyncio.sleep(STEADY_SECONDS)
         finally:
             done.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # A client retries its last command until it lands: once the load recovered, that is a
+            # moment. When it did not (the assertion above failed), the clients would retry for
+            # ever: they are given a while, then cancelled, so the test fails rather than hangs.
+            _, retrying = await asyncio.wait(tasks, timeout=RECOVERY_LIMIT_SECONDS)
+            for task in retrying:
+                task.cancel()
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
+        assert not retrying, (
+            f"{len(retrying)} clients still had no answer {RECOVERY_LIMIT_SECONDS:g} s after the load stopped: {load.statuses}"
+        )
+        crashed = [repr(outcome) for outcome in ended if isinstance(outcome, BaseException)]
+        assert not crashed, f"clients met what no client should: {crashed}"
         await client.close()
         await connection.close()
 

@@ -29,6 +29,11 @@ import aio_pika
 
 from shared.declarations import PROCESSES
 from shared.topology import ROUTES, declare, grants
+from tests.support import cli
+
+#: The longest a connection to the broker may take to open here: a node that takes the TCP
+#: connection but never answers (one paused with its minority, say) must fail the test, not hang it.
+CONNECT_SECONDS = 10.0
 
 
 def amqp_url_variable(process: str) -> str:
@@ -97,7 +102,7 @@ async def provision_broker_users(
     the test's own (tests/support/rabbit_cluster.py); by default the machine's."""
     vhost = _vhost(admin_amqp_url)
     prefix = f"zt_{uuid4().hex[:10]}_"
-    connection = await aio_pika.connect(admin_amqp_url)
+    connection = await aio_pika.connect(admin_amqp_url, timeout=CONNECT_SECONDS)
     try:
         await declare(await connection.channel(), ROUTES)
     finally:
@@ -137,15 +142,7 @@ async def provision_broker_users(
     if rabbitmqctl is not None or _local_rabbitmqctl(admin_amqp_url):
         ctl = list(rabbitmqctl or ["rabbitmqctl"])
         env = dict(ctl_env) if ctl_env is not None else None
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [*ctl, "import_definitions"],
-            input=json.dumps(definitions),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
+        result = await asyncio.to_thread(cli.run, [*ctl, "import_definitions"], stdin=json.dumps(definitions), timeout=120, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"rabbitmqctl import_definitions failed: {result.stderr or result.stdout}")
 
@@ -185,7 +182,7 @@ async def _until_they_connect(made: BrokerUsers, timeout: float = 30.0) -> None:
     for url in made.urls.values():
         while True:
             try:
-                connection = await aio_pika.connect(url)
+                connection = await aio_pika.connect(url, timeout=CONNECT_SECONDS)
             except (aio_pika.exceptions.AMQPError, ConnectionError, OSError):
                 if asyncio.get_running_loop().time() > deadline:
                     raise RuntimeError(f"the broker users were not usable within {timeout} s") from None

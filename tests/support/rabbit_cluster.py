@@ -13,18 +13,18 @@ nothing behind, whatever state the nodes are in.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support import cli
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -87,9 +87,9 @@ class RabbitCluster:
         }
 
     def ctl(self, node: ClusterNode, *args: str, tool: str = CTL, timeout: float = 120, check: bool = True) -> str:
-        result = subprocess.run(
-            [tool, "-n", node.name, *args], env=self.env(node), capture_output=True, text=True, timeout=timeout, cwd=self.root
-        )
+        """Run a CLI tool against `node` (tests/support/cli.py: bounded by `timeout`, whatever it
+        leaves behind); its output, or RuntimeError when it fails (with `check`)."""
+        result = cli.run([tool, "-n", node.name, *args], env=self.env(node), timeout=timeout, cwd=self.root)
         if check and result.returncode != 0:
             raise RuntimeError(f"{Path(tool).name} -n {node.name} {' '.join(args)} failed: {result.stderr or result.stdout}")
         return result.stdout
@@ -182,9 +182,7 @@ class RabbitCluster:
         except subprocess.TimeoutExpired:
             pass
         # The VM runs under the start script, in the session it was started in (start_new_session).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(node.process.pid, signal.SIGKILL)
-        node.process.wait()
+        cli.kill_session(node.process)
 
     def stop(self, keep_logs: Path | None = None) -> None:
         """Stop every node and delete their data: nothing of the cluster is left (but the nodes'
