@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 
 from shared import jsoncodec
 from shared.broker import COMMANDS_EXCHANGE, login_user
-from shared.channels import close_quietly
+from shared.channels import RENEW_SECONDS, close_quietly
 from shared.envelope import build_command
 from shared.errors import GatewayTimeout, InternalError, ServiceUnavailable, error_from_dict
 from shared.pacing import Backoff
@@ -42,9 +42,6 @@ REPLY_QUEUE = "amq.rabbitmq.reply-to"
 _REOPEN_ERRORS = (aio_pika.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError, TopologyError)
 #: How long one attempt at reopening the channel may take.
 _REOPEN_SECONDS = 10.0
-#: The least time between two renewals of the channel for a nack (see `_on_nack`): when the broker
-#: refuses every command for a while (a queue without a leader), one renewal a second is enough.
-_RENEW_SECONDS = 1.0
 
 
 class CommandClient:
@@ -137,14 +134,14 @@ class CommandClient:
         too), but a channel can also stay refused for good: in the cluster failover test, RabbitMQ
         3.10 nacked every later publish on the gateway's command channel after the leader of
         posts.commands moved, while a new channel on the same connection was acked at once. So a
-        nack renews the channel, at most once a `_RENEW_SECONDS`."""
+        nack renews the channel, at most once a `RENEW_SECONDS`."""
         busy = [task for task in (self._reopening, self._renewing) if task is not None and not task.done()]
         if channel is not self._channel or self._closing or busy:
             return
         now = asyncio.get_running_loop().time()
         if now < self._next_renewal:
             return
-        self._next_renewal = now + _RENEW_SECONDS
+        self._next_renewal = now + RENEW_SECONDS
         self._renewing = asyncio.create_task(self._renew(channel), name="command-client-renew")
 
     async def _renew(self, stale: AbstractChannel) -> None:

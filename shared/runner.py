@@ -50,6 +50,7 @@ from shared.broker import (
     command_queue_name,
     event_queue_name,
 )
+from shared.channels import RENEW_SECONDS, close_quietly
 from shared.commands import COMMANDS, parse_payload
 from shared.database import TRANSIENT_DATABASE_ERRORS, Connection, discard_connections, lost_the_primary
 from shared.declarations import GATEWAY
@@ -198,14 +199,43 @@ class MessageProcessor:
         self._max_bytes = max_message_bytes
         self._anonymous_ttl = token_ttl_seconds
         self._dead_letter_channel: AbstractChannel | None = None
+        self._renew_dead_letter_channel: Callable[[], Awaitable[AbstractChannel]] | None = None
+        self._next_dead_letter_renewal = 0.0
+        self._retired_dead_letter_channel: AbstractChannel | None = None
         self._reply_channel: AbstractChannel | None = None
         self.stopping = False
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def attach_dead_letter_channel(self, channel: AbstractChannel) -> None:
+    def attach_dead_letter_channel(self, channel: AbstractChannel, renew: Callable[[], Awaitable[AbstractChannel]] | None = None) -> None:
+        """Park messages through `channel` (with publisher confirms); `renew` opens another, for
+        when the broker nacks a park (`_fresh_dead_letter_channel`)."""
         self._dead_letter_channel = channel
+        self._renew_dead_letter_channel = renew
+
+    async def _fresh_dead_letter_channel(self, refused: AbstractChannel) -> AbstractChannel | None:
+        """After a nack on `refused`, a channel to try once more: the one another park renewed it
+        to, or a new one (at most once a `RENEW_SECONDS`, or a full dead-letter queue would make
+        every park open a channel); None when there is none to try."""
+        current = self._dead_letter_channel
+        if current is not refused:
+            return current
+        now = asyncio.get_running_loop().time()
+        if self._renew_dead_letter_channel is None or now < self._next_dead_letter_renewal:
+            return None
+        self._next_dead_letter_renewal = now + RENEW_SECONDS
+        fresh = await self._renew_dead_letter_channel()
+        if self._dead_letter_channel is not refused:  # another park renewed it meanwhile
+            await close_quietly(fresh)
+            return self._dead_letter_channel
+        self._dead_letter_channel = fresh
+        # Other parks may still await their confirms on `refused`, and closing a channel fails
+        # those with a bare Exception: it is closed at the next renewal, a RENEW_SECONDS on.
+        retired, self._retired_dead_letter_channel = self._retired_dead_letter_channel, refused
+        if retired is not None:
+            await close_quietly(retired)
+        return fresh
 
     def attach_reply_channel(self, channel: AbstractChannel) -> None:
         """Send replies on `channel`, of a connection other than the consumers'. RabbitMQ 3.10
@@ -607,26 +637,31 @@ class MessageProcessor:
                 "x-original-user-id": message.user_id or "",
             }
         )
+        parked = aio_pika.Message(
+            body,
+            headers=headers,
+            content_type=message.content_type,
+            message_id=message.message_id,
+            type=message.type,
+            correlation_id=message.correlation_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=self._user_id,
+        )
         channel = self._dead_letter_channel
         requeue = False  # set when the park fails: the message goes back to be parked on redelivery
         try:
             if channel is None:
                 raise RuntimeError("no dead-letter channel")
-            exchange = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
-            await exchange.publish(
-                aio_pika.Message(
-                    body,
-                    headers=headers,
-                    content_type=message.content_type,
-                    message_id=message.message_id,
-                    type=message.type,
-                    correlation_id=message.correlation_id,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    user_id=self._user_id,
-                ),
-                routing_key=queue,
-                mandatory=False,
-            )
+            try:
+                await _park(channel, parked, queue)
+            except aio_pika.exceptions.DeliveryError:
+                # A nack is a full `<queue>.dead` as a rule, but a channel can also be refused for
+                # good (RabbitMQ 3.10 after a quorum queue's leader moved; shared/client.py): once
+                # more on a new channel before the message is taken for one too many.
+                fresh = await self._fresh_dead_letter_channel(channel)
+                if fresh is None:
+                    raise
+                await _park(fresh, parked, queue)
         except aio_pika.exceptions.DeliveryError:
             # The broker refused it: `<queue>.dead` is full (it rejects new messages rather than
             # dropping old ones, see shared/broker.py). Retrying would loop until an operator
@@ -658,3 +693,9 @@ class MessageProcessor:
     async def wait_idle(self, timeout: float) -> bool:
         """Whether every message in flight finished within `timeout` seconds."""
         return await wait_for_event(self._idle, timeout)
+
+
+async def _park(channel: AbstractChannel, parked: aio_pika.Message, queue: str) -> None:
+    """Publish `parked` to `<queue>.dead` and wait for the broker's confirm (DeliveryError on a nack)."""
+    exchange = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
+    await exchange.publish(parked, routing_key=queue, mandatory=False)

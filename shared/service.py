@@ -160,7 +160,7 @@ async def serve(name: str, migrations: Path, wire: WireFn, settings: Settings, *
             user_id=settings.amqp_user,
             broker_users=settings.broker_users,
         )
-        processor.attach_dead_letter_channel(confirm_channel)
+        processor.attach_dead_letter_channel(confirm_channel, renew=lambda: connection.channel(publisher_confirms=True))
         # Replies on a connection of their own (MessageProcessor.attach_reply_channel says why).
         reply_connection = await _retry_until_up("broker", lambda: connect_robust(settings.amqp_url), stop)
         opened.push_async_callback(reply_connection.close)

@@ -53,9 +53,13 @@ class FakeExchange:
 class FakeChannel:
     def __init__(self, exchange: FakeExchange) -> None:
         self.exchange = exchange
+        self.closed = False
 
     async def get_exchange(self, name: str, ensure: bool) -> FakeExchange:
         return self.exchange
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 def processor(steps: list[str], monkeypatch: pytest.MonkeyPatch, channel: FakeChannel | None) -> MessageProcessor:
@@ -96,3 +100,43 @@ async def test_a_park_that_fails_still_answers_then_hands_the_message_back(monke
     steps: list[str] = []
     await park(processor(steps, monkeypatch, None), steps)  # no dead-letter channel: the park fails
     assert steps == ["reply refused", "nack requeue=True"]
+
+
+async def test_a_nacked_park_is_tried_once_more_on_a_new_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A channel can be refused for good while the dead-letter queue has room (RabbitMQ 3.10 after
+    a quorum queue's leader moved): the park goes out on a new channel, and nothing is dropped."""
+    steps: list[str] = []
+    refused = FakeChannel(FakeExchange(steps, refuse=True))
+    runner = processor(steps, monkeypatch, None)
+    opened: list[FakeChannel] = []
+
+    async def renew() -> Any:
+        steps.append("new channel")
+        opened.append(FakeChannel(FakeExchange(steps, refuse=False)))
+        return opened[-1]
+
+    runner.attach_dead_letter_channel(refused, renew=renew)  # type: ignore[arg-type]
+    await park(runner, steps)
+    assert steps == ["park to posts.commands", "new channel", "park to posts.commands", "reply refused", "ack"]
+    assert runner._metrics.registry.get_sample_value("dead_letters_dropped_total", {"queue": "posts.commands"}) is None
+    steps.clear()
+    await park(runner, steps)  # the next park goes straight to the new channel
+    assert steps == ["park to posts.commands", "reply refused", "ack"]
+
+
+async def test_a_full_dead_letter_queue_costs_at_most_one_new_channel_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    steps: list[str] = []
+    runner = processor(steps, monkeypatch, None)
+    opened: list[FakeChannel] = []
+
+    async def renew() -> Any:
+        opened.append(FakeChannel(FakeExchange(steps, refuse=True)))  # full: the new channel is refused too
+        return opened[-1]
+
+    first = FakeChannel(FakeExchange(steps, refuse=True))
+    runner.attach_dead_letter_channel(first, renew=renew)  # type: ignore[arg-type]
+    for _ in range(5):
+        await park(runner, steps)
+    assert len(opened) == 1 and not first.closed, "the refused channel is closed at the next renewal, not under other parks"
+    assert runner._metrics.registry.get_sample_value("dead_letters_dropped_total", {"queue": "posts.commands"}) == 5
+    assert steps.count("ack") == 5
