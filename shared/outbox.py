@@ -240,7 +240,9 @@ class OutboxRelay:
     async def relay_batch(self) -> int:
         """Publish one batch of pending events; returns how many went out."""
         if self._channel is None:
-            self._channel = await self._connection.channel(publisher_confirms=True)
+            # Bounded: a robust connection's new channel waits for the broker to be back.
+            async with asyncio.timeout(CONFIRM_SECONDS):
+                self._channel = await self._connection.channel(publisher_confirms=True)
         channel = self._channel
         exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
         async with self._pool.acquire() as conn, conn.transaction():
