@@ -127,14 +127,10 @@ class CommandClient:
             await close_quietly(stale)
 
     def _on_nack(self, channel: AbstractChannel) -> None:
-        """The broker refused a command on `channel` (a nack): publish on a new channel.
-
-        A command queue holds no limit, so a nack means the broker could not take the command.
-        Usually that passes (a quorum queue electing a leader, and a new channel would be refused
-        too), but a channel can also stay refused for good: in the cluster failover test, RabbitMQ
-        3.10 nacked every later publish on the gateway's command channel after the leader of
-        posts.commands moved, while a new channel on the same connection was acked at once. So a
-        nack renews the channel, at most once a `RENEW_SECONDS`."""
+        """The broker refused a command on `channel` (a nack): publish on a new channel, at most
+        once a `RENEW_SECONDS`. A command queue holds no limit, so a nack means the broker could not
+        take the command: usually that passes (a quorum queue electing a leader), but a channel can
+        also stay refused for good (shared/channels.py)."""
         busy = [task for task in (self._reopening, self._renewing) if task is not None and not task.done()]
         if channel is not self._channel or self._closing or busy:
             return

@@ -281,10 +281,9 @@ class OutboxRelay:
                 async with asyncio.timeout(CONFIRM_SECONDS):
                     await asyncio.gather(*confirmations)
             except aio_pika.exceptions.DeliveryError:
-                # A nack: the broker did not take an event (the events queues hold no limit). It
-                # may pass, but a channel can also stay refused for good (RabbitMQ 3.10 did so
-                # after a quorum queue's leader moved, while a new channel was acked at once; see
-                # shared/client.py): the next pass publishes on a new channel.
+                # A nack: the broker did not take an event (the events queues hold no limit), and
+                # the channel may stay refused for good (shared/channels.py): the next pass
+                # publishes on a new one.
                 self._channel = None
                 self.renewals += 1
                 await close_quietly(channel)

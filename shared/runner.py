@@ -656,8 +656,8 @@ class MessageProcessor:
                 await _park(channel, parked, queue)
             except aio_pika.exceptions.DeliveryError:
                 # A nack is a full `<queue>.dead` as a rule, but a channel can also be refused for
-                # good (RabbitMQ 3.10 after a quorum queue's leader moved; shared/client.py): once
-                # more on a new channel before the message is taken for one too many.
+                # good (shared/channels.py): once more on a new channel before the message is
+                # taken for one too many.
                 fresh = await self._fresh_dead_letter_channel(channel)
                 if fresh is None:
                     raise
